@@ -1,0 +1,54 @@
+"""The admin listener: health, readiness, metrics and the admin API (aiohttp).
+
+It runs on its own port so probes and scrapes never queue behind client traffic, and it is
+never reachable from the traffic listener.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from shadowproxy.config import redacted_config
+from shadowproxy.config.model import Config
+from shadowproxy.observability.metrics import Metrics
+
+ReadinessCheck = Callable[[], list[str]]
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_INDENT_2),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def build_admin_app(config: Config, metrics: Metrics, not_ready: ReadinessCheck) -> web.Application:
+    """The admin routes. ``not_ready`` returns the reasons readiness fails (empty = ready)."""
+
+    async def live(_: web.Request) -> web.Response:
+        return _json({"live": True})
+
+    async def ready(_: web.Request) -> web.Response:
+        reasons = not_ready()
+        metrics.ready.set(0 if reasons else 1)
+        if reasons:
+            return _json({"ready": False, "reasons": reasons}, status=503)
+        return _json({"ready": True})
+
+    async def metrics_text(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def config_view(_: web.Request) -> web.Response:
+        return _json(redacted_config(config))
+
+    app = web.Application(client_max_size=1024 * 1024)
+    app.router.add_get("/healthz/live", live)
+    app.router.add_get("/healthz/ready", ready)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/admin/config", config_view)
+    return app

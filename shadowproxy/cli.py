@@ -1,0 +1,110 @@
+"""Command line: ``shadowproxy serve | validate``.
+
+Exit codes follow the contract: 0 success, 2 invalid config (one line per problem, each
+naming the dotted key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shadowproxy import __version__
+from shadowproxy.config import load_config
+from shadowproxy.config.model import Config
+from shadowproxy.errors import ConfigError, Problem, ShadowProxyError
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shadowproxy",
+        description="Shadow-test ML models: proxy to production, mirror to candidates, compare.",
+    )
+    parser.add_argument("--version", action="version", version=f"shadowproxy {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy until SIGTERM/SIGINT, then drain")
+    serve.add_argument("--config", required=True, type=Path)
+    validate = sub.add_parser("validate", help="check a config without serving")
+    validate.add_argument("--config", required=True, type=Path)
+    return parser
+
+
+def serving_problems(config: Config) -> list[Problem]:
+    """What this build cannot serve, though the config itself is well formed."""
+    problems = []
+    if config.production.model is not None:
+        problems.append(
+            Problem("production.model", "local ONNX production models are not supported yet")
+        )
+    for i, candidate in enumerate(config.candidates):
+        if candidate.model is not None:
+            problems.append(
+                Problem(f"candidates[{i}].model", "local ONNX candidates are not supported yet")
+            )
+    return problems
+
+
+def _load(path: Path) -> Config | None:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+    problems = serving_problems(config)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return None if problems else config
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_INVALID
+    targets = len(config.shadow_targets())
+    print(f"{args.config}: valid ({targets} shadow target{'s' if targets != 1 else ''})")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from shadowproxy.runtime import Runtime, install_uvloop
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_INVALID
+    install_uvloop()
+
+    async def run() -> None:
+        await Runtime(config).serve_forever()
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        print(f"cannot listen: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    commands = {"serve": cmd_serve, "validate": cmd_validate}
+    try:
+        return commands[args.command](args)
+    except ShadowProxyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID

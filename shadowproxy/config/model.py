@@ -1,0 +1,241 @@
+"""Typed, frozen configuration objects.
+
+The YAML file is validated once by :mod:`shadowproxy.config.loader` and turned into these
+objects; nothing downstream ever sees a raw dict. Field metadata carries the constraints the
+loader enforces (``gt``, ``ge``, ``le``, ``choices``, ``doc``), so the documentation and the
+validation read the same source.
+
+Relative paths are resolved against the config file's folder by the loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+MiB = 1024 * 1024
+
+Protocol = Literal["v1", "v2", "json"]
+ExecutorKind = Literal["process", "thread"]
+
+
+def spec(default: Any = None, doc: str = "", **constraints: Any) -> Any:
+    """A dataclass field with a default, documentation and validation constraints."""
+    meta = {"doc": doc, **constraints}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults are not allowed in frozen config")
+    return field(default=default, metadata=meta)
+
+
+def required(doc: str = "", **constraints: Any) -> Any:
+    """A dataclass field that the YAML must provide."""
+    return field(metadata={"doc": doc, "required": True, **constraints})
+
+
+@dataclass(frozen=True)
+class Listener:
+    host: str = spec("0.0.0.0", "address to bind")
+    port: int = spec(8080, "TCP port to bind (0 picks a free port)", ge=0, le=65535)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Protections for the traffic listener. Every limit answers with a proper status."""
+
+    max_body_bytes: int = spec(10 * MiB, "largest request body accepted (413 above)", gt=0)
+    max_header_bytes: int = spec(
+        32 * 1024, "largest request line plus header block (431 above)", gt=0
+    )
+    max_headers: int = spec(100, "most header fields in one request (431 above)", gt=0)
+    header_timeout_s: float = spec(
+        10.0, "deadline to receive a full request head (slowloris guard, 408 after)", gt=0
+    )
+    body_timeout_s: float = spec(
+        30.0, "deadline to receive a full request body once the head is in (408 after)", gt=0
+    )
+    keepalive_timeout_s: float = spec(75.0, "idle time before a keep-alive socket is closed", gt=0)
+    send_timeout_s: float = spec(
+        30.0, "a client that reads none of its response for this long is disconnected", gt=0
+    )
+    max_pipelined: int = spec(
+        32, "parsed requests queued on one connection before reading pauses", ge=1
+    )
+    max_response_bytes: int = spec(
+        256 * MiB, "largest production response relayed; bigger is a 502", gt=0
+    )
+    mirror_max_body_bytes: int = spec(
+        10 * MiB, "request bodies above this are not mirrored and counted as skipped", ge=0
+    )
+    shadow_max_response_bytes: int = spec(
+        4 * MiB, "candidate responses above this are cut off and counted invalid", gt=0
+    )
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: Path = required("ONNX file, relative to the config file's folder")
+    sha256: str | None = spec(None, "hex SHA-256 of the file; required unless allow_unpinned")
+    allow_unpinned: bool = spec(False, "accept a model without a pinned sha256")
+
+
+@dataclass(frozen=True)
+class Executor:
+    kind: ExecutorKind = spec("process", "process (isolated, default) or thread (trusted models)")
+    workers: int = spec(1, "worker processes", ge=1, le=64)
+    threads: int = spec(1, "onnxruntime intra-op threads per worker", ge=1, le=256)
+    max_batch: int = spec(32, "most rows in one micro-batch", ge=1, le=65536)
+    max_wait_ms: float = spec(2.0, "longest a row waits for its batch to fill", ge=0)
+    memory_mb: int = spec(1024, "memory cap per worker", gt=0)
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """Circuit breaker for one shadow target: open after N failures in a row, then probe."""
+
+    failures: int = spec(5, "consecutive failures that open the breaker", ge=1)
+    reset_s: float = spec(10.0, "time open before a single half-open probe is let through", gt=0)
+
+
+@dataclass(frozen=True)
+class Production:
+    name: str = required("model name, used as the metrics label")
+    version: str = spec("", "model version, used as the metrics label")
+    url: str | None = spec(None, "base URL of the production model service")
+    model: ModelFile | None = spec(None, "a local ONNX model served by shadowproxy instead")
+    timeout_ms: float = spec(1000.0, "deadline for the whole production exchange (504 after)", gt=0)
+    connect_timeout_ms: float = spec(1000.0, "deadline to open a connection (502 after)", gt=0)
+    pool_size: int = spec(256, "most idle keep-alive connections kept to production", ge=1)
+    health_path: str = spec(
+        "/", "path probed until production answers (any status below 500), for readiness"
+    )
+    headers: tuple[tuple[str, str], ...] = spec(
+        (), "headers added to every upstream request (secret)"
+    )
+    metrics_url: str | None = spec(None, "Prometheus endpoint of a remote model, for resources")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str = required("candidate name, used as the metrics label")
+    version: str = spec("", "candidate version, used as the metrics label")
+    url: str | None = spec(None, "base URL of a remote candidate service")
+    model: ModelFile | None = spec(None, "a local ONNX candidate run in an isolated executor")
+    executor: Executor = spec(Executor(), "how a local candidate is run")
+    sample_rate: float = spec(
+        1.0, "share of requests mirrored, decided from the request id", ge=0, le=1
+    )
+    timeout_ms: float = spec(100.0, "deadline for one shadow exchange", gt=0)
+    connect_timeout_ms: float = spec(100.0, "deadline to open a connection", gt=0)
+    max_in_flight: int = spec(64, "shadow requests outstanding at once; more are dropped", ge=1)
+    methods: tuple[str, ...] = spec(("POST",), "HTTP methods that are mirrored")
+    breaker: Breaker = spec(Breaker(), "circuit breaker")
+    headers: tuple[tuple[str, str], ...] = spec(
+        (), "headers added to every shadow request (secret)"
+    )
+    metrics_url: str | None = spec(None, "Prometheus endpoint of a remote model, for resources")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A second production instance, mirrored like a candidate: the noise floor."""
+
+    url: str = required("base URL of the second production instance")
+    name: str = spec("baseline", "name used as the metrics label")
+    version: str = spec("", "version used as the metrics label")
+    sample_rate: float = spec(0.1, "share of requests mirrored", ge=0, le=1)
+    timeout_ms: float = spec(1000.0, "deadline for one shadow exchange", gt=0)
+    connect_timeout_ms: float = spec(100.0, "deadline to open a connection", gt=0)
+    max_in_flight: int = spec(64, "shadow requests outstanding at once; more are dropped", ge=1)
+    methods: tuple[str, ...] = spec(("POST",), "HTTP methods that are mirrored")
+    breaker: Breaker = spec(Breaker(), "circuit breaker")
+    headers: tuple[tuple[str, str], ...] = spec(
+        (), "headers added to every shadow request (secret)"
+    )
+
+
+@dataclass(frozen=True)
+class Outputs:
+    score: str | None = spec(None, "selector of the output holding scores")
+    label: str | None = spec(None, "selector of the output holding labels")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    path: Path | None = spec(None, "where comparator state is written atomically")
+    interval_s: float = spec(30.0, "seconds between snapshots", gt=0)
+
+
+@dataclass(frozen=True)
+class Compare:
+    outputs: Outputs = spec(Outputs(), "which outputs hold scores and labels")
+    features: tuple[str, ...] = spec((), "names of the input columns")
+    reference: Path | None = spec(None, "input reference made by `shadowproxy reference`")
+    seed: int = spec(0, "seed of every random draw (reservoirs, bootstrap)", ge=0)
+    snapshot: Snapshot = spec(Snapshot(), "comparator state persistence")
+
+
+GateOp = Literal["min", "max"]
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str = required("a gate metric name")
+    min: float | None = spec(None, "the value must be at least this")
+    max: float | None = spec(None, "the value must be at most this")
+
+
+@dataclass(frozen=True)
+class Promotion:
+    min_samples: int = spec(1000, "pairs needed before any gate can pass", ge=1)
+    confidence: float = spec(0.95, "confidence level of every interval", gt=0, lt=1)
+    gates: tuple[Gate, ...] = spec((), "the checks a candidate must pass")
+
+
+@dataclass(frozen=True)
+class PairLog:
+    """JSON-lines log of paired records, for replay and audit."""
+
+    path: Path | None = spec(None, "file to append pair records to; unset disables the log")
+    sample_rate: float = spec(
+        1.0, "share of pairs written, decided from the request id", ge=0, le=1
+    )
+    max_bytes: int = spec(64 * MiB, "rotate the file beyond this size", gt=0)
+    backups: int = spec(3, "rotated files kept", ge=0)
+    max_body_bytes: int = spec(
+        64 * 1024, "bodies are truncated to this many bytes in the log", ge=0
+    )
+    redact: tuple[str, ...] = spec(
+        (), 'header names and dotted JSON body fields replaced by "[redacted]"'
+    )
+    queue_size: int = spec(10000, "records buffered for the writer; more are dropped", ge=1)
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    drain_delay_s: float = spec(
+        5.0, "after SIGTERM, keep serving (readiness already failing) for this long", ge=0
+    )
+    grace_s: float = spec(
+        25.0, "then wait this long for in-flight requests before cancelling", ge=0
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    production: Production = required("the model whose answers clients receive")
+    listen: Listener = spec(Listener(), "traffic listener: every path is proxied to production")
+    admin: Listener = spec(Listener(port=9090), "admin listener: health, metrics, admin API")
+    limits: Limits = spec(Limits(), "request limits")
+    protocol: Protocol = spec("v2", "payload protocol: v1 (KServe V1), v2 (OIP REST), json")
+    candidates: tuple[Candidate, ...] = spec((), "models that receive a copy of the traffic")
+    baseline: Baseline | None = spec(None, "optional second production instance (noise floor)")
+    compare: Compare = spec(Compare(), "comparator settings")
+    promotion: Promotion = spec(Promotion(), "promotion gates")
+    pair_log: PairLog = spec(PairLog(), "pair record log")
+    shutdown: Shutdown = spec(Shutdown(), "drain behaviour on SIGTERM")
+    source: Path | None = spec(None, "the file this config was read from (set by the loader)")
+
+    def shadow_targets(self) -> tuple[Candidate | Baseline, ...]:
+        """Every mirrored target: the candidates, then the baseline if configured."""
+        return (*self.candidates, *(() if self.baseline is None else (self.baseline,)))

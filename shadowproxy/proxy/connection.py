@@ -1,0 +1,331 @@
+"""The traffic listener's per-connection protocol: strict parsing and client limits.
+
+httptools (llhttp) already refuses the classic smuggling shapes: Content-Length together
+with Transfer-Encoding, duplicate Content-Length, obfuscated Transfer-Encoding, bare LF,
+NUL or CR in values, obsolete line folding and overflowing chunk sizes. On top of it this
+module enforces what llhttp leaves to the application: the HTTP version, a single Host,
+header count and size, body size (declared or chunked), and deadlines for slow clients.
+
+A request is parsed completely, body included, before anything is forwarded: a request
+that breaks a limit is answered here and never reaches production or a candidate.
+Requests pipelined on one connection are answered strictly in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import httptools
+import orjson
+
+from shadowproxy.config.model import Limits
+from shadowproxy.proxy.headers import RequestHead
+
+if TYPE_CHECKING:
+    from shadowproxy.proxy.handler import Proxy
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+@dataclass(slots=True)
+class Request:
+    """A fully received client request."""
+
+    method: bytes
+    target: bytes
+    http_11: bool
+    head: RequestHead
+    body: bytes
+    keep_alive: bool
+    received_at: float  # perf_counter when the last byte arrived
+    wall_time: float  # time.time() of the same moment, for records
+
+
+@dataclass(slots=True, frozen=True)
+class Rejection:
+    """A request refused by the proxy itself; answering it closes the connection."""
+
+    status: int
+    reason: str  # bounded metrics label
+    message: str
+
+
+class _Refused(Exception):
+    pass
+
+
+def error_response(status: int, message: str, request_id: str | None, close: bool) -> bytes:
+    """A small JSON error response written by the proxy itself."""
+    body = orjson.dumps({"error": message, "status": status, "request_id": request_id})
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
+        b"Content-Type: application/json\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+    ]
+    if request_id:
+        head.append(b"X-Request-Id: " + request_id.encode() + b"\r\n")
+    if close:
+        head.append(b"Connection: close\r\n")
+    return b"".join(head) + b"\r\n" + body
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection on the traffic listener."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.limits: Limits = proxy.limits
+        self._loop = proxy.loop
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: collections.deque[Request | Rejection] = collections.deque()
+        self.active: object | None = None  # the exchange currently answering
+        self._reading_paused = False
+        self.write_paused = False
+        self.closing = False  # finish the current response, then close
+        self.closed = False
+        # One deadline at a time (head, body, keep-alive idle or send), checked by the
+        # proxy's periodic sweep: cheaper than a timer armed and cancelled per request.
+        self.deadline = 0.0
+        self.deadline_reason = ""
+        self._refusal: Rejection | None = None
+        self._reset_message()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = self.transport.get_extra_info("peername")
+        self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.proxy.connection_opened(self)
+        self._arm(self.limits.header_timeout_s, "header_timeout")
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # everything after a refused request is ignored
+        if not self._in_message and self.deadline_reason != "header_timeout":
+            self._arm(self.limits.header_timeout_s, "header_timeout")
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            self._refuse(self._refusal or Rejection(400, "malformed", "malformed request"))
+        except httptools.HttpParserUpgrade:
+            self._refuse(Rejection(400, "unsupported", "protocol upgrades are not proxied"))
+        except httptools.HttpParserError as exc:
+            self._refuse(Rejection(400, "malformed", f"malformed request: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._disarm()
+        self.proxy.connection_closed(self)
+        active, self.active = self.active, None
+        if active is not None:
+            active.client_gone()  # type: ignore[attr-defined]
+
+    def pause_writing(self) -> None:
+        # The client reads slower than we write: stop reading the upstream too.
+        self.write_paused = True
+        if self.active is not None:
+            self.active.pause()  # type: ignore[attr-defined]
+        self._arm(self.limits.send_timeout_s, "send_timeout")
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.deadline_reason == "send_timeout":
+            self._disarm()
+        if self.active is not None:
+            self.active.resume()  # type: ignore[attr-defined]
+
+    # -- httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        if self.deadline_reason != "header_timeout":
+            self._arm(self.limits.header_timeout_s, "header_timeout")
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_header_bytes:
+            self._stop(Rejection(431, "headers_too_large", "request line too long"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head = self._head
+        head.add(name, value)
+        if head.size + len(self._url) > self.limits.max_header_bytes:
+            self._stop(Rejection(431, "headers_too_large", "request headers too large"))
+        if head.count > self.limits.max_headers:
+            self._stop(Rejection(431, "headers_too_large", "too many request headers"))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            self._stop(Rejection(400, "malformed", f"unsupported HTTP version {version}"))
+        head = self._head
+        if head.hosts > 1:
+            self._stop(Rejection(400, "malformed", "duplicate Host header"))
+        if version == "1.1" and not head.hosts:
+            self._stop(Rejection(400, "malformed", "missing Host header"))
+        if parser.should_upgrade():
+            self._stop(Rejection(400, "unsupported", "protocol upgrades are not proxied"))
+        if head.content_length > self.limits.max_body_bytes:
+            self._stop(
+                Rejection(413, "body_too_large", "request body exceeds limits.max_body_bytes")
+            )
+        expect = head.expect
+        if expect is not None:
+            if expect != b"100-continue":
+                self._stop(Rejection(400, "malformed", "unsupported Expect value"))
+            elif self.transport is not None and not self._queue and self.active is None:
+                # The body is buffered here before forwarding, so the proxy says continue.
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._arm(self.limits.body_timeout_s, "body_timeout")
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+        self._body_size += len(body)
+        if self._body_size > self.limits.max_body_bytes:
+            self._stop(
+                Rejection(413, "body_too_large", "request body exceeds limits.max_body_bytes")
+            )
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        request = Request(
+            method=parser.get_method(),
+            target=self._url,
+            http_11=parser.get_http_version() == "1.1",
+            head=self._head,
+            body=b"".join(self._body),
+            keep_alive=parser.should_keep_alive(),
+            received_at=time.perf_counter(),
+            wall_time=time.time(),
+        )
+        self._reset_message()
+        self._disarm()
+        self._queue.append(request)
+        if len(self._queue) >= self.limits.max_pipelined and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._next()
+
+    # -- serving ------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def finished(self, keep_alive: bool) -> None:
+        """The active exchange wrote its whole response."""
+        self.active = None
+        if not keep_alive or self.closing:
+            self.close()
+            return
+        self._next()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def close_when_idle(self) -> None:
+        """Part of the drain: close now if idle, else after the current response."""
+        self.closing = True
+        if self.active is None and not self._queue and not self._in_message:
+            self.close()
+
+    @property
+    def idle(self) -> bool:
+        return self.active is None and not self._queue
+
+    def _next(self) -> None:
+        if self.active is not None or self.closed:
+            return
+        if not self._queue:
+            if self._reading_paused and self.transport is not None:
+                self._reading_paused = False
+                self.transport.resume_reading()
+            if self.closing:
+                self.close()
+            elif not self._in_message:
+                self._arm(self.limits.keepalive_timeout_s, "keepalive")
+            return
+        item = self._queue.popleft()
+        if isinstance(item, Rejection):
+            self._answer_refusal(item)
+            return
+        self.active = self.proxy.handle(item, self)
+
+    def _stop(self, rejection: Rejection) -> None:
+        """Abort parsing from inside a parser callback."""
+        self._refusal = rejection
+        raise _Refused(rejection.message)
+
+    def _refuse(self, rejection: Rejection) -> None:
+        self._refusal = rejection
+        self._disarm()
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._queue.append(rejection)
+        self._next()
+
+    def _answer_refusal(self, rejection: Rejection) -> None:
+        self.proxy.metrics.client_errors.labels(rejection.reason).inc()
+        self.write(error_response(rejection.status, rejection.message, None, close=True))
+        self.close()
+
+    def _reset_message(self) -> None:
+        self._in_message = False
+        self._url = b""
+        self._head = RequestHead()
+        self._body: list[bytes] = []
+        self._body_size = 0
+
+    # -- deadlines ------------------------------------------------------------------------
+    def _arm(self, delay: float, reason: str) -> None:
+        self.deadline = self._loop.time() + delay
+        self.deadline_reason = reason
+
+    def _disarm(self) -> None:
+        self.deadline = 0.0
+        self.deadline_reason = ""
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the proxy's sweep; acts on a deadline that has passed."""
+        if self.deadline and now >= self.deadline:
+            reason = self.deadline_reason
+            self._disarm()
+            self._expired(reason)
+
+    def _expired(self, reason: str) -> None:
+        if reason == "keepalive" or (reason == "header_timeout" and not self._in_message):
+            self.close()  # an idle socket just goes away
+        elif reason == "send_timeout":
+            if self.transport is not None:
+                self.transport.abort()
+        elif self.active is None:
+            # A slow client mid-request: answer 408 and hang up.
+            message = "request head not received in time"
+            if reason == "body_timeout":
+                message = "request body not received in time"
+            self._refuse(Rejection(408, reason, message))
+        else:
+            self.closing = True

@@ -1,0 +1,171 @@
+"""Routing one client request: production first, then the sampled shadows.
+
+Routing decisions (who is sampled, whether the body may be mirrored) are pure functions of
+the request and config. The production request is written before any shadow is touched,
+and nothing here waits for a shadow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from shadowproxy.config.model import Config
+from shadowproxy.observability.metrics import Metrics
+from shadowproxy.pairing.join import PairJoin, PairStream
+from shadowproxy.pairing.record import PairRecord
+from shadowproxy.proxy.connection import ClientConnection, Request
+from shadowproxy.proxy.deadlines import DeadlineQueue
+from shadowproxy.proxy.headers import header_block, proxy_headers_block
+from shadowproxy.proxy.relay import ProductionRelay
+from shadowproxy.proxy.upstream import UpstreamPool, UpstreamTarget, build_request
+from shadowproxy.shadow.dispatch import ShadowTarget
+
+SHADOW_HEADER = b"X-Shadow-Request: 1\r\n"
+
+
+class Proxy:
+    """Shared state of the traffic listener: pools, shadow targets, the pair stream."""
+
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        pair_stream: PairStream,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        production = config.production
+        if production.url is None:
+            raise ValueError("the HTTP proxy needs production.url")
+        self.config = config
+        self.limits = config.limits
+        self.metrics = metrics
+        self.loop = loop
+        self.stream = pair_stream
+        self.production_name = production.name
+        self.production_version = production.version
+        self.production_timeout_s = production.timeout_ms / 1000
+        self.production_target = UpstreamTarget(production.url)
+        self.production_pool = UpstreamPool(
+            production.name,
+            self.production_target,
+            connect_timeout_s=production.connect_timeout_ms / 1000,
+            max_idle=production.pool_size,
+            loop=loop,
+        )
+        self.production_headers = header_block(production.headers)
+        self.targets = [
+            ShadowTarget(c, "candidate", limits=self.limits, metrics=metrics, loop=loop)
+            for c in config.candidates
+            if c.url is not None
+        ]
+        if config.baseline is not None:
+            self.targets.append(
+                ShadowTarget(
+                    config.baseline, "baseline", limits=self.limits, metrics=metrics, loop=loop
+                )
+            )
+        by_name = {t.name: t for t in self.targets}
+        pair_stream.on_pair(lambda name, _exchange: by_name[name].count_pair())
+        self.connections: set[ClientConnection] = set()
+        self.has_answered = False
+        self.in_flight = 0
+        self.production_deadlines = DeadlineQueue(loop, self.production_timeout_s)
+        # Production bodies are kept for pairing under the same cap as shadow bodies.
+        self.pair_capture_bytes = self.limits.shadow_max_response_bytes
+        role, name, ver = "production", production.name, production.version
+        self.stats = metrics.hot.add(role, name, ver)
+        metrics.in_flight.labels(role, name).set_function(lambda: self.in_flight)
+        metrics.connections.set_function(lambda: len(self.connections))
+
+    # -- connections ----------------------------------------------------------------------
+    def connection_opened(self, conn: ClientConnection) -> None:
+        self.connections.add(conn)
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+
+    def sweep_deadlines(self) -> None:
+        """Expire client connections whose head, body, idle or send deadline passed."""
+        now = self.loop.time()
+        for conn in list(self.connections):
+            if conn.deadline and now >= conn.deadline:
+                conn.check_deadline(now)
+
+    # -- requests -------------------------------------------------------------------------
+    def handle(self, request: Request, client: ClientConnection) -> ProductionRelay:
+        head = request.head
+        request_id = head.resolve_request_id()
+        headers = head.forward_block() + proxy_headers_block(
+            request_id, client.peer_ip, head.host, b"http"
+        )
+        relay = ProductionRelay(self, client, request, request_id)
+        self.in_flight += 1
+        self.production_deadlines.add(relay)
+        shadows = [t for t in self.targets if t.wants(request.method, request_id)]
+        if shadows:
+            relay.join = self._join(request, request_id, len(shadows) + 1)
+            relay.capture_limit = self.pair_capture_bytes
+        self.production_pool.request(
+            build_request(
+                request.method,
+                self.production_target.target_path(request.target),
+                head.host or self.production_target.host_header,
+                headers + self.production_headers,
+                request.body,
+            ),
+            relay,
+            head_request=request.method == b"HEAD",
+        )
+        if shadows:
+            assert relay.join is not None
+            self._mirror(request, headers, shadows, relay.join)
+        return relay
+
+    def _join(self, request: Request, request_id: str, pending: int) -> PairJoin:
+        record = PairRecord(
+            request_id=request_id,
+            started_at=request.wall_time,
+            method=request.method.decode("ascii", "replace"),
+            path=request.target.decode("latin-1"),
+            request_body=request.body,
+            request_content_type=request.head.content_type.decode("latin-1"),
+        )
+        return PairJoin(record, pending, self.stream)
+
+    def _mirror(
+        self, request: Request, headers: bytes, shadows: list[ShadowTarget], join: PairJoin
+    ) -> None:
+        too_large = len(request.body) > self.limits.mirror_max_body_bytes
+        for target in shadows:
+            data = b"" if too_large else build_request(
+                request.method,
+                target.upstream.target_path(request.target),
+                target.upstream.host_header,
+                headers + SHADOW_HEADER + target.extra_headers,
+                request.body,
+            )  # fmt: skip
+            target.dispatch(data, join, too_large)
+
+    # -- production bookkeeping -----------------------------------------------------------
+    def production_answered(self, status: int) -> None:
+        if not self.has_answered and status < 500:
+            self.has_answered = True
+
+    def production_finished(self, relay: ProductionRelay, outcome: str, latency: float) -> None:
+        self.in_flight -= 1
+        self.stats.record(outcome, latency)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def stop_keepalive(self) -> None:
+        """Close idle client connections; busy ones close after their response."""
+        for conn in list(self.connections):
+            conn.close_when_idle()
+
+    async def close(self) -> None:
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for target in self.targets:
+            await target.close()
+        self.production_deadlines.close()
+        await self.production_pool.close()

@@ -1,0 +1,294 @@
+"""Header rules of a transparent proxy (pure functions over ``(name, value)`` byte pairs).
+
+What a proxy must change, and nothing more:
+
+* hop-by-hop headers (RFC 9110 §7.6.1) and every header named in ``Connection`` are
+  removed in both directions;
+* ``X-Forwarded-For``, ``-Proto`` and ``-Host`` are rebuilt from the socket, never trusted
+  from the client;
+* ``X-Shadow-*`` headers are internal: a client cannot set them;
+* framing (``Content-Length`` / ``Transfer-Encoding``) is re-derived by the proxy, because
+  request bodies are buffered and response bodies may be re-chunked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Iterable
+
+Headers = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+FORWARDED: frozenset[bytes] = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+)
+# Framing is recomputed from the buffered body; Expect is answered by the proxy itself.
+REQUEST_FRAMING: frozenset[bytes] = frozenset({b"content-length", b"expect"})
+SHADOW_PREFIX = b"x-shadow-"
+REQUEST_ID = b"x-request-id"
+_NOT_FORWARDED = HOP_BY_HOP | FORWARDED | REQUEST_FRAMING | {REQUEST_ID}
+_NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID}
+
+_REQUEST_ID_OK = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Lower-cased header names listed in every ``Connection`` header."""
+    names: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            names.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(names) if names else _NO_TOKENS
+
+
+_NO_TOKENS: frozenset[bytes] = frozenset()
+
+
+def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Drop hop-by-hop headers and the headers the ``Connection`` header names."""
+    headers = list(headers)
+    drop = HOP_BY_HOP | connection_tokens(headers)
+    return [(n, v) for n, v in headers if n.lower() not in drop]
+
+
+def valid_request_id(value: bytes) -> bool:
+    """A client-sent request id is kept only if it is short and made of safe characters."""
+    return _REQUEST_ID_OK.fullmatch(value) is not None
+
+
+# A random per-process prefix plus a counter: unique across replicas and restarts without
+# a random draw (a syscall) per request.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+
+
+def pick_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The client's ``X-Request-Id`` when it is well formed, else a fresh one."""
+    head = RequestHead()
+    for name, value in headers:
+        head.add(name, value)
+    return head.resolve_request_id()
+
+
+class RequestHead:
+    """Single-pass classification of a request's headers, fed as the parser meets them.
+
+    Headers to forward are kept (already serialized); the ones the proxy owns are
+    remembered (Host, X-Request-Id, Content-Type, Expect) or dropped (hop-by-hop,
+    forwarded, framing, X-Shadow-*). Headers named in ``Connection`` are removed once the
+    whole head is in, since ``Connection`` may come after them.
+    """
+
+    __slots__ = (
+        "forward", "forward_lows", "hosts", "host", "request_id", "content_type", "expect",
+        "connection_tokens", "upgrade", "content_length", "count", "size",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.forward: list[bytes] = []  # serialized "Name: value" lines
+        self.forward_lows: list[bytes] = []  # their lower-case names
+        self.hosts = 0
+        self.host: bytes | None = None
+        self.request_id: bytes | None = None
+        self.content_type = b""
+        self.expect: bytes | None = None
+        self.connection_tokens: set[bytes] | None = None
+        self.upgrade = False
+        self.content_length = -1
+        self.count = 0
+        self.size = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.count += 1
+        self.size += len(name) + len(value) + 4
+        low = name.lower()
+        if low in _NOT_FORWARDED or low == b"host":
+            self._remember(low, value)
+        elif not low.startswith(SHADOW_PREFIX):
+            if low == b"content-type":
+                self.content_type = value
+            self.forward.append(name + b": " + value + b"\r\n")
+            self.forward_lows.append(low)
+
+    def _remember(self, low: bytes, value: bytes) -> None:
+        if low == b"host":
+            self.hosts += 1
+            self.host = value
+        elif low == REQUEST_ID:
+            self.request_id = value
+        elif low == b"expect":
+            self.expect = value.lower()
+        elif low == b"upgrade":
+            self.upgrade = True
+        elif low == b"content-length" and value.isdigit():
+            # llhttp has already refused malformed and duplicate lengths.
+            self.content_length = int(value)
+        elif low == b"connection":
+            tokens = {t.strip().lower() for t in value.split(b",")} - _CONNECTION_KEYWORDS
+            if tokens:
+                self.connection_tokens = (self.connection_tokens or set()) | tokens
+
+    def resolve_request_id(self) -> str:
+        rid = self.request_id
+        if rid is not None and valid_request_id(rid):
+            return rid.decode("ascii")
+        return new_request_id()
+
+    def forward_block(self) -> bytes:
+        """The forwarded headers, serialized, with Connection-named ones removed."""
+        tokens = self.connection_tokens
+        if tokens:
+            pairs = zip(self.forward_lows, self.forward, strict=True)
+            return b"".join(line for low, line in pairs if low not in tokens)
+        return b"".join(self.forward)
+
+
+# Connection options that are not header names (RFC 9110 §7.6.1).
+_CONNECTION_KEYWORDS = frozenset({b"", b"keep-alive", b"close"})
+
+
+def proxy_headers_block(request_id: str, peer_ip: str, host: bytes | None, proto: bytes) -> bytes:
+    """The headers the proxy sets itself, serialized."""
+    block = (
+        b"X-Request-Id: " + request_id.encode("ascii") + b"\r\n"
+        b"X-Forwarded-For: " + peer_ip.encode("ascii", "replace") + b"\r\n"
+        b"X-Forwarded-Proto: " + proto + b"\r\n"
+    )
+    if host is not None:
+        block += b"X-Forwarded-Host: " + host + b"\r\n"
+    return block
+
+
+def upstream_request_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+    *,
+    request_id: str,
+    peer_ip: str,
+    host: bytes | None,
+    proto: bytes = b"http",
+) -> Headers:
+    """Headers to send upstream for a client request (without framing headers).
+
+    The same rules as :class:`RequestHead`, as a list of pairs.
+
+    Parameters
+    ----------
+    headers : iterable of (bytes, bytes)
+        The client's headers as received.
+    request_id : str
+        The id the client sent (if valid) or the one the proxy assigned.
+    peer_ip : str
+        The socket peer address: the only trustworthy ``X-Forwarded-For``.
+    host : bytes or None
+        The client's ``Host``; becomes ``X-Forwarded-Host``.
+    proto : bytes
+        The scheme the client used on the traffic listener.
+    """
+    head = RequestHead()
+    for name, value in headers:
+        head.add(name, value)
+    block = head.forward_block() + proxy_headers_block(request_id, peer_ip, host, proto)
+    return parse_block(block)
+
+
+def parse_block(block: bytes) -> Headers:
+    """``Name: value\\r\\n`` lines back into pairs."""
+    pairs = []
+    for line in block.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b": ")
+            pairs.append((name, value))
+    return pairs
+
+
+def client_response_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Upstream response headers to relay to the client (without framing headers).
+
+    ``Content-Length`` is kept: the proxy relays the body unchanged when the upstream
+    declared its length.
+    """
+    head = ResponseHead()
+    for name, value in headers:
+        head.add(name, value)
+    return parse_block(head.relay_block())
+
+
+class ResponseHead:
+    """Single-pass classification of an upstream response's headers.
+
+    Keeps the relayable headers serialized, and remembers what framing and pairing need
+    (Content-Length present, Content-Type).
+    """
+
+    __slots__ = ("lines", "lows", "connection_tokens", "content_type", "has_length", "chunked")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.lows: list[bytes] = []
+        self.connection_tokens: set[bytes] | None = None
+        self.content_type = b""
+        self.has_length = False
+        self.chunked = False
+
+    def add(self, name: bytes, value: bytes) -> None:
+        low = name.lower()
+        if low in _NOT_RELAYED:
+            if low == b"transfer-encoding":
+                self.chunked = True  # llhttp refuses any coding that does not end in chunked
+            elif low == b"connection":
+                extra = {t.strip().lower() for t in value.split(b",")} - _CONNECTION_KEYWORDS
+                if extra:
+                    self.connection_tokens = (self.connection_tokens or set()) | extra
+            return
+        if low == b"content-length":
+            self.has_length = True
+        elif low == b"content-type":
+            self.content_type = value
+        self.lines.append(name + b": " + value + b"\r\n")
+        self.lows.append(low)
+
+    def relay_block(self) -> bytes:
+        """The headers to relay, serialized, with Connection-named ones removed."""
+        tokens = self.connection_tokens
+        if tokens:
+            if b"content-length" in tokens:
+                self.has_length = False
+            return b"".join(
+                line for low, line in zip(self.lows, self.lines, strict=True) if low not in tokens
+            )
+        return b"".join(self.lines)
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of ``name`` (lower-case) or ``None``."""
+    for n, v in headers:
+        if n.lower() == name:
+            return v
+    return None
+
+
+def serialize_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(n + b": " + v + b"\r\n" for n, v in headers)
+
+
+def header_block(headers: Iterable[tuple[str, str]]) -> bytes:
+    """Configured ``(name, value)`` headers, serialized (validated by the config loader)."""
+    return b"".join(f"{n}: {v}\r\n".encode("latin-1") for n, v in headers)

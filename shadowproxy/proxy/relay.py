@@ -1,0 +1,171 @@
+"""Relaying the production response to the client as it arrives.
+
+The relay is the :class:`~shadowproxy.proxy.upstream.ResponseSink` of a production
+exchange. Status, reason and headers are passed through (hop-by-hop removed); the body is
+passed byte for byte when the upstream declared its length, and re-chunked otherwise.
+Back-pressure runs end to end: a client that reads slowly pauses the upstream socket.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from shadowproxy.errors import UpstreamError
+from shadowproxy.pairing.record import Exchange
+from shadowproxy.proxy.connection import ClientConnection, Request, error_response
+from shadowproxy.proxy.headers import ResponseHead
+from shadowproxy.proxy.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from shadowproxy.pairing.join import PairJoin
+    from shadowproxy.proxy.handler import Proxy
+
+
+class ProductionRelay:
+    """Carries one production exchange from upstream to client."""
+
+    __slots__ = (
+        "proxy", "client", "request", "request_id", "join", "capture_limit", "upstream",
+        "started", "head_written", "chunked", "keep_alive", "status",
+        "content_type", "captured", "captured_size", "body_size", "done",
+    )  # fmt: skip
+
+    def __init__(
+        self, proxy: Proxy, client: ClientConnection, request: Request, request_id: str
+    ) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.request = request
+        self.request_id = request_id
+        self.join: PairJoin | None = None
+        self.capture_limit = 0  # bytes of the body kept for the pair record
+        self.upstream: UpstreamConnection | None = None
+        self.started = time.perf_counter()
+        self.head_written = False
+        self.chunked = False
+        self.keep_alive = request.keep_alive
+        self.status = 0
+        self.content_type = b""
+        self.captured: list[bytes] = []
+        self.captured_size = 0
+        self.body_size = 0
+        self.done = False
+
+    # -- ResponseSink ---------------------------------------------------------------------
+    def attach(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        if self.client.write_paused:
+            conn.pause_reading()
+
+    def on_head(self, status: int, reason: bytes, head: ResponseHead, framed: bool) -> None:
+        if self.done:
+            return
+        self.status = status
+        if not self.proxy.has_answered:
+            self.proxy.production_answered(status)
+        block = head.relay_block()
+        self.content_type = head.content_type
+        framing = b""
+        no_body = self.request.method == b"HEAD" or status in (204, 304)
+        if not no_body and not head.has_length:
+            if self.request.http_11:
+                self.chunked = True
+                framing = b"Transfer-Encoding: chunked\r\n"
+            else:
+                self.keep_alive = False  # an HTTP/1.0 client reads to end of stream
+        if self.client.closing:
+            self.keep_alive = False
+        if not self.keep_alive:
+            framing += b"Connection: close\r\n"
+        elif not self.request.http_11:
+            framing += b"Connection: keep-alive\r\n"
+        self.client.write(
+            b"HTTP/1.1 %d %s\r\n%sX-Request-Id: %s\r\n%s\r\n"
+            % (status, reason, block, self.request_id.encode(), framing)
+        )
+        self.head_written = True
+
+    def on_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.body_size += len(data)
+        if self.body_size > self.proxy.limits.max_response_bytes:
+            self._abort(UpstreamError("production response exceeds max_response_bytes", "invalid"))
+            return
+        if self.capture_limit and self.captured_size < self.capture_limit:
+            self.captured.append(data)
+            self.captured_size += len(data)
+        if self.chunked:
+            self.client.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.client.write(data)
+
+    def on_complete(self) -> None:
+        if self.done:
+            return
+        if self.chunked:
+            self.client.write(b"0\r\n\r\n")
+        outcome = "ok" if 200 <= self.status < 300 else "error"
+        self._finish(outcome, "")
+        self.client.finished(self.keep_alive)
+
+    def on_error(self, exc: UpstreamError) -> None:
+        if self.done:
+            return
+        if self.head_written:
+            # Part of the response is out: the only honest signal left is a cut connection.
+            self._finish(exc.outcome, str(exc))
+            self.client.close()
+            return
+        status = 504 if exc.outcome == "timeout" else 502
+        self.status = status
+        message = "production timed out" if status == 504 else "production unavailable"
+        self.client.write(error_response(status, message, self.request_id, not self.keep_alive))
+        self._finish(exc.outcome, str(exc))
+        self.client.finished(self.keep_alive)
+
+    # -- client side --------------------------------------------------------------------
+    def pause(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def client_gone(self) -> None:
+        """The client hung up mid-exchange: stop reading production, keep the record."""
+        if not self.done:
+            # Not production's failure: counted as dropped, kept out of error rates.
+            self._abort(UpstreamError("client closed the connection", "dropped"))
+
+    # -- internals ------------------------------------------------------------------------
+    def expire(self) -> None:
+        """The production deadline (``production.timeout_ms``) passed before completion."""
+        self._abort(UpstreamError("production timed out", "timeout"))
+
+    def _abort(self, exc: UpstreamError) -> None:
+        if self.upstream is not None:
+            self.upstream.abort()
+        self.on_error(exc)
+
+    def _finish(self, outcome: str, detail: str) -> None:
+        self.done = True
+        latency = time.perf_counter() - self.started
+        self.proxy.production_finished(self, outcome, latency)
+        if self.join is not None:
+            self.join.production_done(
+                Exchange(
+                    role="production",
+                    name=self.proxy.production_name,
+                    version=self.proxy.production_version,
+                    outcome=outcome,  # type: ignore[arg-type]
+                    status=self.status or None,
+                    latency_s=latency,
+                    body=b"".join(self.captured)[: self.capture_limit],
+                    content_type=self.content_type.decode("latin-1"),
+                    detail=detail,
+                    body_truncated=self.body_size > self.capture_limit,
+                )
+            )

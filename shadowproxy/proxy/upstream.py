@@ -1,0 +1,312 @@
+"""Pooled keep-alive HTTP/1.1 connections to one upstream, on raw asyncio protocols.
+
+This is the hot path's client: no task per request, no stream objects. A caller hands an
+:class:`UpstreamConnection` the serialized request and a :class:`ResponseSink`, and the
+parser callbacks drive the sink directly. Production relays the response to the client as
+it arrives; shadows buffer it under a size cap.
+
+A reused connection that the upstream closed while idle is retried once on a fresh
+connection, but only when the upstream sent no byte of a response: the upstream has then
+provably not answered, so the retry cannot duplicate a visible effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+from typing import Protocol, cast
+from urllib.parse import urlsplit
+
+import httptools
+
+from shadowproxy.errors import UpstreamError
+from shadowproxy.proxy.headers import ResponseHead
+
+
+class ResponseSink(Protocol):
+    """Receives one upstream response. Exactly one of complete/error is called."""
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        """The connection now carrying the exchange (so a deadline can abort it)."""
+
+    def on_head(self, status: int, reason: bytes, head: ResponseHead, framed: bool) -> None:
+        """Status line and headers; ``framed`` is False for a close-delimited body."""
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_complete(self) -> None: ...
+
+    def on_error(self, exc: UpstreamError) -> None: ...
+
+
+class UpstreamTarget:
+    """Where an upstream lives, parsed once from its configured base URL."""
+
+    __slots__ = ("url", "host", "port", "path_prefix", "host_header")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise UpstreamError(f"unsupported upstream URL {url!r}: expected http://host[:port]")
+        self.url = url
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.path_prefix = parts.path.rstrip("/").encode()
+        default_port = parts.port in (None, 80)
+        self.host_header = (self.host if default_port else f"{self.host}:{self.port}").encode()
+
+    def target_path(self, path: bytes) -> bytes:
+        return self.path_prefix + path if self.path_prefix else path
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection. Carries one exchange at a time (no pipelining)."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._sink: ResponseSink | None = None
+        self._head = ResponseHead()
+        self._reason = b""
+        self._head_sent = False
+        self._bytes_seen = 0
+        self._head_request = False
+        self._framed = True
+        self.reused = False
+        self.closed = False
+        self._retry: tuple[bytes, ResponseSink, bool] | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # not a TCP socket (tests may use unix sockets)
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        if self._sink is None:
+            # Bytes nobody asked for: the stream is out of sync, never reuse it.
+            self.abort()
+            return
+        self._bytes_seen += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(
+                UpstreamError(f"malformed response from {self._pool.name}: {exc}", "invalid")
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pool.forget(self)
+        sink = self._sink
+        if sink is None:
+            return
+        if self._head_sent and not self._framed:
+            # A close-delimited body ends when the connection does.
+            self._sink = None
+            sink.on_complete()
+            return
+        if self._bytes_seen == 0 and self.reused and self._retry is not None:
+            self._sink = None
+            request, retry_sink, head = self._retry
+            self._pool.resend(request, retry_sink, head)
+            return
+        self._fail(UpstreamError(f"{self._pool.name} closed the connection mid-response", "error"))
+
+    def pause_writing(self) -> None:  # upstream slow to read our request: nothing to do
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- httptools callbacks ------------------------------------------------------------
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head.add(name, value)
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # Interim responses (100 Continue, 103 Early Hints) are not relayed.
+            self._head = ResponseHead()
+            self._reason = b""
+            return
+        assert self._sink is not None
+        self._head_sent = True
+        no_body = self._head_request or status in (204, 304)
+        # Without a length or chunked coding the body runs until the upstream closes.
+        self._framed = no_body or self._head.has_length or self._head.chunked
+        self._sink.on_head(status, self._reason, self._head, self._framed)
+        if self._head_request and self._sink is not None:
+            # llhttp cannot be told that a HEAD response has no body: finish it ourselves
+            # and start a fresh parser for the next response on this connection.
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._sink is not None:
+            self._sink.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._head_sent and self._sink is not None:
+            self._complete()
+
+    # -- exchange -----------------------------------------------------------------------
+    def send(self, request: bytes, sink: ResponseSink, head_request: bool = False) -> None:
+        assert self.transport is not None and self._sink is None
+        self._sink = sink
+        self._head = ResponseHead()
+        self._reason = b""
+        self._head_sent = False
+        self._bytes_seen = 0
+        self._head_request = head_request
+        self._framed = True
+        self._retry = (request, sink, head_request) if self.reused else None
+        sink.attach(self)
+        self.transport.write(request)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Drop the connection; any sink attached is no longer called."""
+        self._sink = None
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _complete(self) -> None:
+        sink, self._sink = self._sink, None
+        self._retry = None
+        keep = self._framed and self._parser.should_keep_alive()
+        if keep and not self.closed:
+            self._pool.release(self)
+        else:
+            self.abort()
+        assert sink is not None
+        sink.on_complete()
+
+    def _fail(self, exc: UpstreamError) -> None:
+        sink = self._sink
+        self.abort()
+        if sink is not None:
+            sink.on_error(exc)
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one upstream, most recently used first.
+
+    LIFO reuse keeps the hot set small so surplus connections idle out at the upstream.
+    Opening a connection is the only awaited step; it runs in a task that the pool keeps a
+    reference to until it finishes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        target: UpstreamTarget,
+        *,
+        connect_timeout_s: float,
+        max_idle: int,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.name = name
+        self.target = target
+        self.connect_timeout_s = connect_timeout_s
+        self.max_idle = max_idle
+        self._loop = loop or asyncio.get_running_loop()
+        self._idle: collections.deque[UpstreamConnection] = collections.deque()
+        self._connecting: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def request(self, request: bytes, sink: ResponseSink, head_request: bool = False) -> None:
+        """Send ``request`` on an idle connection, or on a new one once it is open."""
+        if self._closed:
+            sink.on_error(UpstreamError(f"{self.name}: pool is closed", "error"))
+            return
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                conn.send(request, sink, head_request)
+                return
+        self.resend(request, sink, head_request)
+
+    def resend(self, request: bytes, sink: ResponseSink, head_request: bool) -> None:
+        """Send on a brand-new connection (also the stale-connection retry path)."""
+        task = self._loop.create_task(self._connect_and_send(request, sink, head_request))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect_and_send(self, request: bytes, sink: ResponseSink, head: bool) -> None:
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, conn = await self._loop.create_connection(
+                    lambda: UpstreamConnection(self), self.target.host, self.target.port
+                )
+        except TimeoutError:
+            sink.on_error(UpstreamError(f"{self.name}: connect timed out", "timeout"))
+            return
+        except OSError as exc:
+            reason = exc.strerror or exc.__class__.__name__
+            sink.on_error(UpstreamError(f"{self.name}: cannot connect: {reason}", "error"))
+            return
+        if self._closed:
+            conn.abort()
+            sink.on_error(UpstreamError(f"{self.name}: pool is closed", "error"))
+            return
+        conn.send(request, sink, head)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if self._closed or len(self._idle) >= self.max_idle:
+            conn.abort()
+        else:
+            self._idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            pass
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    async def close(self) -> None:
+        """Close idle connections and cancel pending connects."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().abort()
+        for task in list(self._connecting):
+            task.cancel()
+        if self._connecting:
+            await asyncio.gather(*self._connecting, return_exceptions=True)
+
+
+_BODILESS_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"})
+
+
+def build_request(
+    method: bytes, path: bytes, host: bytes, header_block: bytes, body: bytes
+) -> bytes:
+    """Serialize an HTTP/1.1 request; ``header_block`` is ``Name: value\\r\\n`` lines."""
+    if body or method not in _BODILESS_METHODS:
+        return b"%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n%s" % (
+            method, path, host, header_block, len(body), body,
+        )  # fmt: skip
+    return b"%s %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (method, path, host, header_block)

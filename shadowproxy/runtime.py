@@ -1,0 +1,252 @@
+"""The serve lifecycle: start, become ready, and drain on SIGTERM.
+
+Shutdown is explicit and ordered, as Kubernetes expects of a front proxy:
+
+1. readiness fails at once, so the endpoint is taken out of rotation;
+2. traffic is still served for ``shutdown.drain_delay_s`` while that propagates;
+3. the listener stops accepting, idle keep-alive sockets are closed;
+4. in-flight production requests get ``shutdown.grace_s`` to finish;
+5. shadow work still pending is cancelled (counted as dropped: shutdown);
+6. the pair log is flushed, the admin listener stops, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from shadowproxy.admin.app import build_admin_app
+from shadowproxy.config.model import Config
+from shadowproxy.errors import UpstreamError
+from shadowproxy.observability.metrics import Metrics
+from shadowproxy.pairing.join import PairStream
+from shadowproxy.pairing.log import PairLogWriter
+from shadowproxy.proxy.connection import ClientConnection
+from shadowproxy.proxy.handler import Proxy
+from shadowproxy.proxy.upstream import UpstreamConnection, build_request
+
+log = logging.getLogger("shadowproxy")
+
+LAG_INTERVAL_S = 0.25
+READY_PROBE_INTERVAL_S = 1.0
+# Client deadlines (head, body, idle, send) are checked this often; they are seconds long,
+# so a tenth of a second of slack is immaterial.
+DEADLINE_SWEEP_S = 0.1
+
+
+class _ProbeSink:
+    """Buffers the answer to the readiness probe; only the status matters."""
+
+    def __init__(self, done: asyncio.Future[int]) -> None:
+        self.done = done
+        self.status = 0
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        pass
+
+    def on_head(self, status: int, reason: bytes, head: object, framed: bool) -> None:
+        self.status = status
+
+    def on_body(self, data: bytes) -> None:
+        pass
+
+    def on_complete(self) -> None:
+        if not self.done.done():
+            self.done.set_result(self.status)
+
+    def on_error(self, exc: UpstreamError) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+class Runtime:
+    """Owns every long-lived part of a running shadowproxy."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics(registry)
+        self.stream = PairStream()
+        self.pair_log: PairLogWriter | None = None
+        self.proxy: Proxy | None = None
+        self.server: asyncio.Server | None = None
+        self.admin_runner: web.AppRunner | None = None
+        self.shutting_down = False
+        self.stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop_requested = asyncio.Event()
+        self.traffic_port = 0
+        self.admin_port = 0
+
+    # -- readiness ------------------------------------------------------------------------
+    def not_ready_reasons(self) -> list[str]:
+        reasons = []
+        if self.shutting_down:
+            reasons.append("shutting down")
+        if self.proxy is None or self.server is None:
+            reasons.append("traffic listener not started")
+        elif not self.proxy.has_answered:
+            reasons.append("production has not answered yet")
+        return reasons
+
+    # -- start ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        if cfg.pair_log.path is not None:
+            metric = self.metrics.pair_log
+            self.pair_log = PairLogWriter(cfg.pair_log, on_drop=lambda r: metric.labels(r).inc())
+            self.pair_log.start()
+            self.stream.subscribe(self.pair_log.submit)
+        self.proxy = Proxy(cfg, self.metrics, self.stream, loop)
+        proxy = self.proxy
+        self.admin_runner = web.AppRunner(
+            build_admin_app(cfg, self.metrics, self.not_ready_reasons),
+            access_log=None,
+            handle_signals=False,
+        )
+        await self.admin_runner.setup()
+        admin_sock = _bind(cfg.admin.host, cfg.admin.port)
+        self.admin_port = admin_sock.getsockname()[1]
+        await web.SockSite(self.admin_runner, admin_sock).start()
+        self.server = await loop.create_server(
+            lambda: ClientConnection(proxy),
+            cfg.listen.host,
+            cfg.listen.port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        self.traffic_port = self.server.sockets[0].getsockname()[1]
+        self.spawn(self._probe_production(), "production-probe")
+        self.spawn(self._watch_loop_lag(), "loop-lag")
+        self.spawn(self._sweep_deadlines(), "client-deadlines")
+        log.info(
+            "serving traffic on %s:%d, admin on %s:%d",
+            cfg.listen.host, self.traffic_port, cfg.admin.host, self.admin_port,
+        )  # fmt: skip
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Start a background task and keep a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _probe_production(self) -> None:
+        """Ask production until it answers, so readiness does not wait for client traffic."""
+        assert self.proxy is not None
+        proxy = self.proxy
+        path = self.config.production.health_path.encode()
+        while not proxy.has_answered and not self.shutting_down:
+            done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            request = build_request(
+                b"GET", proxy.production_target.target_path(path),
+                proxy.production_target.host_header, proxy.production_headers, b"",
+            )  # fmt: skip
+            proxy.production_pool.request(request, _ProbeSink(done))
+            try:
+                async with asyncio.timeout(proxy.production_timeout_s):
+                    proxy.production_answered(await done)
+            except (TimeoutError, UpstreamError) as exc:
+                log.debug("production not answering yet: %s", exc)
+            if not proxy.has_answered:
+                await asyncio.sleep(READY_PROBE_INTERVAL_S)
+
+    async def _sweep_deadlines(self) -> None:
+        assert self.proxy is not None
+        while True:
+            await asyncio.sleep(DEADLINE_SWEEP_S)
+            self.proxy.sweep_deadlines()
+
+    async def _watch_loop_lag(self) -> None:
+        observe = self.metrics.loop_lag.observe
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(LAG_INTERVAL_S)
+            observe(max(0.0, time.perf_counter() - before - LAG_INTERVAL_S))
+
+    # -- run & stop -----------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: readiness fails now; the drain runs in ``serve_forever``."""
+        if not self.shutting_down:
+            log.info("stop requested: readiness now failing, draining")
+            self.shutting_down = True
+            self.metrics.ready.set(0)
+            self._stop_requested.set()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self._stop_requested.wait()
+            await self.drain()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    async def drain(self) -> None:
+        """The ordered shutdown described in the module docstring."""
+        cfg = self.config.shutdown
+        self.shutting_down = True
+        await asyncio.sleep(cfg.drain_delay_s)
+        if self.server is not None:
+            self.server.close()  # stop accepting
+        proxy = self.proxy
+        if proxy is not None:
+            proxy.stop_keepalive()
+            deadline = time.monotonic() + cfg.grace_s
+            while (proxy.in_flight or not all(c.idle for c in proxy.connections)) and (
+                time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.01)
+            if proxy.in_flight:
+                log.warning("grace period over with %d requests in flight", proxy.in_flight)
+            await proxy.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.pair_log is not None:
+            flushed = await asyncio.to_thread(self.pair_log.close, max(cfg.grace_s, 1.0))
+            if not flushed:
+                log.warning("pair log not fully flushed before the deadline")
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
+        self.stopped.set()
+        log.info("drained, exiting")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket bound up front, so port 0 resolves before anything is served."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def install_uvloop() -> bool:
+    """Use uvloop when it is installed; it is a large share of the proxy's speed."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True

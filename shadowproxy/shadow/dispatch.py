@@ -1,0 +1,199 @@
+"""Mirroring requests to shadow targets (candidates and the baseline).
+
+A shadow call is started after the production request is on the wire and is never
+awaited by the production path. Each target has an in-flight budget, a deadline and a
+circuit breaker; whatever happens to a call becomes one counted outcome and one entry in
+the request's pair record. Calls in flight are kept in a set so shutdown can cancel them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from shadowproxy.config.model import Baseline, Candidate, Limits
+from shadowproxy.errors import UpstreamError
+from shadowproxy.observability.metrics import Metrics
+from shadowproxy.pairing.join import PairJoin
+from shadowproxy.pairing.record import Exchange, Outcome, Role
+from shadowproxy.proxy.deadlines import DeadlineQueue
+from shadowproxy.proxy.headers import ResponseHead, header_block
+from shadowproxy.proxy.upstream import UpstreamConnection, UpstreamPool, UpstreamTarget
+from shadowproxy.shadow.breaker import BreakerState, CircuitBreaker
+from shadowproxy.shadow.sampling import is_sampled
+
+_BREAKER_FAILURES = frozenset({"timeout", "error", "invalid"})
+
+
+class ShadowTarget:
+    """One mirrored upstream with its budget, breaker and counters."""
+
+    def __init__(
+        self,
+        config: Candidate | Baseline,
+        role: Role,
+        *,
+        limits: Limits,
+        metrics: Metrics,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        assert config.url is not None, "HTTP shadow targets need a url"
+        self.config = config
+        self.name = config.name
+        self.version = config.version
+        self.role = role
+        self.loop = loop
+        self.upstream = UpstreamTarget(config.url)
+        self.pool = UpstreamPool(
+            config.name,
+            self.upstream,
+            connect_timeout_s=config.connect_timeout_ms / 1000,
+            max_idle=config.max_in_flight,
+            loop=loop,
+        )
+        self.methods = frozenset(m.encode() for m in config.methods)
+        self.timeout_s = config.timeout_ms / 1000
+        self.max_response_bytes = limits.shadow_max_response_bytes
+        self.breaker = CircuitBreaker(config.breaker.failures, config.breaker.reset_s)
+        self.extra_headers = header_block(config.headers)
+        self.calls: set[ShadowCall] = set()
+        self.deadlines = DeadlineQueue(loop, self.timeout_s)
+        self.metrics = metrics
+        # Bound children: label look-ups stay off the per-request path.
+        self.stats = metrics.hot.add(role, self.name, self.version)
+        # Gauges are read at scrape time instead of being updated per request.
+        metrics.in_flight.labels(role, self.name).set_function(lambda: len(self.calls))
+        metrics.breaker_open.labels(self.name, self.version).set_function(
+            lambda: 0 if self.breaker.state is BreakerState.CLOSED else 1
+        )
+
+    def wants(self, method: bytes, request_id: str) -> bool:
+        return method in self.methods and is_sampled(request_id, self.config.sample_rate)
+
+    def dispatch(self, request: bytes, join: PairJoin, too_large: bool) -> None:
+        """Send ``request``, or record why it was dropped. Never raises, never blocks."""
+        if too_large:
+            self.drop(join, "body_too_large")
+        elif not self.breaker.allow(self.loop.time()):
+            self.drop(join, "breaker_open")
+        elif len(self.calls) >= self.config.max_in_flight:
+            self.drop(join, "budget")
+        else:
+            ShadowCall(self, join).start(request)
+
+    def drop(self, join: PairJoin, reason: str) -> None:
+        self.stats.dropped(reason)
+        join.shadow_done(
+            self.name,
+            Exchange(
+                role=self.role, name=self.name, version=self.version,
+                outcome="dropped", detail=reason,
+            ),
+        )  # fmt: skip
+
+    def count_pair(self) -> None:
+        self.stats.pairs += 1
+
+    def finished(self, call: ShadowCall, outcome: Outcome, latency: float) -> None:
+        self.calls.discard(call)
+        if outcome == "dropped":
+            self.stats.record(outcome, None)
+        else:
+            self.stats.record(outcome, latency)
+            success = outcome not in _BREAKER_FAILURES and (call.status or 0) < 500
+            self.breaker.record(success, self.loop.time())
+
+    async def close(self) -> None:
+        """Cancel every call in flight (counted as dropped: shutdown) and close the pool."""
+        for call in list(self.calls):
+            call.cancel()
+        self.deadlines.close()
+        await self.pool.close()
+
+
+class ShadowCall:
+    """One request mirrored to one target; the sink of its upstream exchange."""
+
+    __slots__ = (
+        "target", "join", "upstream", "started", "status", "content_type",
+        "body", "size", "done",
+    )  # fmt: skip
+
+    def __init__(self, target: ShadowTarget, join: PairJoin) -> None:
+        self.target = target
+        self.join = join
+        self.upstream: UpstreamConnection | None = None
+        self.started = 0.0
+        self.status: int | None = None
+        self.content_type = ""
+        self.body: list[bytes] = []
+        self.size = 0
+        self.done = False
+
+    def start(self, request: bytes) -> None:
+        target = self.target
+        target.calls.add(self)
+        self.started = time.perf_counter()
+        target.deadlines.add(self)
+        target.pool.request(request, self)
+
+    def cancel(self) -> None:
+        if self.upstream is not None:
+            self.upstream.abort()
+        self.target.stats.drops["shutdown"] += 1
+        self._finish("dropped", "shutdown")
+
+    # -- ResponseSink ---------------------------------------------------------------------
+    def attach(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+
+    def on_head(self, status: int, reason: bytes, head: ResponseHead, framed: bool) -> None:
+        self.status = status
+        self.content_type = head.content_type.decode("latin-1")
+
+    def on_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.size += len(data)
+        if self.size > self.target.max_response_bytes:
+            if self.upstream is not None:
+                self.upstream.abort()
+            self._finish("invalid", "response exceeds limits.shadow_max_response_bytes")
+            return
+        self.body.append(data)
+
+    def on_complete(self) -> None:
+        status = self.status or 0
+        self._finish("ok" if 200 <= status < 300 else "error", "" if status < 300 else "status")
+
+    def on_error(self, exc: UpstreamError) -> None:
+        self._finish(exc.outcome, str(exc))  # type: ignore[arg-type]
+
+    # -- internals ------------------------------------------------------------------------
+    def expire(self) -> None:
+        """The shadow deadline (``timeout_ms``) passed before a complete answer."""
+        if self.upstream is not None:
+            self.upstream.abort()
+        self._finish("timeout", f"no complete answer within {self.target.timeout_s * 1000:g} ms")
+
+    def _finish(self, outcome: Outcome, detail: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        latency = time.perf_counter() - self.started
+        target = self.target
+        target.finished(self, outcome, latency)
+        self.join.shadow_done(
+            target.name,
+            Exchange(
+                role=target.role,
+                name=target.name,
+                version=target.version,
+                outcome=outcome,
+                status=self.status,
+                latency_s=latency,
+                body=b"".join(self.body) if outcome == "ok" or self.status else b"",
+                content_type=self.content_type,
+                detail=detail,
+            ),
+        )
