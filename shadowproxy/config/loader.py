@@ -215,44 +215,44 @@ def _read_text(file: Path, where: str) -> str:
         ) from None
 
 
-class _SafeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, noting keys given twice in one mapping.
+def _parse_yaml(text: str, where: str) -> tuple[Any, list[Problem]]:
+    """Parse one YAML document with ``yaml.safe_load``; also report keys given twice.
 
     Plain YAML keeps the last of two equal keys without a word, which hides typos such as
-    two ``timeout_ms`` lines; here each repeat becomes a problem. Everything else, above
-    all the refusal of ``!!python/...`` tags, is the safe loader's own behaviour.
+    two ``timeout_ms`` lines. Repeats are found on the composed node tree, which holds
+    only scalars and positions: no Python object is ever constructed outside safe_load.
     """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.duplicates: list[tuple[str, int]] = []
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[tuple[str, str]] = set()
-        for key_node, _value in node.value:
-            # Merge keys (<<) may legitimately repeat and be overridden.
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                ident = (key_node.tag, key_node.value)
-                if ident in seen:
-                    self.duplicates.append((key_node.value, key_node.start_mark.line + 1))
-                seen.add(ident)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _parse_yaml(text: str, where: str) -> tuple[Any, list[Problem]]:
-    """Parse one YAML document safely; also return a problem per repeated key."""
-    loader = _SafeLoader(text)
     try:
-        data = loader.get_single_data()
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader) if data is not None else None
     except yaml.YAMLError as exc:
         raise ConfigError(Problem(where, _yaml_message(exc))) from exc
-    finally:
-        loader.dispose()
     duplicates = [
         Problem(where, f"line {line}: key {key!r} is given twice (YAML would keep the last)")
-        for key, line in loader.duplicates
+        for key, line in _repeated_keys(root)
     ]
     return data, duplicates
+
+
+def _repeated_keys(root: yaml.Node | None) -> list[tuple[str, int]]:
+    found: list[tuple[str, int]] = []
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, str]] = set()
+            for key_node, value_node in node.value:
+                # Merge keys (<<) may legitimately repeat and be overridden.
+                if isinstance(key_node, yaml.ScalarNode) and not key_node.tag.endswith(":merge"):
+                    ident = (key_node.tag, key_node.value)
+                    if ident in seen:
+                        found.append((key_node.value, key_node.start_mark.line + 1))
+                    seen.add(ident)
+                stack.append(value_node)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    found.sort(key=lambda item: item[1])
+    return found
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:

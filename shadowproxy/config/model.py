@@ -103,7 +103,11 @@ class Production:
     version: str = spec("", "model version, used as the metrics label")
     url: str | None = spec(None, "base URL of the production model service")
     model: ModelFile | None = spec(None, "a local ONNX model served by shadowproxy instead")
-    timeout_ms: float = spec(1000.0, "deadline for the whole production exchange (504 after)", gt=0)
+    timeout_ms: float = spec(
+        1000.0,
+        "deadline for the response head (504 after), then for each stretch without body progress",
+        gt=0,
+    )
     connect_timeout_ms: float = spec(1000.0, "deadline to open a connection (502 after)", gt=0)
     pool_size: int = spec(256, "most idle keep-alive connections kept to production", ge=1)
     health_path: str = spec(

@@ -185,6 +185,9 @@ class ClientConnection(asyncio.Protocol):
             self._stop(Rejection(400, "malformed", "duplicate Host header"))
         if version == "1.1" and not head.hosts:
             self._stop(Rejection(400, "malformed", "missing Host header"))
+        if version == "1.0" and head.transfer_encoding:
+            # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
+            self._stop(Rejection(400, "malformed", "Transfer-Encoding in an HTTP/1.0 request"))
         if parser.should_upgrade():
             self._stop(Rejection(400, "unsupported", "protocol upgrades are not proxied"))
         if head.content_length > self.limits.max_body_bytes:

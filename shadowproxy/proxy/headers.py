@@ -4,8 +4,8 @@ What a proxy must change, and nothing more:
 
 * hop-by-hop headers (RFC 9110 §7.6.1) and every header named in ``Connection`` are
   removed in both directions;
-* ``X-Forwarded-For``, ``-Proto`` and ``-Host`` are rebuilt from the socket, never trusted
-  from the client;
+* ``X-Forwarded-For``, ``-Proto`` and ``-Host`` are rebuilt from the socket; no client
+  ``X-Forwarded-*``, ``Forwarded`` or ``X-Real-IP`` value is passed on;
 * ``X-Shadow-*`` headers are internal: a client cannot set them;
 * framing (``Content-Length`` / ``Transfer-Encoding``) is re-derived by the proxy, because
   request bodies are buffered and response bodies may be re-chunked.
@@ -34,8 +34,11 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     }
 )
 FORWARDED: frozenset[bytes] = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
 )
+# Prefixes of headers only the proxy may set: every X-Forwarded-* (Port and Prefix are
+# trusted by web frameworks too) and the internal X-Shadow-* family.
+_CLIENT_CANNOT_SET = (b"x-forwarded-", b"x-shadow-")
 # Framing is recomputed from the buffered body; Expect is answered by the proxy itself.
 REQUEST_FRAMING: frozenset[bytes] = frozenset({b"content-length", b"expect"})
 SHADOW_PREFIX = b"x-shadow-"
@@ -99,7 +102,7 @@ class RequestHead:
 
     __slots__ = (
         "forward", "forward_lows", "hosts", "host", "request_id", "content_type", "expect",
-        "connection_tokens", "upgrade", "content_length", "count", "size",
+        "connection_tokens", "upgrade", "transfer_encoding", "content_length", "count", "size",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -112,6 +115,7 @@ class RequestHead:
         self.expect: bytes | None = None
         self.connection_tokens: set[bytes] | None = None
         self.upgrade = False
+        self.transfer_encoding = False
         self.content_length = -1
         self.count = 0
         self.size = 0
@@ -122,7 +126,7 @@ class RequestHead:
         low = name.lower()
         if low in _NOT_FORWARDED or low == b"host":
             self._remember(low, value)
-        elif not low.startswith(SHADOW_PREFIX):
+        elif not low.startswith(_CLIENT_CANNOT_SET):
             if low == b"content-type":
                 self.content_type = value
             self.forward.append(name + b": " + value + b"\r\n")
@@ -133,11 +137,14 @@ class RequestHead:
             self.hosts += 1
             self.host = value
         elif low == REQUEST_ID:
-            self.request_id = value
+            if self.request_id is None:  # the first one wins if a client repeats it
+                self.request_id = value
         elif low == b"expect":
             self.expect = value.lower()
         elif low == b"upgrade":
             self.upgrade = True
+        elif low == b"transfer-encoding":
+            self.transfer_encoding = True
         elif low == b"content-length" and value.isdigit():
             # llhttp has already refused malformed and duplicate lengths.
             self.content_length = int(value)

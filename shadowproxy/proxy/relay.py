@@ -27,8 +27,8 @@ class ProductionRelay:
 
     __slots__ = (
         "proxy", "client", "request", "request_id", "join", "capture_limit", "upstream",
-        "started", "head_written", "chunked", "keep_alive", "status",
-        "content_type", "captured", "captured_size", "body_size", "done",
+        "started", "head_written", "pending_head", "chunked", "keep_alive", "status",
+        "content_type", "captured", "captured_size", "body_size", "progress", "done",
     )  # fmt: skip
 
     def __init__(
@@ -43,6 +43,7 @@ class ProductionRelay:
         self.upstream: UpstreamConnection | None = None
         self.started = time.perf_counter()
         self.head_written = False
+        self.pending_head = b""
         self.chunked = False
         self.keep_alive = request.keep_alive
         self.status = 0
@@ -50,6 +51,7 @@ class ProductionRelay:
         self.captured: list[bytes] = []
         self.captured_size = 0
         self.body_size = 0
+        self.progress = 0
         self.done = False
 
     # -- ResponseSink ---------------------------------------------------------------------
@@ -80,11 +82,11 @@ class ProductionRelay:
             framing += b"Connection: close\r\n"
         elif not self.request.http_11:
             framing += b"Connection: keep-alive\r\n"
-        self.client.write(
-            b"HTTP/1.1 %d %s\r\n%sX-Request-Id: %s\r\n%s\r\n"
-            % (status, reason, block, self.request_id.encode(), framing)
-        )
-        self.head_written = True
+        # Held back until the first body bytes, so head and body leave in one write
+        # (one syscall) and a failure before any body can still be a clean 502.
+        self.pending_head = b"HTTP/1.1 %d %s\r\n%sX-Request-Id: %s\r\n%s\r\n" % (
+            status, reason, block, self.request_id.encode(), framing,
+        )  # fmt: skip
 
     def on_body(self, data: bytes) -> None:
         if self.done:
@@ -97,15 +99,23 @@ class ProductionRelay:
             self.captured.append(data)
             self.captured_size += len(data)
         if self.chunked:
-            self.client.write(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            self.client.write(data)
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        if self.pending_head:
+            data = self.pending_head + data
+            self.pending_head = b""
+            self.head_written = True
+        self.client.write(data)
 
     def on_complete(self) -> None:
         if self.done:
             return
-        if self.chunked:
-            self.client.write(b"0\r\n\r\n")
+        tail = b"0\r\n\r\n" if self.chunked else b""
+        if self.pending_head:
+            tail = self.pending_head + tail
+            self.pending_head = b""
+            self.head_written = True
+        if tail:
+            self.client.write(tail)
         outcome = "ok" if 200 <= self.status < 300 else "error"
         self._finish(outcome, "")
         self.client.finished(self.keep_alive)
@@ -118,6 +128,7 @@ class ProductionRelay:
             self._finish(exc.outcome, str(exc))
             self.client.close()
             return
+        self.pending_head = b""
         status = 504 if exc.outcome == "timeout" else 502
         self.status = status
         message = "production timed out" if status == 504 else "production unavailable"
@@ -142,7 +153,15 @@ class ProductionRelay:
 
     # -- internals ------------------------------------------------------------------------
     def expire(self) -> None:
-        """The production deadline (``production.timeout_ms``) passed before completion."""
+        """``production.timeout_ms`` passed: for the head, or without body progress.
+
+        Once the head is in, a slow *client* (reading paused for back-pressure) or a body
+        still arriving earns another window; only a stalled upstream times out.
+        """
+        if self.status and (self.client.write_paused or self.body_size != self.progress):
+            self.progress = self.body_size
+            self.proxy.production_deadlines.add(self)
+            return
         self._abort(UpstreamError("production timed out", "timeout"))
 
     def _abort(self, exc: UpstreamError) -> None:
