@@ -2,7 +2,8 @@
 
 Shutdown is explicit and ordered, as Kubernetes expects of a front proxy:
 
-1. readiness fails at once, so the endpoint is taken out of rotation;
+1. readiness fails at once, so the endpoint is taken out of rotation, and every response
+   from now on carries ``Connection: close`` so keep-alive clients move elsewhere;
 2. traffic is still served for ``shutdown.drain_delay_s`` while that propagates;
 3. the listener stops accepting, idle keep-alive sockets are closed;
 4. in-flight production requests get ``shutdown.grace_s`` to finish;
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -125,6 +127,9 @@ class Runtime:
             backlog=1024,
         )
         self.traffic_port = self.server.sockets[0].getsockname()[1]
+        # Everything allocated so far lives as long as the process: move it out of the
+        # collector's reach, so full collections walk only per-request garbage.
+        gc.freeze()
         self.spawn(self._probe_production(), "production-probe")
         self.spawn(self._watch_loop_lag(), "loop-lag")
         self.spawn(self._sweep_deadlines(), "client-deadlines")
@@ -149,7 +154,7 @@ class Runtime:
             done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             request = build_request(
                 b"GET", proxy.production_target.target_path(path),
-                proxy.production_target.host_header, proxy.production_headers, b"",
+                proxy.production_target.host_header, proxy.production_target.headers, b"",
             )  # fmt: skip
             proxy.production_pool.request(request, _ProbeSink(done))
             try:
@@ -180,6 +185,8 @@ class Runtime:
             log.info("stop requested: readiness now failing, draining")
             self.shutting_down = True
             self.metrics.ready.set(0)
+            if self.proxy is not None:
+                self.proxy.start_draining()
             self._stop_requested.set()
 
     async def serve_forever(self) -> None:
@@ -200,6 +207,8 @@ class Runtime:
         """The ordered shutdown described in the module docstring."""
         cfg = self.config.shutdown
         self.shutting_down = True
+        if self.proxy is not None and not self.proxy.draining:
+            self.proxy.start_draining()
         await asyncio.sleep(cfg.drain_delay_s)
         if self.server is not None:
             self.server.close()  # stop accepting

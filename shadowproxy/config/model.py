@@ -68,7 +68,9 @@ class Limits:
         10 * MiB, "request bodies above this are not mirrored and counted as skipped", ge=0
     )
     shadow_max_response_bytes: int = spec(
-        4 * MiB, "candidate responses above this are cut off and counted invalid", gt=0
+        1 * MiB,
+        "candidate responses above this are refused (declared) or cut off, counted invalid",
+        gt=0,
     )
 
 

@@ -22,22 +22,13 @@ class PairStream:
 
     def __init__(self) -> None:
         self._consumers: list[Consumer] = []
-        self._on_pair: list[Callable[[str, Exchange], None]] = []
         self.published = 0
 
     def subscribe(self, consumer: Consumer) -> None:
         self._consumers.append(consumer)
 
-    def on_pair(self, callback: Callable[[str, Exchange], None]) -> None:
-        """Called once per (record, shadow) pair whose shadow was actually sent."""
-        self._on_pair.append(callback)
-
     def publish(self, record: PairRecord) -> None:
         self.published += 1
-        for name, exchange in record.shadows.items():
-            if exchange.outcome != "dropped":
-                for callback in self._on_pair:
-                    callback(name, exchange)
         for consumer in self._consumers:
             try:
                 consumer(record)

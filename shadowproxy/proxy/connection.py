@@ -118,6 +118,8 @@ class ClientConnection(asyncio.Protocol):
             except OSError:
                 pass
         self.proxy.connection_opened(self)
+        # Opened during a drain: serve what comes, but ask the client to go elsewhere.
+        self.closing = self.proxy.draining
         self._arm(self.limits.header_timeout_s, "header_timeout")
 
     def data_received(self, data: bytes) -> None:
@@ -257,7 +259,8 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return self.active is None and not self._queue
+        """Nothing to answer: no request being received, queued or served."""
+        return self.active is None and not self._queue and not self._in_message
 
     def _next(self) -> None:
         if self.active is not None or self.closed:

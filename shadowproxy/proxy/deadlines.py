@@ -2,8 +2,11 @@
 
 Scheduling and cancelling a timer per request costs more than the rest of a small
 request's bookkeeping. Exchanges that share one timeout expire in arrival order, so a
-FIFO of ``(deadline, item)`` served by a single timer is enough: finished items are
-skipped when the timer reaches them, and the timer is re-armed for the oldest live one.
+FIFO of ``(deadline, item)`` served by a single timer is enough.
+
+The timer ticks every ``TICK_S`` while entries are queued, dropping finished items from
+the head. Waiting for the oldest deadline instead would keep every finished exchange of
+the last ``timeout`` alive, and the garbage collector would keep walking them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ class Expirable(Protocol):
 
     def expire(self) -> None:
         """Called once, at or after the deadline, if the item is not done by then."""
+
+
+TICK_S = 0.005
 
 
 class DeadlineQueue:
@@ -35,7 +41,7 @@ class DeadlineQueue:
         deadline = self._loop.time() + self.timeout_s
         self._entries.append((deadline, item))
         if self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._fire)
+            self._timer = self._loop.call_at(min(deadline, self._loop.time() + TICK_S), self._fire)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -52,7 +58,7 @@ class DeadlineQueue:
                 entries.popleft()
                 item.expire()
             else:
-                self._timer = self._loop.call_at(deadline, self._fire)
+                self._timer = self._loop.call_at(min(deadline, now + TICK_S), self._fire)
                 return
 
     def close(self) -> None:

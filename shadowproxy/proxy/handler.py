@@ -15,7 +15,7 @@ from shadowproxy.pairing.join import PairJoin, PairStream
 from shadowproxy.pairing.record import PairRecord
 from shadowproxy.proxy.connection import ClientConnection, Request
 from shadowproxy.proxy.deadlines import DeadlineQueue
-from shadowproxy.proxy.headers import header_block, proxy_headers_block
+from shadowproxy.proxy.headers import proxy_headers_block
 from shadowproxy.proxy.relay import ProductionRelay
 from shadowproxy.proxy.upstream import UpstreamPool, UpstreamTarget, build_request
 from shadowproxy.shadow.dispatch import ShadowTarget
@@ -44,7 +44,7 @@ class Proxy:
         self.production_name = production.name
         self.production_version = production.version
         self.production_timeout_s = production.timeout_ms / 1000
-        self.production_target = UpstreamTarget(production.url)
+        self.production_target = UpstreamTarget(production.url, production.headers)
         self.production_pool = UpstreamPool(
             production.name,
             self.production_target,
@@ -52,7 +52,6 @@ class Proxy:
             max_idle=production.pool_size,
             loop=loop,
         )
-        self.production_headers = header_block(production.headers)
         self.targets = [
             ShadowTarget(c, "candidate", limits=self.limits, metrics=metrics, loop=loop)
             for c in config.candidates
@@ -64,10 +63,9 @@ class Proxy:
                     config.baseline, "baseline", limits=self.limits, metrics=metrics, loop=loop
                 )
             )
-        by_name = {t.name: t for t in self.targets}
-        pair_stream.on_pair(lambda name, _exchange: by_name[name].count_pair())
         self.connections: set[ClientConnection] = set()
         self.has_answered = False
+        self.draining = False
         self.in_flight = 0
         self.production_deadlines = DeadlineQueue(loop, self.production_timeout_s)
         # Production bodies are kept for pairing under the same cap as shadow bodies.
@@ -95,9 +93,8 @@ class Proxy:
     def handle(self, request: Request, client: ClientConnection) -> ProductionRelay:
         head = request.head
         request_id = head.resolve_request_id()
-        headers = head.forward_block() + proxy_headers_block(
-            request_id, client.peer_ip, head.host, b"http"
-        )
+        added = proxy_headers_block(request_id, client.peer_ip, head.host, b"http")
+        target = self.production_target
         relay = ProductionRelay(self, client, request, request_id)
         self.in_flight += 1
         self.production_deadlines.add(relay)
@@ -110,7 +107,7 @@ class Proxy:
                 request.method,
                 self.production_target.target_path(request.target),
                 head.host or self.production_target.host_header,
-                headers + self.production_headers,
+                head.forward_block(target.header_names) + added + target.headers,
                 request.body,
             ),
             relay,
@@ -118,7 +115,7 @@ class Proxy:
         )
         if shadows:
             assert relay.join is not None
-            self._mirror(request, headers, shadows, relay.join)
+            self._mirror(request, added, shadows, relay.join)
         return relay
 
     def _join(self, request: Request, request_id: str, pending: int) -> PairJoin:
@@ -133,18 +130,21 @@ class Proxy:
         return PairJoin(record, pending, self.stream)
 
     def _mirror(
-        self, request: Request, headers: bytes, shadows: list[ShadowTarget], join: PairJoin
+        self, request: Request, added: bytes, shadows: list[ShadowTarget], join: PairJoin
     ) -> None:
         too_large = len(request.body) > self.limits.mirror_max_body_bytes
+        head_request = request.method == b"HEAD"
         for target in shadows:
+            upstream = target.upstream
             data = b"" if too_large else build_request(
                 request.method,
-                target.upstream.target_path(request.target),
-                target.upstream.host_header,
-                headers + SHADOW_HEADER + target.extra_headers,
+                upstream.target_path(request.target),
+                upstream.host_header,
+                request.head.forward_block(upstream.header_names)
+                + added + SHADOW_HEADER + upstream.headers,
                 request.body,
             )  # fmt: skip
-            target.dispatch(data, join, too_large)
+            target.dispatch(data, join, too_large, head_request)
 
     # -- production bookkeeping -----------------------------------------------------------
     def production_answered(self, status: int) -> None:
@@ -156,6 +156,16 @@ class Proxy:
         self.stats.record(outcome, latency)
 
     # -- lifecycle ------------------------------------------------------------------------
+    def start_draining(self) -> None:
+        """From now on every response says ``Connection: close``.
+
+        Keep-alive clients then move to another replica after their next response while
+        this one is still serving, instead of racing a close at the end of the drain.
+        """
+        self.draining = True
+        for conn in self.connections:
+            conn.closing = True
+
     def stop_keepalive(self) -> None:
         """Close idle client connections; busy ones close after their response."""
         for conn in list(self.connections):

@@ -159,12 +159,19 @@ class RequestHead:
             return rid.decode("ascii")
         return new_request_id()
 
-    def forward_block(self) -> bytes:
-        """The forwarded headers, serialized, with Connection-named ones removed."""
-        tokens = self.connection_tokens
-        if tokens:
+    def forward_block(self, replaced: frozenset[bytes] = frozenset()) -> bytes:
+        """The forwarded headers, serialized, without Connection-named ones.
+
+        ``replaced`` lists (lower-case) names the upstream's configured headers set: the
+        client's values for them are dropped, so a client credential never rides along to
+        a service that was given its own.
+        """
+        drop = self.connection_tokens or replaced
+        if self.connection_tokens and replaced:
+            drop = self.connection_tokens | replaced
+        if drop:
             pairs = zip(self.forward_lows, self.forward, strict=True)
-            return b"".join(line for low, line in pairs if low not in tokens)
+            return b"".join(line for low, line in pairs if low not in drop)
         return b"".join(self.forward)
 
 
@@ -245,7 +252,10 @@ class ResponseHead:
     (Content-Length present, Content-Type).
     """
 
-    __slots__ = ("lines", "lows", "connection_tokens", "content_type", "has_length", "chunked")
+    __slots__ = (
+        "lines", "lows", "connection_tokens", "content_type", "has_length", "content_length",
+        "chunked",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.lines: list[bytes] = []
@@ -253,6 +263,7 @@ class ResponseHead:
         self.connection_tokens: set[bytes] | None = None
         self.content_type = b""
         self.has_length = False
+        self.content_length = -1
         self.chunked = False
 
     def add(self, name: bytes, value: bytes) -> None:
@@ -267,6 +278,7 @@ class ResponseHead:
             return
         if low == b"content-length":
             self.has_length = True
+            self.content_length = int(value) if value.isdigit() else -1
         elif low == b"content-type":
             self.content_type = value
         self.lines.append(name + b": " + value + b"\r\n")

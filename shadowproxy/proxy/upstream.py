@@ -13,15 +13,17 @@ provably not answered, so the retry cannot duplicate a visible effect.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import socket
+from collections.abc import Sequence
 from typing import Protocol, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
 from shadowproxy.errors import UpstreamError
-from shadowproxy.proxy.headers import ResponseHead
+from shadowproxy.proxy.headers import ResponseHead, header_block
 
 
 class ResponseSink(Protocol):
@@ -43,13 +45,20 @@ class ResponseSink(Protocol):
 class UpstreamTarget:
     """Where an upstream lives, parsed once from its configured base URL."""
 
-    __slots__ = ("url", "host", "port", "path_prefix", "host_header")
+    __slots__ = ("url", "host", "port", "path_prefix", "host_header", "headers", "header_names")
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
-            raise UpstreamError(f"unsupported upstream URL {url!r}: expected http://host[:port]")
+            raise UpstreamError("unsupported upstream URL: expected http://host[:port]")
+        pairs = list(headers)
+        if parts.username is not None and not any(n.lower() == "authorization" for n, _ in pairs):
+            # Credentials in the URL are sent as Basic auth, as any HTTP client would.
+            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            pairs.append(("Authorization", "Basic " + base64.b64encode(token).decode()))
         self.url = url
+        self.headers = header_block(pairs)
+        self.header_names = frozenset(n.lower().encode() for n, _ in pairs)
         self.host = parts.hostname
         self.port = parts.port or 80
         self.path_prefix = parts.path.rstrip("/").encode()

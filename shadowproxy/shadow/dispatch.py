@@ -17,7 +17,7 @@ from shadowproxy.observability.metrics import Metrics
 from shadowproxy.pairing.join import PairJoin
 from shadowproxy.pairing.record import Exchange, Outcome, Role
 from shadowproxy.proxy.deadlines import DeadlineQueue
-from shadowproxy.proxy.headers import ResponseHead, header_block
+from shadowproxy.proxy.headers import ResponseHead
 from shadowproxy.proxy.upstream import UpstreamConnection, UpstreamPool, UpstreamTarget
 from shadowproxy.shadow.breaker import BreakerState, CircuitBreaker
 from shadowproxy.shadow.sampling import is_sampled
@@ -43,7 +43,7 @@ class ShadowTarget:
         self.version = config.version
         self.role = role
         self.loop = loop
-        self.upstream = UpstreamTarget(config.url)
+        self.upstream = UpstreamTarget(config.url, config.headers)
         self.pool = UpstreamPool(
             config.name,
             self.upstream,
@@ -55,7 +55,6 @@ class ShadowTarget:
         self.timeout_s = config.timeout_ms / 1000
         self.max_response_bytes = limits.shadow_max_response_bytes
         self.breaker = CircuitBreaker(config.breaker.failures, config.breaker.reset_s)
-        self.extra_headers = header_block(config.headers)
         self.calls: set[ShadowCall] = set()
         self.deadlines = DeadlineQueue(loop, self.timeout_s)
         self.metrics = metrics
@@ -70,7 +69,9 @@ class ShadowTarget:
     def wants(self, method: bytes, request_id: str) -> bool:
         return method in self.methods and is_sampled(request_id, self.config.sample_rate)
 
-    def dispatch(self, request: bytes, join: PairJoin, too_large: bool) -> None:
+    def dispatch(
+        self, request: bytes, join: PairJoin, too_large: bool, head_request: bool = False
+    ) -> None:
         """Send ``request``, or record why it was dropped. Never raises, never blocks."""
         if too_large:
             self.drop(join, "body_too_large")
@@ -79,7 +80,7 @@ class ShadowTarget:
         elif len(self.calls) >= self.config.max_in_flight:
             self.drop(join, "budget")
         else:
-            ShadowCall(self, join).start(request)
+            ShadowCall(self, join).start(request, head_request)
 
     def drop(self, join: PairJoin, reason: str) -> None:
         self.stats.dropped(reason)
@@ -91,16 +92,17 @@ class ShadowTarget:
             ),
         )  # fmt: skip
 
-    def count_pair(self) -> None:
-        self.stats.pairs += 1
-
     def finished(self, call: ShadowCall, outcome: Outcome, latency: float) -> None:
         self.calls.discard(call)
         if outcome == "dropped":
             self.stats.record(outcome, None)
         else:
             self.stats.record(outcome, latency)
-            success = outcome not in _BREAKER_FAILURES and (call.status or 0) < 500
+            self.stats.pairs += 1  # sent and answered (or failed): a pair for the comparator
+            # A 4xx is the candidate judging the request (often as production does), not
+            # the candidate failing: only 5xx, timeouts, resets and garbage count.
+            status = call.status or 0
+            success = outcome == "ok" or (outcome == "error" and 0 < status < 500)
             self.breaker.record(success, self.loop.time())
 
     async def close(self) -> None:
@@ -130,12 +132,12 @@ class ShadowCall:
         self.size = 0
         self.done = False
 
-    def start(self, request: bytes) -> None:
+    def start(self, request: bytes, head_request: bool = False) -> None:
         target = self.target
         target.calls.add(self)
         self.started = time.perf_counter()
         target.deadlines.add(self)
-        target.pool.request(request, self)
+        target.pool.request(request, self, head_request)
 
     def cancel(self) -> None:
         if self.upstream is not None:
@@ -150,17 +152,24 @@ class ShadowCall:
     def on_head(self, status: int, reason: bytes, head: ResponseHead, framed: bool) -> None:
         self.status = status
         self.content_type = head.content_type.decode("latin-1")
+        if head.content_length > self.target.max_response_bytes:
+            # Refused before a byte of it is read: an oversized answer costs nothing.
+            self._too_large()
 
     def on_body(self, data: bytes) -> None:
         if self.done:
             return
         self.size += len(data)
         if self.size > self.target.max_response_bytes:
-            if self.upstream is not None:
-                self.upstream.abort()
-            self._finish("invalid", "response exceeds limits.shadow_max_response_bytes")
+            self._too_large()
             return
         self.body.append(data)
+
+    def _too_large(self) -> None:
+        if self.upstream is not None:
+            self.upstream.abort()
+        self.body = []
+        self._finish("invalid", "response exceeds limits.shadow_max_response_bytes")
 
     def on_complete(self) -> None:
         status = self.status or 0
@@ -192,7 +201,7 @@ class ShadowCall:
                 outcome=outcome,
                 status=self.status,
                 latency_s=latency,
-                body=b"".join(self.body) if outcome == "ok" or self.status else b"",
+                body=b"".join(self.body) if outcome in ("ok", "error") else b"",
                 content_type=self.content_type,
                 detail=detail,
             ),

@@ -56,8 +56,16 @@ class Backend:
         if self.handler is not None:
             return await self.handler(request)
         return web.json_response(
-            {"outputs": [{"name": "probabilities", "shape": [1, 2], "datatype": "FP32",
-                          "data": [0.25, 0.75]}]}
+            {
+                "outputs": [
+                    {
+                        "name": "probabilities",
+                        "shape": [1, 2],
+                        "datatype": "FP32",
+                        "data": [0.25, 0.75],
+                    }
+                ]
+            }
         )
 
     async def start(self) -> Backend:
@@ -96,13 +104,13 @@ class RawServer:
         self.connections += 1
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             await self.handler(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             with contextlib.suppress(Exception):
                 writer.close()
 

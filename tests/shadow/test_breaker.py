@@ -1,0 +1,258 @@
+"""The circuit breaker: the state machine on its own, then a dead candidate end to end."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from shadowproxy.runtime import Runtime
+from shadowproxy.shadow.breaker import BreakerState, CircuitBreaker
+from tests.shadow.helpers import PortBackend, client_requests, wait_for
+from tests.support.proxy import free_port, make_config, metric_value, running_proxy
+from tests.support.servers import Backend
+
+# -- state machine ----------------------------------------------------------------------
+
+
+def _fail(breaker: CircuitBreaker, times: int, now: float) -> None:
+    for _ in range(times):
+        assert breaker.allow(now)
+        breaker.record(False, now)
+
+
+def test_starts_closed_and_allows_everything() -> None:
+    breaker = CircuitBreaker(failures=3, reset_s=1.0)
+    assert breaker.state is BreakerState.CLOSED
+    assert all(breaker.allow(t) for t in range(100))
+
+
+def test_opens_after_n_consecutive_failures() -> None:
+    breaker = CircuitBreaker(failures=3, reset_s=1.0)
+    _fail(breaker, 2, now=10.0)
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.allow(10.0)
+    breaker.record(False, 10.0)
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.times_opened == 1
+    assert not breaker.allow(10.0)
+    assert not breaker.allow(10.999)
+
+
+@pytest.mark.parametrize("failures", [1, 2, 5])
+def test_opens_exactly_at_the_threshold(failures: int) -> None:
+    breaker = CircuitBreaker(failures=failures, reset_s=1.0)
+    _fail(breaker, failures - 1, now=0.0)
+    assert breaker.state is BreakerState.CLOSED
+    _fail(breaker, 1, now=0.0)
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_a_success_resets_the_count() -> None:
+    breaker = CircuitBreaker(failures=3, reset_s=1.0)
+    _fail(breaker, 2, now=0.0)
+    breaker.record(True, 0.0)
+    assert breaker.consecutive_failures == 0
+    _fail(breaker, 2, now=0.0)
+    assert breaker.state is BreakerState.CLOSED
+    _fail(breaker, 1, now=0.0)
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_half_open_lets_exactly_one_probe_through() -> None:
+    breaker = CircuitBreaker(failures=1, reset_s=1.0)
+    _fail(breaker, 1, now=5.0)
+    assert not breaker.allow(5.5)
+    assert breaker.allow(6.0)  # reset_s elapsed: the probe
+    assert breaker.state is BreakerState.HALF_OPEN
+    # Everything else waits for the probe's result, however long it takes.
+    assert not breaker.allow(6.0)
+    assert not breaker.allow(7.5)
+    assert not breaker.allow(100.0)
+
+
+def test_probe_success_closes() -> None:
+    breaker = CircuitBreaker(failures=2, reset_s=1.0)
+    _fail(breaker, 2, now=0.0)
+    assert breaker.allow(1.0)
+    breaker.record(True, 1.1)
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.consecutive_failures == 0
+    assert all(breaker.allow(1.2) for _ in range(10))
+    # Closed again means the full threshold applies again, not a single failure.
+    _fail(breaker, 1, now=1.3)
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_probe_failure_reopens_for_another_reset_period() -> None:
+    breaker = CircuitBreaker(failures=2, reset_s=1.0)
+    _fail(breaker, 2, now=0.0)
+    assert breaker.allow(1.0)
+    breaker.record(False, 1.5)
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.times_opened == 2
+    # Open for reset_s counted from the failed probe, not from the first opening.
+    assert not breaker.allow(2.0)
+    assert not breaker.allow(2.49)
+    assert breaker.allow(2.5)
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert not breaker.allow(2.5)
+
+
+# -- end to end -------------------------------------------------------------------------
+
+BREAKER = {"failures": 3, "reset_s": 0.3}
+
+
+def _dropped(rt: Runtime, reason: str) -> float:
+    return metric_value(
+        rt, "shadowproxy_shadow_dropped_total", model="dead", version="1", reason=reason
+    )
+
+
+def _outcome(rt: Runtime, outcome: str) -> float:
+    return metric_value(
+        rt, "shadowproxy_requests_total",
+        role="candidate", model="dead", version="1", outcome=outcome,
+    )  # fmt: skip
+
+
+def _gauge(rt: Runtime) -> float:
+    return metric_value(rt, "shadowproxy_breaker_open", model="dead", version="1")
+
+
+async def test_dead_candidate_opens_the_breaker_then_probes_and_recovers(backend: Backend) -> None:
+    port = free_port()  # nothing listens here until the candidate "comes back"
+    config = make_config(
+        backend.url,
+        candidates=[{
+            "name": "dead", "version": "1", "url": f"http://127.0.0.1:{port}",
+            "timeout_ms": 500, "breaker": BREAKER,
+        }],
+    )  # fmt: skip
+    revived = PortBackend()
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{rt.traffic_port}/v2/models/m/infer"
+
+        async def post() -> None:
+            async with session.post(url, data=b'{"x": 1}') as resp:
+                assert resp.status == 200
+                assert (await resp.json())["outputs"][0]["data"] == [0.25, 0.75]
+
+        assert _gauge(rt) == 0
+        for i in range(1, 4):
+            await post()
+            await wait_for(lambda: _outcome(rt, "error") == i, what=f"error #{i}")  # noqa: B023
+        assert _gauge(rt) == 1
+        assert _dropped(rt, "breaker_open") == 0
+
+        # Open: further requests are not sent at all, only counted.
+        for _ in range(4):
+            await post()
+        assert _dropped(rt, "breaker_open") == 4
+        assert _outcome(rt, "dropped") == 4
+        assert _outcome(rt, "error") == 3
+
+        # After reset_s one probe goes out; the candidate is still dead, so it re-opens.
+        await asyncio.sleep(BREAKER["reset_s"] + 0.05)
+        await post()
+        await wait_for(lambda: _outcome(rt, "error") == 4, what="the failed probe")
+        assert _gauge(rt) == 1
+        await post()
+        assert _dropped(rt, "breaker_open") == 5
+
+        # The candidate comes back; the next probe succeeds and closes the breaker.
+        await revived.start_on(port)
+        try:
+            await asyncio.sleep(BREAKER["reset_s"] + 0.05)
+            await post()
+            await wait_for(lambda: _outcome(rt, "ok") == 1, what="the successful probe")
+            assert _gauge(rt) == 0
+            assert len(client_requests(revived)) == 1
+            for _ in range(5):
+                await post()
+            await wait_for(lambda: len(revived.seen) == 6, what="mirroring to resume")
+            await wait_for(lambda: _outcome(rt, "ok") == 6, what="the ok outcomes")
+            assert _dropped(rt, "breaker_open") == 5
+            assert _gauge(rt) == 0
+        finally:
+            await revived.stop()
+        # Production never saw an error through all of it.
+        assert metric_value(
+            rt, "shadowproxy_requests_total",
+            role="production", model="prod", version="1.0", outcome="ok",
+        ) == 15  # fmt: skip
+
+
+async def test_half_open_sends_exactly_one_probe_under_concurrency(backend: Backend) -> None:
+    port = free_port()
+    config = make_config(
+        backend.url,
+        candidates=[{
+            "name": "dead", "version": "1", "url": f"http://127.0.0.1:{port}",
+            "timeout_ms": 2000, "breaker": {"failures": 1, "reset_s": 0.2},
+        }],
+    )  # fmt: skip
+    revived = PortBackend(delay_s=0.3)  # the probe stays in flight for a while
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{rt.traffic_port}/v2/models/m/infer"
+        async with session.post(url, data=b"{}") as resp:
+            assert resp.status == 200
+        await wait_for(lambda: _outcome(rt, "error") == 1, what="the breaker to open")
+        await revived.start_on(port)
+        try:
+            await asyncio.sleep(0.25)
+
+            async def post() -> int:
+                async with session.post(url, data=b"{}") as resp:
+                    await resp.read()
+                    return resp.status
+
+            statuses = await asyncio.gather(*(post() for _ in range(10)))
+            assert statuses == [200] * 10
+            await wait_for(lambda: _outcome(rt, "ok") == 1, what="the probe to finish")
+            assert len(client_requests(revived)) == 1
+            assert _dropped(rt, "breaker_open") == 9
+            assert _gauge(rt) == 0
+        finally:
+            await revived.stop()
+
+
+async def test_client_errors_mirrored_from_the_request_do_not_open_the_breaker(
+    backend: Backend,
+) -> None:
+    """A candidate answering 4xx to a bad request is healthy: it agrees with production.
+
+    Only failures of the candidate itself (5xx, timeouts, connection errors, invalid
+    responses) should count towards opening the breaker.
+    """
+    from aiohttp import web
+
+    async def bad_request(_: web.Request) -> web.Response:
+        return web.json_response({"error": "bad input"}, status=400)
+
+    backend.handler = bad_request
+    candidate = await Backend(handler=bad_request).start()
+    try:
+        config = make_config(
+            backend.url,
+            candidates=[{
+                "name": "dead", "version": "1", "url": candidate.url,
+                "breaker": {"failures": 3, "reset_s": 60},
+            }],
+        )  # fmt: skip
+        async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{rt.traffic_port}/v2/models/m/infer"
+            for _ in range(6):
+                async with session.post(url, data=b"not json") as resp:
+                    assert resp.status == 400
+            await wait_for(
+                lambda: len(client_requests(candidate)) + _dropped(rt, "breaker_open") >= 6,
+                what="the shadow outcomes",
+            )
+            assert _dropped(rt, "breaker_open") == 0
+            assert len(client_requests(candidate)) == 6
+            assert _gauge(rt) == 0
+    finally:
+        await candidate.stop()

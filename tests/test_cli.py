@@ -1,0 +1,168 @@
+"""The command line: ``validate`` and ``serve`` exit codes and messages, and the entry points."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.proxy import free_port
+
+VENV_BIN = Path(sys.executable).parent
+GOOD = """\
+listen: {host: 127.0.0.1, port: 0}
+admin: {host: 127.0.0.1, port: 0}
+production:
+  name: churn
+  version: "1.4.0"
+  url: http://127.0.0.1:18080
+candidates:
+  - name: churn-rc
+    version: "2.0.0"
+    url: http://127.0.0.1:18081
+    sample_rate: 0.5
+    timeout_ms: 50
+"""
+# Three problems, one per key: an out-of-range port, a negative timeout, an unknown key.
+THREE_PROBLEMS = """\
+listen: {host: 127.0.0.1, port: 70000}
+admin: {host: 127.0.0.1, port: 0}
+production:
+  name: churn
+  url: http://127.0.0.1:18080
+candidates:
+  - name: churn-rc
+    url: http://127.0.0.1:18081
+    timeout_ms: -5
+limits:
+  max_bodyy_bytes: 10
+"""
+THREE_KEYS = {"listen.port", "candidates[0].timeout_ms", "limits.max_bodyy_bytes"}
+
+
+def _run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shadowproxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_validate_good_config_exits_0(tmp_path: Path) -> None:
+    result = _run("validate", "--config", str(_write(tmp_path, "good.yaml", GOOD)))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
+
+
+def test_validate_reports_each_problem_on_a_line_naming_its_key(tmp_path: Path) -> None:
+    result = _run("validate", "--config", str(_write(tmp_path, "bad.yaml", THREE_PROBLEMS)))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 3, result.stderr
+    keys = {line.split(":", 1)[0] for line in lines}
+    assert keys == THREE_KEYS, lines
+    assert all(line.split(":", 1)[1].strip() for line in lines), lines
+    timeout_line = next(line for line in lines if line.startswith("candidates[0].timeout_ms"))
+    assert timeout_line == "candidates[0].timeout_ms: must be > 0"
+
+
+def test_validate_missing_file_exits_2_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    result = _run("validate", "--config", str(missing))
+    assert result.returncode == 2
+    assert str(missing) in result.stderr
+
+
+def test_validate_refuses_an_unsupported_local_model(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "    url: http://127.0.0.1:18081\n",
+        '    model: {path: model.onnx, sha256: "' + "0" * 64 + '"}\n',
+    )
+    result = _run("validate", "--config", str(_write(tmp_path, "model.yaml", text)))
+    assert result.returncode == 2
+    assert "candidates[0].model" in result.stderr
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_serve_with_a_bad_config_exits_2_without_listening(tmp_path: Path) -> None:
+    traffic, admin = free_port(), free_port()
+    text = THREE_PROBLEMS.replace("port: 70000", f"port: {traffic}").replace(
+        "admin: {host: 127.0.0.1, port: 0}", f"admin: {{host: 127.0.0.1, port: {admin}}}"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shadowproxy", "serve", "--config",
+         str(_write(tmp_path, "bad.yaml", text))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        seen_listening = False
+        while proc.poll() is None:
+            seen_listening |= _listening(traffic) or _listening(admin)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2
+    assert not seen_listening
+    assert "candidates[0].timeout_ms" in stderr
+    assert "limits.max_bodyy_bytes" in stderr
+    assert "serving" not in stderr
+
+
+def test_serve_exits_2_when_its_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        text = GOOD.replace("listen: {host: 127.0.0.1, port: 0}",
+                            f"listen: {{host: 127.0.0.1, port: {port}}}")  # fmt: skip
+        result = _run("serve", "--config", str(_write(tmp_path, "taken.yaml", text)))
+    assert result.returncode == 2
+    assert "cannot listen" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_module_help_works() -> None:
+    result = _run("--help")
+    assert result.returncode == 0
+    assert "serve" in result.stdout
+    assert "validate" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["serve"], ["validate"], ["no-such-command"], []])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = _run(*args)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+
+
+def test_console_script_is_installed_and_runs(tmp_path: Path) -> None:
+    script = VENV_BIN / "shadowproxy"
+    assert script.is_file()
+    assert os.access(script, os.X_OK)
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0
+    assert "validate" in result.stdout
+    good = _write(tmp_path, "good.yaml", GOOD)
+    result = subprocess.run(
+        [str(script), "validate", "--config", str(good)], capture_output=True, text=True,
+        timeout=20,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
