@@ -17,7 +17,7 @@ system-deps:
 
 lint: $(STAMP)
 	$(PY) -m ruff check shadowproxy tests bench
-	$(PY) -m ruff format --check shadowproxy tests bench || true
+	$(PY) -m ruff format --check shadowproxy tests bench
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

@@ -116,18 +116,15 @@ class Production:
         "/", "path probed until production answers (any status below 500), for readiness"
     )
     headers: tuple[tuple[str, str], ...] = spec(
-        (), "headers added to every upstream request (secret)"
+        (), "headers added to every upstream request, replacing the client's (secret)"
     )
     metrics_url: str | None = spec(None, "Prometheus endpoint of a remote model, for resources")
 
 
-@dataclass(frozen=True)
-class Candidate:
-    name: str = required("candidate name, used as the metrics label")
-    version: str = spec("", "candidate version, used as the metrics label")
-    url: str | None = spec(None, "base URL of a remote candidate service")
-    model: ModelFile | None = spec(None, "a local ONNX candidate run in an isolated executor")
-    executor: Executor = spec(Executor(), "how a local candidate is run")
+@dataclass(frozen=True, kw_only=True)
+class Mirrored:
+    """How a shadow target (candidate or baseline) receives its copy of the traffic."""
+
     sample_rate: float = spec(
         1.0, "share of requests mirrored, decided from the request id", ge=0, le=1
     )
@@ -137,13 +134,22 @@ class Candidate:
     methods: tuple[str, ...] = spec(("POST",), "HTTP methods that are mirrored")
     breaker: Breaker = spec(Breaker(), "circuit breaker")
     headers: tuple[tuple[str, str], ...] = spec(
-        (), "headers added to every shadow request (secret)"
+        (), "headers added to every shadow request, replacing the client's (secret)"
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Candidate(Mirrored):
+    name: str = required("candidate name, used as the metrics label")
+    version: str = spec("", "candidate version, used as the metrics label")
+    url: str | None = spec(None, "base URL of a remote candidate service")
+    model: ModelFile | None = spec(None, "a local ONNX candidate run in an isolated executor")
+    executor: Executor = spec(Executor(), "how a local candidate is run")
     metrics_url: str | None = spec(None, "Prometheus endpoint of a remote model, for resources")
 
 
-@dataclass(frozen=True)
-class Baseline:
+@dataclass(frozen=True, kw_only=True)
+class Baseline(Mirrored):
     """A second production instance, mirrored like a candidate: the noise floor."""
 
     url: str = required("base URL of the second production instance")
@@ -151,13 +157,6 @@ class Baseline:
     version: str = spec("", "version used as the metrics label")
     sample_rate: float = spec(0.1, "share of requests mirrored", ge=0, le=1)
     timeout_ms: float = spec(1000.0, "deadline for one shadow exchange", gt=0)
-    connect_timeout_ms: float = spec(100.0, "deadline to open a connection", gt=0)
-    max_in_flight: int = spec(64, "shadow requests outstanding at once; more are dropped", ge=1)
-    methods: tuple[str, ...] = spec(("POST",), "HTTP methods that are mirrored")
-    breaker: Breaker = spec(Breaker(), "circuit breaker")
-    headers: tuple[tuple[str, str], ...] = spec(
-        (), "headers added to every shadow request (secret)"
-    )
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,9 @@ class _Refused(Exception):
     pass
 
 
+_EMPTY_HEAD = RequestHead()  # placeholder until a head is complete; never mutated
+
+
 def error_response(status: int, message: str, request_id: str | None, close: bool) -> bytes:
     """A small JSON error response written by the proxy itself."""
     body = orjson.dumps({"error": message, "status": status, "request_id": request_id})
@@ -170,11 +173,13 @@ class ClientConnection(asyncio.Protocol):
             self._stop(Rejection(431, "headers_too_large", "request line too long"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        head = self._head
-        head.add(name, value)
-        if head.size + len(self._url) > self.limits.max_header_bytes:
+        # Only collected here; classified once the head is complete (RequestHead). The
+        # limits are checked as headers arrive, so an endless head is cut off early.
+        self._raw_headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size + len(self._url) > self.limits.max_header_bytes:
             self._stop(Rejection(431, "headers_too_large", "request headers too large"))
-        if head.count > self.limits.max_headers:
+        if len(self._raw_headers) > self.limits.max_headers:
             self._stop(Rejection(431, "headers_too_large", "too many request headers"))
 
     def on_headers_complete(self) -> None:
@@ -182,7 +187,7 @@ class ClientConnection(asyncio.Protocol):
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             self._stop(Rejection(400, "malformed", f"unsupported HTTP version {version}"))
-        head = self._head
+        head = self._head = RequestHead(self._raw_headers)
         if head.hosts > 1:
             self._stop(Rejection(400, "malformed", "duplicate Host header"))
         if version == "1.1" and not head.hosts:
@@ -301,7 +306,9 @@ class ClientConnection(asyncio.Protocol):
     def _reset_message(self) -> None:
         self._in_message = False
         self._url = b""
-        self._head = RequestHead()
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._head = _EMPTY_HEAD
         self._body: list[bytes] = []
         self._body_size = 0
 

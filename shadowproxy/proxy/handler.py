@@ -119,13 +119,16 @@ class Proxy:
         return relay
 
     def _join(self, request: Request, request_id: str, pending: int) -> PairJoin:
+        # Positional and with every field given: this runs for every mirrored request.
         record = PairRecord(
-            request_id=request_id,
-            started_at=request.wall_time,
-            method=request.method.decode("ascii", "replace"),
-            path=request.target.decode("latin-1"),
-            request_body=request.body,
-            request_content_type=request.head.content_type.decode("latin-1"),
+            request_id,
+            request.wall_time,
+            request.method.decode("ascii", "replace"),
+            request.target.decode("latin-1"),
+            request.body,
+            request.head.content_type.decode("latin-1"),
+            None,
+            {},
         )
         return PairJoin(record, pending, self.stream)
 

@@ -85,27 +85,24 @@ def new_request_id() -> str:
 
 def pick_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The client's ``X-Request-Id`` when it is well formed, else a fresh one."""
-    head = RequestHead()
-    for name, value in headers:
-        head.add(name, value)
-    return head.resolve_request_id()
+    return RequestHead(headers).resolve_request_id()
 
 
 class RequestHead:
-    """Single-pass classification of a request's headers, fed as the parser meets them.
+    """Classification of a request's headers, in one pass over the complete head.
 
     Headers to forward are kept (already serialized); the ones the proxy owns are
-    remembered (Host, X-Request-Id, Content-Type, Expect) or dropped (hop-by-hop,
-    forwarded, framing, X-Shadow-*). Headers named in ``Connection`` are removed once the
-    whole head is in, since ``Connection`` may come after them.
+    remembered (Host, X-Request-Id, Content-Type, Expect, framing) or dropped (hop-by-hop,
+    forwarded, X-Shadow-*). Headers named in ``Connection`` are removed when the block is
+    built, since ``Connection`` may come after them.
     """
 
     __slots__ = (
         "forward", "forward_lows", "hosts", "host", "request_id", "content_type", "expect",
-        "connection_tokens", "upgrade", "transfer_encoding", "content_length", "count", "size",
+        "connection_tokens", "upgrade", "transfer_encoding", "content_length",
     )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         self.forward: list[bytes] = []  # serialized "Name: value" lines
         self.forward_lows: list[bytes] = []  # their lower-case names
         self.hosts = 0
@@ -117,20 +114,17 @@ class RequestHead:
         self.upgrade = False
         self.transfer_encoding = False
         self.content_length = -1
-        self.count = 0
-        self.size = 0
-
-    def add(self, name: bytes, value: bytes) -> None:
-        self.count += 1
-        self.size += len(name) + len(value) + 4
-        low = name.lower()
-        if low in _NOT_FORWARDED or low == b"host":
-            self._remember(low, value)
-        elif not low.startswith(_CLIENT_CANNOT_SET):
-            if low == b"content-type":
-                self.content_type = value
-            self.forward.append(name + b": " + value + b"\r\n")
-            self.forward_lows.append(low)
+        # One loop over the head, not a call per header: this runs for every request.
+        forward, lows = self.forward, self.forward_lows
+        for name, value in headers:
+            low = name.lower()
+            if low in _NOT_FORWARDED or low == b"host":
+                self._remember(low, value)
+            elif not low.startswith(_CLIENT_CANNOT_SET):
+                if low == b"content-type":
+                    self.content_type = value
+                forward.append(name + b": " + value + b"\r\n")
+                lows.append(low)
 
     def _remember(self, low: bytes, value: bytes) -> None:
         if low == b"host":
@@ -149,7 +143,7 @@ class RequestHead:
             # llhttp has already refused malformed and duplicate lengths.
             self.content_length = int(value)
         elif low == b"connection":
-            tokens = {t.strip().lower() for t in value.split(b",")} - _CONNECTION_KEYWORDS
+            tokens = _connection_options(value)
             if tokens:
                 self.connection_tokens = (self.connection_tokens or set()) | tokens
 
@@ -177,6 +171,14 @@ class RequestHead:
 
 # Connection options that are not header names (RFC 9110 §7.6.1).
 _CONNECTION_KEYWORDS = frozenset({b"", b"keep-alive", b"close"})
+
+
+def _connection_options(value: bytes) -> set[bytes] | None:
+    """Header names a ``Connection`` value lists, beyond keep-alive and close."""
+    low = value.lower()
+    if low in _CONNECTION_KEYWORDS:
+        return None  # the usual case, without building a set
+    return {t.strip() for t in low.split(b",")} - _CONNECTION_KEYWORDS
 
 
 def proxy_headers_block(request_id: str, peer_ip: str, host: bytes | None, proto: bytes) -> bytes:
@@ -216,9 +218,7 @@ def upstream_request_headers(
     proto : bytes
         The scheme the client used on the traffic listener.
     """
-    head = RequestHead()
-    for name, value in headers:
-        head.add(name, value)
+    head = RequestHead(headers)
     block = head.forward_block() + proxy_headers_block(request_id, peer_ip, host, proto)
     return parse_block(block)
 
@@ -239,17 +239,14 @@ def client_response_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     ``Content-Length`` is kept: the proxy relays the body unchanged when the upstream
     declared its length.
     """
-    head = ResponseHead()
-    for name, value in headers:
-        head.add(name, value)
-    return parse_block(head.relay_block())
+    return parse_block(ResponseHead(headers).relay_block())
 
 
 class ResponseHead:
-    """Single-pass classification of an upstream response's headers.
+    """Classification of an upstream response's headers, in one pass.
 
     Keeps the relayable headers serialized, and remembers what framing and pairing need
-    (Content-Length present, Content-Type).
+    (the declared length, chunked coding, Content-Type).
     """
 
     __slots__ = (
@@ -257,7 +254,7 @@ class ResponseHead:
         "chunked",
     )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         self.lines: list[bytes] = []
         self.lows: list[bytes] = []
         self.connection_tokens: set[bytes] | None = None
@@ -265,24 +262,24 @@ class ResponseHead:
         self.has_length = False
         self.content_length = -1
         self.chunked = False
-
-    def add(self, name: bytes, value: bytes) -> None:
-        low = name.lower()
-        if low in _NOT_RELAYED:
-            if low == b"transfer-encoding":
-                self.chunked = True  # llhttp refuses any coding that does not end in chunked
-            elif low == b"connection":
-                extra = {t.strip().lower() for t in value.split(b",")} - _CONNECTION_KEYWORDS
-                if extra:
-                    self.connection_tokens = (self.connection_tokens or set()) | extra
-            return
-        if low == b"content-length":
-            self.has_length = True
-            self.content_length = int(value) if value.isdigit() else -1
-        elif low == b"content-type":
-            self.content_type = value
-        self.lines.append(name + b": " + value + b"\r\n")
-        self.lows.append(low)
+        lines, lows = self.lines, self.lows
+        for name, value in headers:
+            low = name.lower()
+            if low in _NOT_RELAYED:
+                if low == b"transfer-encoding":
+                    self.chunked = True  # llhttp refuses codings that do not end in chunked
+                elif low == b"connection":
+                    tokens = _connection_options(value)
+                    if tokens:
+                        self.connection_tokens = (self.connection_tokens or set()) | tokens
+                continue
+            if low == b"content-length":
+                self.has_length = True
+                self.content_length = int(value) if value.isdigit() else -1
+            elif low == b"content-type":
+                self.content_type = value
+            lines.append(name + b": " + value + b"\r\n")
+            lows.append(low)
 
     def relay_block(self) -> bytes:
         """The headers to relay, serialized, with Connection-named ones removed."""

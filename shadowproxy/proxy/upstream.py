@@ -77,7 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._sink: ResponseSink | None = None
-        self._head = ResponseHead()
+        self._raw_headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._head_sent = False
         self._bytes_seen = 0
@@ -140,21 +140,22 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head.add(name, value)
+        self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             # Interim responses (100 Continue, 103 Early Hints) are not relayed.
-            self._head = ResponseHead()
+            self._raw_headers = []
             self._reason = b""
             return
         assert self._sink is not None
         self._head_sent = True
+        head = ResponseHead(self._raw_headers)
         no_body = self._head_request or status in (204, 304)
         # Without a length or chunked coding the body runs until the upstream closes.
-        self._framed = no_body or self._head.has_length or self._head.chunked
-        self._sink.on_head(status, self._reason, self._head, self._framed)
+        self._framed = no_body or head.has_length or head.chunked
+        self._sink.on_head(status, self._reason, head, self._framed)
         if self._head_request and self._sink is not None:
             # llhttp cannot be told that a HEAD response has no body: finish it ourselves
             # and start a fresh parser for the next response on this connection.
@@ -173,7 +174,7 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, request: bytes, sink: ResponseSink, head_request: bool = False) -> None:
         assert self.transport is not None and self._sink is None
         self._sink = sink
-        self._head = ResponseHead()
+        self._raw_headers = []
         self._reason = b""
         self._head_sent = False
         self._bytes_seen = 0

@@ -52,6 +52,7 @@ class ShadowTarget:
             loop=loop,
         )
         self.methods = frozenset(m.encode() for m in config.methods)
+        self.sample_rate = config.sample_rate
         self.timeout_s = config.timeout_ms / 1000
         self.max_response_bytes = limits.shadow_max_response_bytes
         self.breaker = CircuitBreaker(config.breaker.failures, config.breaker.reset_s)
@@ -67,7 +68,8 @@ class ShadowTarget:
         )
 
     def wants(self, method: bytes, request_id: str) -> bool:
-        return method in self.methods and is_sampled(request_id, self.config.sample_rate)
+        """Whether this request is mirrored to this target."""
+        return method in self.methods and is_sampled(request_id, self.sample_rate)
 
     def dispatch(
         self, request: bytes, join: PairJoin, too_large: bool, head_request: bool = False

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hashlib
 import os
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -26,7 +28,7 @@ from tests.proxy._util import (
     wait_for,
 )
 from tests.support.proxy import make_config, running_proxy
-from tests.support.servers import Backend
+from tests.support.servers import Backend, Seen
 
 
 async def echo(request: web.Request) -> web.StreamResponse:
@@ -587,3 +589,31 @@ async def test_slow_reading_client_still_gets_the_whole_body(backend: Backend) -
                 break
             received += len(chunk)
     assert received == total
+
+
+async def test_url_credentials_become_basic_auth_and_replace_the_clients(
+    backend: Backend, candidate_backend: Backend
+) -> None:
+    """``http://user:pass@host`` is sent as Basic auth; the client's own value is replaced."""
+    prod_url = backend.url.replace("http://", "http://svc:s%3Dcret@")
+    cand_url = candidate_backend.url.replace("http://", "http://tok3n@")
+    config = make_config(prod_url, candidates=[{"name": "c", "url": cand_url}])
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        async with session.post(
+            f"http://127.0.0.1:{rt.traffic_port}/infer",
+            data=b"{}",
+            headers={"Authorization": "Bearer client-token"},
+        ) as resp:
+            assert resp.status == 200
+        for _ in range(200):
+            if candidate_backend.seen:
+                break
+            await asyncio.sleep(0.01)
+
+    def auth_values(seen: list[Seen]) -> list[bytes]:
+        posted = [s for s in seen if s.method == "POST"]
+        assert len(posted) == 1
+        return [v for n, v in posted[0].raw_headers if n.lower() == b"authorization"]
+
+    assert auth_values(backend.seen) == [b"Basic " + base64.b64encode(b"svc:s=cret")]
+    assert auth_values(candidate_backend.seen) == [b"Basic " + base64.b64encode(b"tok3n:")]

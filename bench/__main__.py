@@ -1,0 +1,109 @@
+"""``python -m bench run [--quick|--smoke] [--out FILE] [--write-docs]`` or ``report FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+
+from . import report
+from .load import LoadError
+from .runner import MODES, run
+from .targets import REPO, TARGETS, StartError
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM unwinds like Ctrl-C, so every context manager stops its processes.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark shadowproxy side by side with direct access and nginx.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="measure every target side by side in one run")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="3 rounds of 2 s (under a minute)")
+    mode.add_argument("--smoke", action="store_true", help="1 round of 1 s: the harness works")
+    p.add_argument("--out", type=Path, help="JSON file (default bench/results/MODE-DATE.json)")
+    p.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="rewrite the results section of docs/benchmarks.md",
+    )
+    p.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated subset of: {', '.join(TARGETS)}",
+    )
+    p.add_argument("--rounds", type=int, help="override the mode's number of rounds")
+    p.add_argument("--duration", type=int, help="override the mode's wrk seconds per run")
+    p.add_argument("--keep", action="store_true", help="keep the configs and logs of the run")
+    p.add_argument(
+        "--allow-deep-idle",
+        action="store_true",
+        help="do not hold /dev/cpu_dma_latency at 0 during single-connection latency runs",
+    )
+    rp = sub.add_parser("report", help="print the tables of an earlier run's JSON")
+    rp.add_argument("json", type=Path)
+    rp.add_argument("--write-docs", action="store_true", help="also rewrite docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    if args.command == "report":
+        md = report.markdown(json.loads(args.json.read_text()))
+        print(md)
+        if args.write_docs:
+            report.write_docs(md)
+        return 0
+
+    names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(TARGETS)}")
+    names = [n for n in TARGETS if n in names]  # canonical order
+    settings = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    settings = replace(
+        settings,
+        rounds=args.rounds or settings.rounds,
+        wrk_duration_s=args.duration or settings.wrk_duration_s,
+        idle_qos=not args.allow_deep_idle,
+    )
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        raw = run(settings, names, log=_log, keep_workdir=args.keep)
+    except (LoadError, StartError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; every process was stopped", file=sys.stderr)
+        return 130
+    doc = report.build(raw)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or REPO / "bench" / "results" / f"{settings.mode}-{stamp}.json"
+    report.write_json(doc, out)
+    md = report.markdown(doc)
+    print(md)
+    print(f"JSON: {out}", file=sys.stderr)
+    if args.write_docs:
+        report.write_docs(md)
+        print(f"rewrote the results section of {report.DOCS}", file=sys.stderr)
+    failed = [n for n, t in doc["targets"].items() if t["error"] or not t["rounds"]]
+    if failed:
+        print(f"not fully measured: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The benchmark harness must keep working: run ``python -m bench run --smoke`` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bench import report  # noqa: E402
+from bench.load import BODY, parse_wrk, percentile, wrk_script  # noqa: E402
+from bench.targets import TARGETS, requests_by_outcome  # noqa: E402
+
+HEADLINE_RATIOS = (
+    "cpu_per_req_ratio_vs_nginx",
+    "added_p50_ratio_vs_nginx",
+    "mirror_throughput_ratio",
+)
+
+WRK_OUTPUT = """\
+Running 1s test @ http://127.0.0.1:40000/v2/models/m/infer
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   310.12us  120.00us   4.78ms   90.00%
+    Req/Sec    80.62k     2.11k   82.00k    80.00%
+  Latency Distribution
+     50%  293.00us
+     75%  330.00us
+     90%  401.00us
+     99%    1.43ms
+  80217 requests in 1.00s, 19.28MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 5
+Requests/sec:  80217.33
+Transfer/sec:     19.28MB
+"""
+
+
+def test_parse_wrk() -> None:
+    r = parse_wrk(WRK_OUTPUT)
+    assert r.requests == 80217
+    assert r.rps == pytest.approx(80217.33)
+    assert r.latency_us == {"p50": 293.0, "p75": 330.0, "p90": 401.0, "p99": 1430.0}
+    assert r.non_2xx == 5
+    assert r.socket_errors == {"connect": 0, "read": 2, "write": 0, "timeout": 1}
+    assert r.errors == 8
+
+
+def test_wrk_script_sends_the_body() -> None:
+    assert 'wrk.method = "POST"' in wrk_script()
+    assert BODY.decode().replace('"', '\\"') in wrk_script()
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
+    assert percentile([5.0], 99) == 5.0
+
+
+def test_requests_by_outcome_sums_versions() -> None:
+    def line(role: str, model: str, version: str, outcome: str, value: str) -> str:
+        labels = f'role="{role}",model="{model}",version="{version}",outcome="{outcome}"'
+        return f"shadowproxy_requests_total{{{labels}}} {value}\n"
+
+    text = (
+        "# TYPE shadowproxy_requests_total counter\n"
+        + line("candidate", "cand", "2", "ok", "7.0")
+        + line("candidate", "cand", "3", "ok", "3.0")
+        + line("candidate", "cand", "2", "dropped", "1")
+        + line("production", "prod", "1", "ok", "11")
+    )
+    assert requests_by_outcome(text) == {
+        ("cand", "ok"): 10.0,
+        ("cand", "dropped"): 1.0,
+        ("prod", "ok"): 11.0,
+    }
+
+
+def test_ratios_are_paired_per_round() -> None:
+    def rnd(i: int, rps: float, cpu: float | None, p50: float) -> dict[str, object]:
+        return {
+            "round": i,
+            "rps": rps,
+            "cpu_us_per_req": cpu,
+            "errors": 0,
+            "latency_us": {"p50": 1.0, "p99": 2.0},
+            "single": {"p50_us": p50, "p99_us": 2 * p50},
+        }
+
+    targets = {
+        "direct": {"rounds": [rnd(0, 100, None, 10), rnd(1, 100, None, 20)]},
+        "nginx": {"rounds": [rnd(0, 50, 10, 30), rnd(1, 50, 10, 40)]},
+        "shadowproxy_off": {"rounds": [rnd(0, 25, 20, 50), rnd(1, 25, 40, 80)]},
+    }
+    report.add_latency_deltas(targets)
+    ratios = report.compute_ratios(targets)
+    assert ratios["cpu_per_req_ratio_vs_nginx"]["per_round"] == [2.0, 4.0]
+    assert ratios["cpu_per_req_ratio_vs_nginx"]["value"] == 3.0
+    assert ratios["added_p50_ratio_vs_nginx"]["per_round"] == [2.0, 3.0]
+    assert ratios["mirror_throughput_ratio"]["value"] is None
+
+
+@pytest.mark.timeout(240)
+def test_smoke_run_end_to_end(tmp_path: Path) -> None:
+    missing = [b for b in ("nginx", "wrk", "taskset") if shutil.which(b) is None]
+    if missing:
+        pytest.fail(
+            f"benchmark binaries missing: {', '.join(missing)} "
+            "(install with: apt-get install -y nginx wrk util-linux)"
+        )
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    log = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert out.exists(), f"no JSON written (exit {proc.returncode})\n{log}"
+    doc = json.loads(out.read_text())
+
+    assert set(doc["targets"]) == set(TARGETS), log
+    for name, t in doc["targets"].items():
+        assert t["error"] is None, f"{name}: {t['error']}\n{log}"
+        assert t["rounds"], f"{name} has no rounds\n{log}"
+        for r in t["rounds"]:
+            assert r["rps"] > 0, f"{name}: no throughput\n{log}"
+            assert r["errors"] == 0, f"{name}: {r['errors']} failed requests\n{log}"
+            assert r["single"]["n"] > 0
+            if name != "direct":
+                assert r["cpu_us_per_req"] > 0, f"{name}: no CPU time measured"
+        if name in ("nginx_mirror", "shadowproxy_http"):
+            fraction = t["summary"]["mirrored_fraction"]["median"]
+            assert fraction > 0, f"{name}: nothing reached the candidate\n{log}"
+
+    for name in HEADLINE_RATIOS:
+        value = doc["ratios"][name]["value"]
+        assert isinstance(value, float) and math.isfinite(value), f"{name} = {value!r}\n{log}"
+    for key in ("nproc", "cpu_model", "kernel"):
+        assert doc["machine"][key]
+    assert doc["versions"]["nginx"] and doc["versions"]["wrk"]
+    assert proc.returncode == 0, log
+    assert "| ratio |" in proc.stdout
