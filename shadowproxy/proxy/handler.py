@@ -8,6 +8,7 @@ and nothing here waits for a shadow.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from shadowproxy.config.model import Config
 from shadowproxy.observability.metrics import Metrics
@@ -91,38 +92,39 @@ class Proxy:
 
     # -- requests -------------------------------------------------------------------------
     def handle(self, request: Request, client: ClientConnection) -> ProductionRelay:
+        # Only what the production request needs comes before it is written; the rest of
+        # the bookkeeping runs while production works on it, off the latency path. Nothing
+        # here yields to the loop, so the answer cannot arrive before the join is set.
         head = request.head
         request_id = head.resolve_request_id()
         added = proxy_headers_block(request_id, client.peer_ip, head.host, b"http")
         target = self.production_target
         relay = ProductionRelay(self, client, request, request_id)
-        self.in_flight += 1
-        self.production_deadlines.add(relay)
-        shadows = [t for t in self.targets if t.wants(request.method, request_id)]
-        if shadows:
-            relay.join = self._join(request, request_id, len(shadows) + 1)
-            relay.capture_limit = self.pair_capture_bytes
         self.production_pool.request(
             build_request(
                 request.method,
-                self.production_target.target_path(request.target),
-                head.host or self.production_target.host_header,
+                target.target_path(request.target),
+                head.host or target.host_header,
                 head.forward_block(target.header_names) + added + target.headers,
                 request.body,
             ),
             relay,
             head_request=request.method == b"HEAD",
         )
-        if shadows:
-            assert relay.join is not None
-            self._mirror(request, added, shadows, relay.join)
+        self.in_flight += 1
+        self.production_deadlines.add(relay)
+        shadows = [t for t in self.targets if t.wants(request.method, request_id)]
+        if shadows and not relay.done:  # done already only if the pool refused at once
+            join = relay.join = self._join(request, request_id, len(shadows) + 1)
+            relay.capture_limit = self.pair_capture_bytes
+            self._mirror(request, added, shadows, join)
         return relay
 
     def _join(self, request: Request, request_id: str, pending: int) -> PairJoin:
         # Positional and with every field given: this runs for every mirrored request.
         record = PairRecord(
             request_id,
-            request.wall_time,
+            time.time(),
             request.method.decode("ascii", "replace"),
             request.target.decode("latin-1"),
             request.body,
