@@ -8,6 +8,7 @@ callers can catch one type. Messages name the bad input; causes are chained with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 class ShadowProxyError(Exception):
@@ -37,12 +38,15 @@ class ModelError(ShadowProxyError):
     """A model file failed its safety or integrity checks, or could not be loaded."""
 
 
+FailureOutcome = Literal["error", "timeout", "invalid", "dropped"]
+
+
 class UpstreamError(ShadowProxyError):
     """An upstream (production, candidate or baseline) could not be reached or misbehaved.
 
-    ``outcome`` is the counted outcome name (``timeout``, ``error`` or ``invalid``).
+    ``outcome`` is the counted outcome it becomes (``dropped`` when the client left).
     """
 
-    def __init__(self, message: str, outcome: str = "error") -> None:
+    def __init__(self, message: str, outcome: FailureOutcome = "error") -> None:
         super().__init__(message)
         self.outcome = outcome

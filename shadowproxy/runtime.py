@@ -82,7 +82,6 @@ class Runtime:
         self.server: asyncio.Server | None = None
         self.admin_runner: web.AppRunner | None = None
         self.shutting_down = False
-        self.stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop_requested = asyncio.Event()
         self.traffic_port = 0
@@ -127,9 +126,6 @@ class Runtime:
             backlog=1024,
         )
         self.traffic_port = self.server.sockets[0].getsockname()[1]
-        # Everything allocated so far lives as long as the process: move it out of the
-        # collector's reach, so full collections walk only per-request garbage.
-        gc.freeze()
         self.spawn(self._probe_production(), "production-probe")
         self.spawn(self._watch_loop_lag(), "loop-lag")
         self.spawn(self._sweep_deadlines(), "client-deadlines")
@@ -192,6 +188,9 @@ class Runtime:
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
         await self.start()
+        # Everything allocated so far lives as long as the process: move it out of the
+        # collector's reach, so full collections walk only per-request garbage.
+        gc.freeze()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
@@ -232,7 +231,6 @@ class Runtime:
                 log.warning("pair log not fully flushed before the deadline")
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
-        self.stopped.set()
         log.info("drained, exiting")
 
 

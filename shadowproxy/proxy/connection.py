@@ -17,7 +17,7 @@ import asyncio
 import collections
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 import orjson
@@ -60,6 +60,18 @@ class Rejection:
     message: str
 
 
+class Answering(Protocol):
+    """The exchange answering a connection's current request (the production relay)."""
+
+    def pause(self) -> None:
+        """The client stopped reading: stop reading the upstream too."""
+
+    def resume(self) -> None: ...
+
+    def client_gone(self) -> None:
+        """The client hung up before the answer was complete."""
+
+
 class _Refused(Exception):
     pass
 
@@ -97,7 +109,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = ""
         self._parser = httptools.HttpRequestParser(self)
         self._queue: collections.deque[Request | Rejection] = collections.deque()
-        self.active: object | None = None  # the exchange currently answering
+        self.active: Answering | None = None
         self._reading_paused = False
         self.write_paused = False
         self.closing = False  # finish the current response, then close
@@ -146,13 +158,13 @@ class ClientConnection(asyncio.Protocol):
         self.proxy.connection_closed(self)
         active, self.active = self.active, None
         if active is not None:
-            active.client_gone()  # type: ignore[attr-defined]
+            active.client_gone()
 
     def pause_writing(self) -> None:
         # The client reads slower than we write: stop reading the upstream too.
         self.write_paused = True
         if self.active is not None:
-            self.active.pause()  # type: ignore[attr-defined]
+            self.active.pause()
         self._arm(self.limits.send_timeout_s, "send_timeout")
 
     def resume_writing(self) -> None:
@@ -160,7 +172,7 @@ class ClientConnection(asyncio.Protocol):
         if self.deadline_reason == "send_timeout":
             self._disarm()
         if self.active is not None:
-            self.active.resume()  # type: ignore[attr-defined]
+            self.active.resume()
 
     # -- httptools callbacks ------------------------------------------------------------
     def on_url(self, url: bytes) -> None:

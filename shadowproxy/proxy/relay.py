@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from shadowproxy.errors import UpstreamError
-from shadowproxy.pairing.record import Exchange
+from shadowproxy.pairing.record import Exchange, Outcome
 from shadowproxy.proxy.connection import ClientConnection, Request, error_response
 from shadowproxy.proxy.headers import ResponseHead
 from shadowproxy.proxy.upstream import UpstreamConnection
@@ -116,7 +116,7 @@ class ProductionRelay:
             self.head_written = True
         if tail:
             self.client.write(tail)
-        outcome = "ok" if 200 <= self.status < 300 else "error"
+        outcome: Outcome = "ok" if 200 <= self.status < 300 else "error"
         self._finish(outcome, "")
         self.client.finished(self.keep_alive)
 
@@ -169,7 +169,7 @@ class ProductionRelay:
             self.upstream.abort()
         self.on_error(exc)
 
-    def _finish(self, outcome: str, detail: str) -> None:
+    def _finish(self, outcome: Outcome, detail: str) -> None:
         self.done = True
         latency = time.perf_counter() - self.started
         self.proxy.production_finished(self, outcome, latency)
@@ -179,7 +179,7 @@ class ProductionRelay:
                     role="production",
                     name=self.proxy.production_name,
                     version=self.proxy.production_version,
-                    outcome=outcome,  # type: ignore[arg-type]
+                    outcome=outcome,
                     status=self.status or None,
                     latency_s=latency,
                     body=b"".join(self.captured)[: self.capture_limit],

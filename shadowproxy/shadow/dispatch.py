@@ -178,7 +178,7 @@ class ShadowCall:
         self._finish("ok" if 200 <= status < 300 else "error", "" if status < 300 else "status")
 
     def on_error(self, exc: UpstreamError) -> None:
-        self._finish(exc.outcome, str(exc))  # type: ignore[arg-type]
+        self._finish(exc.outcome, str(exc))
 
     # -- internals ------------------------------------------------------------------------
     def expire(self) -> None:
