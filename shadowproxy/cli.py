@@ -1,4 +1,4 @@
-"""Command line: ``shadowproxy serve | validate``.
+"""Command line: ``shadowproxy serve | validate | replay``.
 
 Exit codes follow the contract: 0 success, 2 invalid config (one line per problem, each
 naming the dotted key).
@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, type=Path)
     validate = sub.add_parser("validate", help="check a config without serving")
     validate.add_argument("--config", required=True, type=Path)
+    replay = sub.add_parser("replay", help="re-send the requests of a pair log to a service")
+    replay.add_argument("--log", required=True, type=Path, action="append", dest="logs")
+    replay.add_argument("--target", required=True, help="base URL, e.g. http://127.0.0.1:8080")
+    replay.add_argument("--concurrency", type=int, default=8)
     return parser
 
 
@@ -95,6 +99,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Exit 0 when every request got an answer, 1 when some failed in transit, 2 on bad input."""
+    from shadowproxy.pairing.log import ReadStats, read_pair_log
+    from shadowproxy.pairing.replay import replay
+
+    if args.concurrency < 1:
+        print("--concurrency: must be >= 1", file=sys.stderr)
+        return EXIT_INVALID
+    stats = ReadStats()
+    try:
+        summary = asyncio.run(
+            replay(read_pair_log(args.logs, stats=stats), args.target,
+                   concurrency=args.concurrency)
+        )  # fmt: skip
+    except FileNotFoundError as exc:
+        print(f"--log: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    statuses = ", ".join(f"{code}: {n}" for code, n in sorted(summary.statuses.items()))
+    print(
+        f"replayed {summary.sent} requests to {args.target} ({statuses or 'no answers'}); "
+        f"skipped {summary.skipped_truncated} with a truncated body; "
+        f"{stats.torn + stats.invalid} unreadable lines"
+    )
+    for error, n in summary.errors.items():
+        print(f"  {n} failed: {error}", file=sys.stderr)
+    return 1 if summary.failed else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -102,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    commands = {"serve": cmd_serve, "validate": cmd_validate}
+    commands = {"serve": cmd_serve, "validate": cmd_validate, "replay": cmd_replay}
     try:
         return commands[args.command](args)
     except ShadowProxyError as exc:

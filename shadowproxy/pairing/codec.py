@@ -244,6 +244,7 @@ def record_from_dict(data: Mapping[str, Any]) -> PairRecord:
             method=_str(data, "method"),
             path=_str(data, "path"),
             request_body=decode_body(_mapping(request["body"], "request body")),
+            request_body_truncated=bool(_mapping(request["body"], "request body").get("truncated")),
             request_content_type=_str(request, "content_type"),
             production=(
                 None

@@ -50,3 +50,5 @@ class PairRecord:
     request_content_type: str = ""
     production: Exchange | None = None
     shadows: dict[str, Exchange] = field(default_factory=dict)
+    # Set when read back from a pair log that kept only the start of the body.
+    request_body_truncated: bool = False

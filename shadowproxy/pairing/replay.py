@@ -1,0 +1,89 @@
+"""Replaying logged requests against a model service (``shadowproxy replay``).
+
+A pair log keeps every mirrored request; replaying it sends the same method, path, body,
+Content-Type and X-Request-Id to another service, for example a new candidate that was not
+running when the traffic was recorded, or shadowproxy itself to rebuild comparator state.
+
+What cannot be replayed faithfully is not sent: a record whose request body the log cut
+short (``pair_log.max_body_bytes``) is skipped and counted. A body whose fields were
+redacted (``pair_log.redact``) is sent as logged, redaction markers included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from shadowproxy.pairing.record import PairRecord
+
+REPLAY_HEADER = "X-Shadow-Replay"
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay sent and what came back."""
+
+    sent: int = 0
+    skipped_truncated: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.errors.values())
+
+
+async def replay(
+    records: Iterable[PairRecord],
+    target_url: str,
+    *,
+    concurrency: int = 8,
+    timeout_s: float = 10.0,
+) -> ReplaySummary:
+    """Send each replayable record's request to ``target_url`` (its base URL).
+
+    At most ``concurrency`` requests are outstanding; records are read lazily, so a log of
+    any size replays in constant memory.
+    """
+    summary = ReplaySummary()
+    base = target_url.rstrip("/")
+    limit = asyncio.Semaphore(concurrency)
+    pending: set[asyncio.Task[None]] = set()
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def send(session: aiohttp.ClientSession, record: PairRecord) -> None:
+        headers = {"X-Request-Id": record.request_id, REPLAY_HEADER: "1"}
+        if record.request_content_type:
+            headers["Content-Type"] = record.request_content_type
+        try:
+            async with session.request(
+                record.method,
+                base + record.path,
+                data=record.request_body,
+                headers=headers,
+                allow_redirects=False,
+            ) as resp:
+                await resp.read()
+                summary.statuses[resp.status] += 1
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            summary.errors[type(exc).__name__] += 1
+        finally:
+            limit.release()
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for record in records:
+            if record.request_body_truncated:
+                summary.skipped_truncated += 1
+                continue
+            await limit.acquire()
+            task = asyncio.get_running_loop().create_task(send(session, record))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            summary.sent += 1
+        if pending:
+            await asyncio.gather(*pending)
+    return summary
