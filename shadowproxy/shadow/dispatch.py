@@ -193,6 +193,12 @@ class ShadowCall:
         self.done = True
         latency = time.perf_counter() - self.started
         target = self.target
+        if outcome in ("ok", "error") and latency > target.timeout_s:
+            # Answered, but past the deadline: when the loop is busy an answer can be read
+            # before the deadline's timer runs. The outcome follows the clock, not the order
+            # of events.
+            outcome = "timeout"
+            detail = f"answered after {latency * 1000:.0f} ms, past {target.timeout_s * 1000:g} ms"
         target.finished(self, outcome, latency)
         self.join.shadow_done(
             target.name,

@@ -39,7 +39,8 @@ OTHER_TIMEOUT_MS = 2000
 # large; what stops that cost from recurring is the circuit breaker, so for such a
 # candidate the breaker runs as configured by default: a few invalid answers, then drops.
 REAL_BREAKER = {"endless": 5}
-TIMER_SLACK_S = 0.06
+# Loop lag on a busy machine delays when a deadline is acted on, not whether it is.
+TIMER_SLACK_S = 0.15
 N = 200
 WARMUP = 20
 
@@ -145,7 +146,7 @@ async def test_faulty_candidate_changes_nothing_for_production(
         backend.url,
         candidates=[{
             "name": "faulty", "version": "1", "url": f"http://127.0.0.1:{candidate_port}",
-            "timeout_ms": timeout_ms, "max_in_flight": 1000,
+            "timeout_ms": timeout_ms, "connect_timeout_ms": timeout_ms, "max_in_flight": 1000,
             "breaker": {"failures": REAL_BREAKER.get(kind, 1_000_000), "reset_s": 60},
         }],
     )  # fmt: skip

@@ -92,8 +92,20 @@ def _config(prod: Backend, c1: Backend, c2: Backend, **extra: object) -> dict[st
     return make_config(
         prod.url,
         candidates=[
-            {"name": "c1", "version": "1", "url": c1.url, "timeout_ms": 2000},
-            {"name": "c2", "version": "2", "url": c2.url, "timeout_ms": 2000},
+            {
+                "name": "c1",
+                "version": "1",
+                "url": c1.url,
+                "timeout_ms": 2000,
+                "connect_timeout_ms": 2000,
+            },
+            {
+                "name": "c2",
+                "version": "2",
+                "url": c2.url,
+                "timeout_ms": 2000,
+                "connect_timeout_ms": 2000,
+            },
         ],
         **extra,
     )

@@ -148,8 +148,22 @@ async def test_candidates_at_the_same_rate_get_exactly_the_same_requests(backend
         config = make_config(
             backend.url,
             candidates=[
-                {"name": "c1", "version": "1", "url": c1.url, "sample_rate": 0.5},
-                {"name": "c2", "version": "1", "url": c2.url, "sample_rate": 0.5},
+                {
+                    "name": "c1",
+                    "version": "1",
+                    "url": c1.url,
+                    "sample_rate": 0.5,
+                    "timeout_ms": 2000,
+                    "connect_timeout_ms": 2000,
+                },
+                {
+                    "name": "c2",
+                    "version": "1",
+                    "url": c2.url,
+                    "sample_rate": 0.5,
+                    "timeout_ms": 2000,
+                    "connect_timeout_ms": 2000,
+                },
             ],
         )
         explicit = [f"sampling-{i}" for i in range(N_REQUESTS // 2)]
@@ -179,8 +193,22 @@ async def test_nested_rates_give_nested_sets(backend: Backend) -> None:
         config = make_config(
             backend.url,
             candidates=[
-                {"name": "low", "version": "1", "url": low.url, "sample_rate": 0.2},
-                {"name": "high", "version": "1", "url": high.url, "sample_rate": 0.6},
+                {
+                    "name": "low",
+                    "version": "1",
+                    "url": low.url,
+                    "sample_rate": 0.2,
+                    "timeout_ms": 2000,
+                    "connect_timeout_ms": 2000,
+                },
+                {
+                    "name": "high",
+                    "version": "1",
+                    "url": high.url,
+                    "sample_rate": 0.6,
+                    "timeout_ms": 2000,
+                    "connect_timeout_ms": 2000,
+                },
             ],
         )
         async with running_proxy(config) as rt:
@@ -204,7 +232,13 @@ async def test_replicas_sample_the_same_requests(backend: Backend) -> None:
     """Two proxy instances with the same config mirror the same set of request ids."""
     cand_a, cand_b = await Backend().start(), await Backend().start()
     try:
-        candidate = {"name": "cand", "version": "1", "sample_rate": 0.5}
+        candidate = {
+            "name": "cand",
+            "version": "1",
+            "sample_rate": 0.5,
+            "timeout_ms": 2000,
+            "connect_timeout_ms": 2000,
+        }
         config_a = make_config(backend.url, candidates=[{**candidate, "url": cand_a.url}])
         config_b = make_config(backend.url, candidates=[{**candidate, "url": cand_b.url}])
         explicit = [uuid.UUID(int=i).hex for i in range(1, 201)]
