@@ -49,25 +49,6 @@ _NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID}
 _REQUEST_ID_OK = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
-def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Lower-cased header names listed in every ``Connection`` header."""
-    names: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            names.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(names) if names else _NO_TOKENS
-
-
-_NO_TOKENS: frozenset[bytes] = frozenset()
-
-
-def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """Drop hop-by-hop headers and the headers the ``Connection`` header names."""
-    headers = list(headers)
-    drop = HOP_BY_HOP | connection_tokens(headers)
-    return [(n, v) for n, v in headers if n.lower() not in drop]
-
-
 def valid_request_id(value: bytes) -> bool:
     """A client-sent request id is kept only if it is short and made of safe characters."""
     return _REQUEST_ID_OK.fullmatch(value) is not None
@@ -291,18 +272,6 @@ class ResponseHead:
                 line for low, line in zip(self.lows, self.lines, strict=True) if low not in tokens
             )
         return b"".join(self.lines)
-
-
-def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of ``name`` (lower-case) or ``None``."""
-    for n, v in headers:
-        if n.lower() == name:
-            return v
-    return None
-
-
-def serialize_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    return b"".join(n + b": " + v + b"\r\n" for n, v in headers)
 
 
 def header_block(headers: Iterable[tuple[str, str]]) -> bytes:
