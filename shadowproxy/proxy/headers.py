@@ -41,7 +41,6 @@ FORWARDED: frozenset[bytes] = frozenset(
 _CLIENT_CANNOT_SET = (b"x-forwarded-", b"x-shadow-")
 # Framing is recomputed from the buffered body; Expect is answered by the proxy itself.
 REQUEST_FRAMING: frozenset[bytes] = frozenset({b"content-length", b"expect"})
-SHADOW_PREFIX = b"x-shadow-"
 REQUEST_ID = b"x-request-id"
 _NOT_FORWARDED = HOP_BY_HOP | FORWARDED | REQUEST_FRAMING | {REQUEST_ID}
 _NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID}
