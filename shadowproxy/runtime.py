@@ -51,9 +51,15 @@ class _ProbeSink:
     def __init__(self, done: asyncio.Future[int]) -> None:
         self.done = done
         self.status = 0
+        self.upstream: UpstreamConnection | None = None
 
     def attach(self, conn: UpstreamConnection) -> None:
-        pass
+        self.upstream = conn
+
+    def abandon(self) -> None:
+        """A probe past its deadline: drop its connection rather than leave it waiting."""
+        if self.upstream is not None:
+            self.upstream.abort()
 
     def on_head(self, status: int, reason: bytes, head: object, framed: bool) -> None:
         self.status = status
@@ -152,11 +158,15 @@ class Runtime:
                 b"GET", proxy.production_target.target_path(path),
                 proxy.production_target.host_header, proxy.production_target.headers, b"",
             )  # fmt: skip
-            proxy.production_pool.request(request, _ProbeSink(done))
+            probe = _ProbeSink(done)
+            proxy.production_pool.request(request, probe)
             try:
                 async with asyncio.timeout(proxy.production_timeout_s):
                     proxy.production_answered(await done)
-            except (TimeoutError, UpstreamError) as exc:
+            except TimeoutError:
+                probe.abandon()
+                log.debug("production not answering yet: no answer in time")
+            except UpstreamError as exc:
                 log.debug("production not answering yet: %s", exc)
             if not proxy.has_answered:
                 await asyncio.sleep(READY_PROBE_INTERVAL_S)

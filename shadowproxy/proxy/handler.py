@@ -87,8 +87,7 @@ class Proxy:
         """Expire client connections whose head, body, idle or send deadline passed."""
         now = self.loop.time()
         for conn in list(self.connections):
-            if conn.deadline and now >= conn.deadline:
-                conn.check_deadline(now)
+            conn.check_deadline(now)
 
     # -- requests -------------------------------------------------------------------------
     def handle(self, request: Request, client: ClientConnection) -> ProductionRelay:

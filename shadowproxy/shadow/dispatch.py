@@ -22,8 +22,6 @@ from shadowproxy.proxy.upstream import UpstreamConnection, UpstreamPool, Upstrea
 from shadowproxy.shadow.breaker import BreakerState, CircuitBreaker
 from shadowproxy.shadow.sampling import is_sampled
 
-_BREAKER_FAILURES = frozenset({"timeout", "error", "invalid"})
-
 
 class ShadowTarget:
     """One mirrored upstream with its budget, breaker and counters."""
@@ -58,7 +56,6 @@ class ShadowTarget:
         self.breaker = CircuitBreaker(config.breaker.failures, config.breaker.reset_s)
         self.calls: set[ShadowCall] = set()
         self.deadlines = DeadlineQueue(loop, self.timeout_s)
-        self.metrics = metrics
         # Bound children: label look-ups stay off the per-request path.
         self.stats = metrics.hot.add(role, self.name, self.version)
         # Gauges are read at scrape time instead of being updated per request.

@@ -12,9 +12,10 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from shadowproxy.runtime import Runtime
-from tests.shadow.helpers import PortBackend, wait_for
+from tests.shadow.helpers import PortBackend
 from tests.support.proxy import free_port, make_config, metric_value, running_proxy
 from tests.support.servers import Backend
+from tests.support.waiting import wait_for
 
 
 def _admin(rt: Runtime) -> str:

@@ -153,17 +153,6 @@ async def read_all_until_close(reader: asyncio.StreamReader, timeout: float = 5.
         out += chunk
 
 
-async def wait_for(
-    predicate: Callable[[], bool], timeout: float = 3.0, interval: float = 0.01
-) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(interval)
-    return predicate()
-
-
 def forwarded(seen: list[Seen]) -> list[Seen]:
     """Requests the proxy forwarded for clients (the readiness probe has no X-Request-Id)."""
     return [s for s in seen if seen_header(s, "x-request-id")]

@@ -25,10 +25,10 @@ from tests.proxy._util import (
     seen_header,
     seen_headers,
     seen_names,
-    wait_for,
 )
 from tests.support.proxy import make_config, running_proxy
 from tests.support.servers import Backend, Seen
+from tests.support.waiting import wait_for
 
 
 async def echo(request: web.Request) -> web.StreamResponse:
@@ -560,7 +560,7 @@ async def test_stuck_client_is_dropped_after_send_timeout(backend: Backend) -> N
             await asyncio.sleep(0.2)
             assert len(rt.proxy.connections) == 1
             # Dropped: the proxy forgets the connection and stops reading production.
-            assert await wait_for(lambda: not rt.proxy.connections, 3)
+            await wait_for(lambda: not rt.proxy.connections, 3, what="the stuck client dropped")
             assert await asyncio.wait_for(streamer.finished.wait(), 3) is True
             assert streamer.written < streamer.total
         resp = await exchange(rt.traffic_port, request_bytes("GET", "/other"), timeout=2)
@@ -605,10 +605,7 @@ async def test_url_credentials_become_basic_auth_and_replace_the_clients(
             headers={"Authorization": "Bearer client-token"},
         ) as resp:
             assert resp.status == 200
-        for _ in range(200):
-            if candidate_backend.seen:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: bool(candidate_backend.seen), what="the mirror")
 
     def auth_values(seen: list[Seen]) -> list[bytes]:
         posted = [s for s in seen if s.method == "POST"]

@@ -6,6 +6,7 @@ import aiohttp
 
 from tests.support.proxy import make_config, metric_value, running_proxy
 from tests.support.servers import Backend
+from tests.support.waiting import wait_for
 
 
 async def test_forwards_and_mirrors(backend: Backend, candidate_backend: Backend) -> None:
@@ -20,12 +21,7 @@ async def test_forwards_and_mirrors(backend: Backend, candidate_backend: Backend
             assert resp.headers["X-Request-Id"]
             body = await resp.json()
         assert body["outputs"][0]["data"] == [0.25, 0.75]
-        for _ in range(200):
-            if candidate_backend.seen:
-                break
-            import asyncio
-
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: bool(candidate_backend.seen), what="the mirror")
         assert candidate_backend.seen[-1].headers["X-Shadow-Request"] == "1"
         assert candidate_backend.seen[-1].body == b'{"x": 1}'
         assert metric_value(

@@ -9,9 +9,10 @@ import pytest
 
 from shadowproxy.runtime import Runtime
 from shadowproxy.shadow.breaker import BreakerState, CircuitBreaker
-from tests.shadow.helpers import PortBackend, client_requests, wait_for
+from tests.shadow.helpers import PortBackend, client_requests
 from tests.support.proxy import free_port, make_config, metric_value, running_proxy
 from tests.support.servers import Backend
+from tests.support.waiting import wait_for
 
 # -- state machine ----------------------------------------------------------------------
 

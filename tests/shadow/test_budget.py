@@ -12,9 +12,10 @@ import pytest
 
 from shadowproxy.pairing.record import PairRecord
 from shadowproxy.runtime import Runtime
-from tests.shadow.helpers import client_requests, header, header_values, settle, wait_for
+from tests.shadow.helpers import client_requests, header, header_values
 from tests.support.proxy import make_config, metric_value, running_proxy
 from tests.support.servers import Backend, RawServer, read_request
+from tests.support.waiting import settle, wait_for
 
 PATH = "/v2/models/churn/infer"
 

@@ -24,9 +24,10 @@ import pytest
 from aiohttp import web
 
 from shadowproxy.pairing.record import OUTCOMES, PairRecord
-from tests.shadow.helpers import median_ms, settle, timed_post, wait_for
+from tests.shadow.helpers import median_ms, timed_post
 from tests.support.proxy import free_port, make_config, metric_value, running_proxy
 from tests.support.servers import Backend
+from tests.support.waiting import settle, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_MS = 100

@@ -17,9 +17,10 @@ import pytest
 
 from shadowproxy.pairing.log import read_pair_log
 from shadowproxy.pairing.record import PairRecord
-from tests.shadow.helpers import echo_handler, settle, wait_for
+from tests.shadow.helpers import echo_handler
 from tests.support.proxy import make_config, metric_value, running_proxy
 from tests.support.servers import Backend
+from tests.support.waiting import settle, wait_for
 
 PATH = "/v2/models/churn/infer"
 SLOW_S = 0.2  # the slow side; the fast side answers well within it

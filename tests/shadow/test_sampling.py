@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shadowproxy.shadow.sampling import is_sampled, sample_point
-from tests.shadow.helpers import seen_ids, settle, wait_for
+from tests.shadow.helpers import seen_ids
 from tests.support.proxy import make_config, running_proxy
 from tests.support.servers import Backend
+from tests.support.waiting import settle, wait_for
 
 ids = st.text(min_size=0, max_size=200)
 rates = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
