@@ -50,3 +50,31 @@ class UpstreamError(ShadowProxyError):
     def __init__(self, message: str, outcome: FailureOutcome = "error") -> None:
         super().__init__(message)
         self.outcome = outcome
+
+
+class PayloadError(ShadowProxyError):
+    """A request or response body does not follow the configured payload protocol.
+
+    ``reason`` is a short, stable code (``bad_json``, ``bad_shape``, ``bad_dtype``,
+    ``unknown_input``, ``missing_input``, ``ragged``, ``nonfinite``, ``empty_batch``,
+    ``batch_too_large``, ``too_deep``, ``int_overflow``, ``bad_selector``, ...). For a
+    candidate it becomes the ``invalid`` outcome; for a local production model a 400 in the
+    protocol's error format.
+    """
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ExecutorError(ShadowProxyError):
+    """A local model call did not produce outputs.
+
+    ``outcome`` is the counted outcome: ``timeout`` (past ``timeout_ms``), ``error`` (the
+    worker crashed or onnxruntime raised), ``invalid`` (inputs onnxruntime refused) or
+    ``dropped`` (queue full, executor disabled or shutting down).
+    """
+
+    def __init__(self, message: str, outcome: FailureOutcome = "error") -> None:
+        super().__init__(message)
+        self.outcome = outcome

@@ -18,6 +18,7 @@ MiB = 1024 * 1024
 
 Protocol = Literal["v1", "v2", "json"]
 ExecutorKind = Literal["process", "thread"]
+NonFinite = Literal["reject", "allow"]
 
 
 def spec(default: Any = None, doc: str = "", **constraints: Any) -> Any:
@@ -79,6 +80,7 @@ class ModelFile:
     path: Path = required("ONNX file, relative to the config file's folder")
     sha256: str | None = spec(None, "hex SHA-256 of the file; required unless allow_unpinned")
     allow_unpinned: bool = spec(False, "accept a model without a pinned sha256")
+    max_bytes: int = spec(512 * MiB, "largest model file read (external data included)", gt=0)
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,19 @@ class Executor:
     threads: int = spec(1, "onnxruntime intra-op threads per worker", ge=1, le=256)
     max_batch: int = spec(32, "most rows in one micro-batch", ge=1, le=65536)
     max_wait_ms: float = spec(2.0, "longest a row waits for its batch to fill", ge=0)
-    memory_mb: int = spec(1024, "memory cap per worker", gt=0)
+    memory_mb: int = spec(
+        1024, "resident memory cap per worker; a worker above it is killed and respawned", gt=0
+    )
+    nice: int = spec(10, "how much lower than the proxy a worker process is scheduled", ge=0, le=19)
+    queue_rows: int = spec(1024, "rows waiting for a worker at most; more are dropped", ge=1)
+    max_restarts: int = spec(
+        5, "crashes within restart_window_s that disable the candidate (counted)", ge=1
+    )
+    restart_window_s: float = spec(60.0, "window in which crashes are counted", gt=0)
+    restart_backoff_s: float = spec(
+        0.5, "first delay before respawning a crashed worker; doubles per crash", ge=0
+    )
+    warmup_runs: int = spec(3, "inference runs on synthetic inputs before ready", ge=0)
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,9 @@ class Production:
     version: str = spec("", "model version, used as the metrics label")
     url: str | None = spec(None, "base URL of the production model service")
     model: ModelFile | None = spec(None, "a local ONNX model served by shadowproxy instead")
+    executor: Executor = spec(
+        Executor(kind="thread"), "how a local production model is run (thread by default)"
+    )
     timeout_ms: float = spec(
         1000.0,
         "deadline for the response head (504 after), then for each stretch without body progress",
@@ -157,6 +174,26 @@ class Baseline(Mirrored):
     version: str = spec("", "version used as the metrics label")
     sample_rate: float = spec(0.1, "share of requests mirrored", ge=0, le=1)
     timeout_ms: float = spec(1000.0, "deadline for one shadow exchange", gt=0)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """How request and response bodies are decoded (strictly) for local models and pairing."""
+
+    max_rows: int = spec(1024, "most rows in one request; more is input_invalid", ge=1)
+    max_depth: int = spec(32, "deepest JSON nesting accepted", ge=2, le=512)
+    nonfinite: NonFinite = spec(
+        "reject", "NaN and Infinity in inputs: reject (input_invalid) or allow"
+    )
+    rows: str = spec(
+        "",
+        "json protocol: dotted path to the list of request rows (empty: the body is one row "
+        "object or a list of them)",
+    )
+    response_rows: str = spec(
+        "predictions",
+        "json protocol: dotted path to the list of response rows (empty: the body itself)",
+    )
 
 
 @dataclass(frozen=True)
@@ -233,6 +270,7 @@ class Config:
     admin: Listener = spec(Listener(port=9090), "admin listener: health, metrics, admin API")
     limits: Limits = spec(Limits(), "request limits")
     protocol: Protocol = spec("v2", "payload protocol: v1 (KServe V1), v2 (OIP REST), json")
+    payload: Payload = spec(Payload(), "strict decoding of payloads")
     candidates: tuple[Candidate, ...] = spec((), "models that receive a copy of the traffic")
     baseline: Baseline | None = spec(None, "optional second production instance (noise floor)")
     compare: Compare = spec(Compare(), "comparator settings")
