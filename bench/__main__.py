@@ -1,4 +1,5 @@
-"""``python -m bench run [--quick|--smoke] [--out FILE] [--write-docs]`` or ``report FILE``."""
+"""``python -m bench run [--quick|--smoke] [--out FILE] [--write-docs]``, ``executor`` or
+``report FILE``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from . import report
+from . import executor, report
 from .load import LoadError
 from .runner import MODES, run
 from .targets import REPO, TARGETS, StartError
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="measure every target side by side in one run")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="3 rounds of 2 s (under a minute)")
+    mode.add_argument("--quick", action="store_true", help="3 rounds of 2 s (under 2 minutes)")
     mode.add_argument("--smoke", action="store_true", help="1 round of 1 s: the harness works")
     p.add_argument("--out", type=Path, help="JSON file (default bench/results/MODE-DATE.json)")
     p.add_argument(
@@ -49,16 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rounds", type=int, help="override the mode's number of rounds")
     p.add_argument("--duration", type=int, help="override the mode's wrk seconds per run")
+    p.add_argument(
+        "--skip-executor", action="store_true", help="leave out the executor batching section"
+    )
     p.add_argument("--keep", action="store_true", help="keep the configs and logs of the run")
     p.add_argument(
         "--allow-deep-idle",
         action="store_true",
-        help="do not hold /dev/cpu_dma_latency at 0 during single-connection latency runs",
+        help="do not hold /dev/cpu_dma_latency at 0 during latency runs (1-conn, open loop)",
     )
+    ep = sub.add_parser("executor", help="the process executor's throughput with batching")
+    executor.add_arguments(ep)
     rp = sub.add_parser("report", help="print the tables of an earlier run's JSON")
     rp.add_argument("json", type=Path)
     rp.add_argument("--write-docs", action="store_true", help="also rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
+    if args.command == "executor":
+        signal.signal(signal.SIGTERM, _terminate)
+        return executor.main(args)
     if args.command == "report":
         md = report.markdown(json.loads(args.json.read_text()))
         print(md)
@@ -77,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds=args.rounds or settings.rounds,
         wrk_duration_s=args.duration or settings.wrk_duration_s,
         idle_qos=not args.allow_deep_idle,
+        executor=not args.skip_executor,
     )
 
     signal.signal(signal.SIGTERM, _terminate)
@@ -99,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         report.write_docs(md)
         print(f"rewrote the results section of {report.DOCS}", file=sys.stderr)
     failed = [n for n, t in doc["targets"].items() if t["error"] or not t["rounds"]]
+    if doc["executor"] is not None and not doc["executor"]["rounds"]:
+        failed.append("executor")
     if failed:
         print(f"not fully measured: {', '.join(failed)}", file=sys.stderr)
         return 1

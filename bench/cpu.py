@@ -2,12 +2,15 @@
 
 The figure for a tree is utime+stime of the root and of every live descendant, plus
 cutime+cstime (children already reaped). For nginx that is master + worker; for shadowproxy
-the server process plus any executor it spawned.
+the server process plus any executor worker it spawned. The figure for the root process
+alone leaves its children out, live or reaped: for shadowproxy with a local candidate, that
+is what the proxy itself spends, apart from the model's workers.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -33,6 +36,12 @@ def process_ticks(pid: int, *, include_reaped: bool = True) -> int:
     if include_reaped:
         ticks += int(f[13]) + int(f[14])
     return ticks
+
+
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (ticks after boot): with the pid, it names one process for good."""
+    f = _fields(pid)
+    return int(f[19]) if f is not None else None
 
 
 def parent_pid(pid: int) -> int | None:
@@ -68,19 +77,28 @@ def ticks_to_us(ticks: int) -> float:
     return ticks * 1_000_000 / CLK_TCK
 
 
+@dataclass(frozen=True)
+class CpuUse:
+    tree_us: float  # the root and every descendant (nginx workers, executor workers)
+    own_us: float  # the root process alone: all its threads, none of its children
+
+
 class CpuMeter:
-    """Brackets a measurement: ``start()`` then ``stop()`` gives CPU µs used by the tree."""
+    """Brackets a measurement: ``start()`` then ``stop()`` gives the CPU µs used meanwhile."""
 
     def __init__(self, root: int) -> None:
         self.root = root
-        self._start: int | None = None
+        self._start: tuple[int, int] | None = None
+
+    def _read(self) -> tuple[int, int]:
+        return tree_ticks(self.root), process_ticks(self.root, include_reaped=False)
 
     def start(self) -> None:
-        self._start = tree_ticks(self.root)
+        self._start = self._read()
 
-    def stop(self) -> float:
+    def stop(self) -> CpuUse:
         if self._start is None:
             raise RuntimeError("CpuMeter.stop() before start()")
-        used = tree_ticks(self.root) - self._start
+        (tree0, own0), (tree1, own1) = self._start, self._read()
         self._start = None
-        return ticks_to_us(used)
+        return CpuUse(ticks_to_us(tree1 - tree0), ticks_to_us(own1 - own0))

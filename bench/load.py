@@ -6,10 +6,12 @@ Both send the same request: ``POST /v2/models/m/infer`` with a small KServe v2 J
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -92,6 +94,12 @@ def parse_wrk(text: str) -> WrkResult:
     )
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of every child: it gets SIGTERM if the harness dies, even by SIGKILL."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -139,7 +147,7 @@ def run_wrk(
 # Single-connection latency client
 
 
-def _request_bytes(host: str, port: int) -> bytes:
+def request_bytes(host: str, port: int) -> bytes:
     head = (
         f"POST {PATH} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
@@ -230,7 +238,7 @@ class LatencyProbe:
 
     def __init__(self, host: str, port: int, timeout: float = 5.0) -> None:
         self.where = f"{host}:{port}"
-        self.payload = _request_bytes(host, port)
+        self.payload = request_bytes(host, port)
         self.conn = _Conn(host, port, timeout)
         self.samples: list[int] = []  # nanoseconds per exchange
 

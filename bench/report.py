@@ -1,4 +1,4 @@
-"""Turn raw rounds into summaries, ratios, JSON, a Markdown table and the docs section."""
+"""Turn raw rounds into summaries, ratios, JSON and the docs section (tables: bench.tables)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .tables import markdown as markdown  # the tables of a document, re-exported here
 from .targets import REPO
 
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -23,11 +24,24 @@ RESULTS_END = "<!-- results:end -->"
 
 @dataclass(frozen=True)
 class Ratio:
+    """A per-round comparison of two figures: their quotient, or for ``difference`` a − b.
+
+    Each side is (source, per-round metric), the source being a target or ``executor``.
+    """
+
     name: str
-    numerator: tuple[str, str]  # (target, per-round metric)
+    numerator: tuple[str, str]
     denominator: tuple[str, str]
     goal: str | None = None  # e.g. "<= 3"
     meaning: str = ""
+    difference: bool = False
+
+    def of(self, a: float | None, b: float | None) -> float | None:
+        if a is None or b is None:
+            return None
+        if self.difference:
+            return a - b
+        return a / b if b > 0 else None
 
     def met(self, value: float | None) -> bool | None:
         if self.goal is None or value is None:
@@ -59,6 +73,38 @@ RATIOS = (
         "closed-loop req/s while mirroring every request, shadowproxy vs nginx",
     ),
     Ratio(
+        "onnx_proxy_cpu_added_us",
+        ("shadowproxy_onnx", "proxy_cpu_us_per_req"),
+        ("shadowproxy_off", "proxy_cpu_us_per_req"),
+        "<= 30",
+        "CPU µs per request the proxy process (not its workers) adds to mirror every request "
+        "to a local ONNX candidate",
+        difference=True,
+    ),
+    Ratio(
+        "onnx_p99_inflation",
+        ("shadowproxy_onnx", "half_p99_us"),
+        ("shadowproxy_off", "half_p99_us"),
+        "<= 1.1",
+        "production p99 under open-loop load at half of shadowproxy_off's max, "
+        "with the local ONNX candidate vs without",
+    ),
+    Ratio(
+        "batching_speedup",
+        ("executor", "rows_per_s_batch_32"),
+        ("executor", "rows_per_s_batch_1"),
+        ">= 5",
+        "rows/s through a process executor, max_batch 32 vs 1, many 1-row requests in flight",
+    ),
+    Ratio(
+        "onnx_tree_cpu_added_us",
+        ("shadowproxy_onnx", "cpu_us_per_req"),
+        ("shadowproxy_off", "cpu_us_per_req"),
+        None,
+        "as onnx_proxy_cpu_added_us, for the whole process tree (workers included)",
+        difference=True,
+    ),
+    Ratio(
         "added_p99_ratio_vs_nginx",
         ("shadowproxy_off", "added_p99_us"),
         ("nginx", "added_p99_us"),
@@ -84,9 +130,43 @@ METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "added_p50_us": lambda r: r.get("added_p50_us"),
     "added_p99_us": lambda r: r.get("added_p99_us"),
     "cpu_us_per_req": lambda r: r["cpu_us_per_req"],
+    "proxy_cpu_us_per_req": lambda r: r.get("proxy_cpu_us_per_req"),
     "mirrored_fraction": lambda r: r["mirror"]["mirrored_fraction"] if "mirror" in r else None,
     "errors": lambda r: r["errors"],
+    "half_rate": lambda r: _half(r, "rate"),
+    "half_achieved_rps": lambda r: _half(r, "achieved_rps"),
+    "half_p50_us": lambda r: _half(r, "latency_us", "p50"),
+    "half_p99_us": lambda r: _half(r, "latency_us", "p99"),
+    "half_max_us": lambda r: _half(r, "latency_us", "max"),
+    "half_errors": lambda r: _half(r, "errors"),
+    "half_mirrored_fraction": lambda r: _half(r, "mirror", "mirrored_fraction"),
 }
+
+# Per-round figures of the executor section.
+EXECUTOR_METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
+    "rows_per_s_batch_1": lambda r: r["throughput"]["1"]["rows_per_s"],
+    "rows_per_s_batch_32": lambda r: r["throughput"]["32"]["rows_per_s"],
+    "mean_batch_rows_32": lambda r: r["throughput"]["32"]["mean_batch_rows"],
+    "proxy_cpu_us_per_row_batch_1": lambda r: r["throughput"]["1"]["proxy_cpu_us_per_row"],
+    "proxy_cpu_us_per_row_batch_32": lambda r: r["throughput"]["32"]["proxy_cpu_us_per_row"],
+    "failures": lambda r: sum(t["failures"] for t in r["throughput"].values()),
+    "round_trip_p50_us": lambda r: r["round_trip"]["p50_us"],
+    "round_trip_p99_us": lambda r: r["round_trip"]["p99_us"],
+    "round_trip_mean_us": lambda r: r["round_trip"]["mean_us"],
+    "round_trip_compute_us": lambda r: r["round_trip"]["compute_mean_us"],
+    "round_trip_ipc_us": lambda r: r["round_trip"]["ipc_mean_us"],
+    "round_trip_queue_us": lambda r: r["round_trip"]["queue_mean_us"],
+}
+
+
+def _half(r: dict[str, Any], *keys: str) -> float | None:
+    """A figure of the round's open-loop run at half load, None if there was none."""
+    value: Any = r.get("half_load")
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
 
 
 def spread(values: list[float]) -> dict[str, float] | None:
@@ -111,48 +191,104 @@ def add_latency_deltas(targets: dict[str, dict[str, Any]]) -> None:
             r["added_p99_us"] = r["single"]["p99_us"] - d["single"]["p99_us"]
 
 
+def _summary(
+    rounds: list[dict[str, Any]], metrics: dict[str, Callable[[dict[str, Any]], float | None]]
+) -> dict[str, Any]:
+    out = {}
+    for metric, get in metrics.items():
+        out[metric] = spread([v for r in rounds if (v := get(r)) is not None])
+    return out
+
+
 def summarize(targets: dict[str, dict[str, Any]]) -> None:
     for t in targets.values():
-        t["summary"] = {}
-        for metric, get in METRICS.items():
-            values = [v for r in t["rounds"] if (v := get(r)) is not None]
-            t["summary"][metric] = spread(values)
+        t["summary"] = _summary(t["rounds"], METRICS)
         mirrors = [r["mirror"] for r in t["rounds"] if "mirror" in r]
         if mirrors:
             t["summary"]["mirror_totals"] = mirror_totals(t["rounds"], mirrors)
+        half = [r["half_load"]["mirror"] for r in t["rounds"] if "mirror" in r.get("half_load", {})]
+        if half:
+            t["summary"]["half_load_mirror_totals"] = _outcome_totals(half)
+        fixed = fixed_rate_summary(t["rounds"])
+        if fixed:
+            t["summary"]["fixed_rate"] = fixed
 
 
-def mirror_totals(rounds: list[dict[str, Any]], mirrors: list[dict[str, Any]]) -> dict[str, Any]:
-    """Over all wrk runs: requests served and what became of their mirrors."""
-    out: dict[str, Any] = {
-        "wrk_requests": sum(r["requests"] for r in rounds),
-        "candidate_backend_received": sum(m["candidate_backend_received"] for m in mirrors),
-    }
+def fixed_rate_summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per fixed rate: achieved req/s, p50, p99 and max over rounds, errors summed."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for r in rounds:
+        for rate, res in r.get("fixed_rate", {}).items():
+            runs.setdefault(rate, []).append(res)
+    out = {}
+    for rate, results in sorted(runs.items(), key=lambda kv: float(kv[0])):
+        lat = [res["latency_us"] for res in results if res["latency_us"]]
+        out[rate] = {
+            "achieved_rps": spread([res["achieved_rps"] for res in results]),
+            "p50_us": spread([x["p50"] for x in lat]),
+            "p99_us": spread([x["p99"] for x in lat]),
+            "max_us": spread([x["max"] for x in lat]),
+            "errors": sum(res["errors"] for res in results),
+        }
+    return out
+
+
+def _outcome_totals(mirrors: list[dict[str, Any]]) -> dict[str, Any]:
     outcomes: dict[str, float] = {}
     for m in mirrors:
         for outcome, n in m.get("candidate_outcomes", {}).items():
             outcomes[outcome] = outcomes.get(outcome, 0.0) + n
+    return {
+        "candidate_outcomes": outcomes,
+        "production_served": sum(m.get("production_served", 0.0) for m in mirrors),
+    }
+
+
+def summarize_executor(section: dict[str, Any] | None) -> None:
+    if section is not None:
+        section["summary"] = _summary(section.get("rounds", []), EXECUTOR_METRICS)
+
+
+def mirror_totals(rounds: list[dict[str, Any]], mirrors: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over all wrk runs: requests served and what became of their mirrors."""
+    out: dict[str, Any] = {"wrk_requests": sum(r["requests"] for r in rounds)}
+    if any("candidate_backend_received" in m for m in mirrors):
+        out["candidate_backend_received"] = sum(
+            m.get("candidate_backend_received", 0) for m in mirrors
+        )
     if any("candidate_outcomes" in m for m in mirrors):
-        out["candidate_outcomes"] = outcomes
-        out["production_served"] = sum(m.get("production_served", 0.0) for m in mirrors)
+        out.update(_outcome_totals(mirrors))
     return out
 
 
-def compute_ratios(targets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _rounds_of(
+    source: str, targets: dict[str, dict[str, Any]], executor: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    if source == "executor":
+        return (executor or {}).get("rounds", [])
+    return targets.get(source, {}).get("rounds", [])
+
+
+def compute_ratios(
+    targets: dict[str, dict[str, Any]], executor: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """Each ratio per round (numerator and denominator from the same round), then summarised.
 
-    A round whose denominator is not positive gives no ratio for that round.
+    A round whose denominator is not positive gives no ratio for that round (differences
+    only need both figures).
     """
     out: dict[str, dict[str, Any]] = {}
     for ratio in RATIOS:
         (nt, nm), (dt_, dm) = ratio.numerator, ratio.denominator
-        num = _by_round(targets.get(nt, {}).get("rounds", []))
-        den = _by_round(targets.get(dt_, {}).get("rounds", []))
+        num = _by_round(_rounds_of(nt, targets, executor))
+        den = _by_round(_rounds_of(dt_, targets, executor))
+        get_num = (EXECUTOR_METRICS if nt == "executor" else METRICS)[nm]
+        get_den = (EXECUTOR_METRICS if dt_ == "executor" else METRICS)[dm]
         per_round = []
         for rnd in sorted(num.keys() & den.keys()):
-            a, b = METRICS[nm](num[rnd]), METRICS[dm](den[rnd])
-            if a is not None and b is not None and b > 0:
-                per_round.append(a / b)
+            value = ratio.of(get_num(num[rnd]), get_den(den[rnd]))
+            if value is not None:
+                per_round.append(value)
         s = spread(per_round)
         value = s["median"] if s else None
         out[ratio.name] = {
@@ -162,7 +298,7 @@ def compute_ratios(targets: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
             "per_round": per_round,
             "goal": ratio.goal,
             "met": ratio.met(value),
-            "definition": f"{nt}.{nm} / {dt_}.{dm}",
+            "definition": f"{nt}.{nm} {'-' if ratio.difference else '/'} {dt_}.{dm}",
             "meaning": ratio.meaning,
         }
     return out
@@ -214,16 +350,19 @@ def versions() -> dict[str, Any]:
 def build(raw: dict[str, Any]) -> dict[str, Any]:
     """The full JSON document from a raw run."""
     targets = raw["targets"]
+    executor = raw.get("executor")
     add_latency_deltas(targets)
     summarize(targets)
+    summarize_executor(executor)
     return {
-        "schema": 1,
+        "schema": 2,
         **{k: raw[k] for k in ("started_at", "wall_s", "settings", "loadavg") if k in raw},
         "machine": machine(),
         "versions": versions(),
         "pinning": {"load_generator_and_backends": "CPU 0", "proxy_under_test": "CPU 1"},
-        "ratios": compute_ratios(targets),
+        "ratios": compute_ratios(targets, executor),
         "targets": targets,
+        "executor": executor,
     }
 
 
@@ -242,131 +381,6 @@ def write_json(doc: dict[str, Any], path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_finite(doc), indent=2, ensure_ascii=False) + "\n")
     tmp.replace(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Markdown
-
-
-def _num(x: float | None, digits: int = 0) -> str:
-    return "–" if x is None else f"{x:,.{digits}f}"
-
-
-def _cell(s: dict[str, float] | None, digits: int = 0, scale: float = 1.0) -> str:
-    if s is None:
-        return "–"
-    med, lo, hi = (s[k] * scale for k in ("median", "min", "max"))
-    if lo == hi:
-        return _num(med, digits)
-    return f"{_num(med, digits)} ({_num(lo, digits)} … {_num(hi, digits)})"
-
-
-def _pair(
-    a: dict[str, float] | None, b: dict[str, float] | None, digits: int = 0, scale: float = 1.0
-) -> str:
-    fa = _num(a["median"] * scale, digits) if a else "–"
-    fb = _num(b["median"] * scale, digits) if b else "–"
-    return f"{fa} / {fb}"
-
-
-def markdown(doc: dict[str, Any]) -> str:
-    s, m, v = doc["settings"], doc["machine"], doc["versions"]
-    commit = v["git_commit"] or "uncommitted"
-    if v["git_commit"] and v["git_dirty"]:
-        commit += "+dirty"
-    lines = [
-        f"Run `{s['mode']}` of {doc['started_at']} ({doc['wall_s']:.0f} s): {s['rounds']} "
-        f"interleaved round{'' if s['rounds'] == 1 else 's'}; per target and round, "
-        f"wrk `-t{s['threads']} -c{s['connections']} "
-        f"-d{s['wrk_duration_s']}s` and {s['latency_requests']:,} sequential requests on one "
-        "connection (interleaved across targets in batches of 100).",
-        "",
-        f"Machine: {m['nproc']} × {m['cpu_model']}, Linux {m['kernel']}"
-        + (f", load average {_load(doc)}" if "loadavg" in doc else "")
-        + f"; nginx {v['nginx']}, wrk {v['wrk']}, Python {v['python']}, "
-        f"shadowproxy {v['shadowproxy']} ({commit}).",
-        "",
-        "### Ratios",
-        "",
-        "Median over rounds, (min … max) in brackets.",
-        "",
-        "| ratio | value | goal | met |",
-        "|---|---|---|---|",
-    ]
-    for name, r in doc["ratios"].items():
-        val = (
-            _cell({"median": r["value"], "min": r["min"], "max": r["max"]}, 2)
-            if r["value"] is not None
-            else "–"
-        )
-        met = {True: "yes", False: "**no**", None: "–"}[r["met"]]
-        lines.append(f"| `{name}` | {val} | {r['goal'] or '–'} | {met} |")
-    lines += [
-        "",
-        "### Targets",
-        "",
-        "| target | req/s | wrk p50 / p99 (ms) | 1-conn p50 / p99 (µs) | added p50 / p99 (µs) "
-        "| proxy CPU µs/req | mirrored | errors |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, t in doc["targets"].items():
-        if not t["rounds"]:
-            lines.append(f"| `{name}` | not measured: {_short(t['error'])} | | | | | | |")
-            continue
-        sm = t["summary"]
-        mirrored = (
-            _cell(sm["mirrored_fraction"], 1, 100.0) + " %" if sm["mirrored_fraction"] else "–"
-        )
-        errors = int(sum(r["errors"] for r in t["rounds"]))
-        added = _pair(sm["added_p50_us"], sm["added_p99_us"]) if name != "direct" else "–"
-        lines.append(
-            f"| `{name}` | {_cell(sm['rps'])} "
-            f"| {_pair(sm['wrk_p50_us'], sm['wrk_p99_us'], 2, 1e-3)} "
-            f"| {_pair(sm['single_p50_us'], sm['single_p99_us'])} "
-            f"| {added} | {_cell(sm['cpu_us_per_req'], 1)} | {mirrored} | {errors} |"
-        )
-    notes = []
-    for name, t in doc["targets"].items():
-        totals = t.get("summary", {}).get("mirror_totals")
-        if not totals:
-            continue
-        if "candidate_outcomes" in totals:
-            outcomes = ", ".join(
-                f"{o} {int(n):,}" for o, n in sorted(totals["candidate_outcomes"].items())
-            )
-            notes.append(
-                f"- `{name}`: production served {int(totals['production_served']):,} requests "
-                f"during the wrk runs; candidate outcomes: {outcomes or 'none'}; "
-                f"the candidate backend received {totals['candidate_backend_received']:,}."
-            )
-        else:
-            notes.append(
-                f"- `{name}`: wrk completed {totals['wrk_requests']:,} requests; the candidate "
-                f"backend received {totals['candidate_backend_received']:,} mirrored requests."
-            )
-    if notes:
-        lines += ["", "Mirroring, summed over rounds:", "", *notes]
-    for name, t in doc["targets"].items():
-        if t.get("restarts"):
-            lines.append(
-                f"\n`{name}` was stopped from outside during the run and started again "
-                f"{t['restarts']} time(s); each interrupted measurement was repeated after "
-                "a warm-up."
-            )
-        if t["error"] and t["rounds"]:
-            lines.append(f"\n`{name}` stopped early: {_short(t['error'])}")
-    return "\n".join(lines) + "\n"
-
-
-def _load(doc: dict[str, Any]) -> str:
-    start, end = doc["loadavg"]["start"], doc["loadavg"]["end"]
-    return f"{start:.2f} at the start and {end:.2f} at the end (1 min)"
-
-
-def _short(text: str | None, n: int = 160) -> str:
-    line = (text or "").strip().splitlines()[0] if text else ""
-    line = line.replace("|", "\\|")
-    return line if len(line) <= n else line[: n - 1] + "…"
 
 
 def write_docs(md: str, path: Path = DOCS) -> None:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import executor as executor_bench
 from . import targets as tg
 from .cpu import CpuMeter
 from .load import (
@@ -26,6 +27,8 @@ from .load import (
     run_wrk,
     wrk_script,
 )
+from .model import BuiltModel, build_logistic_regression
+from .openloop import run_pinned as run_open_loop
 
 
 @dataclass(frozen=True)
@@ -39,15 +42,31 @@ class Settings:
     connections: int = 32
     threads: int = 1
     settle_s: float = 0.3  # after a mirroring run, let in-flight shadow requests finish
-    idle_qos: bool = True  # no deep idle states while measuring single-connection latency
+    idle_qos: bool = True  # no deep idle states while measuring latency (1-conn, open loop)
+    open_loop_s: float = 5.0  # open-loop run at half of shadowproxy_off's max, per target
+    fixed_rates: tuple[int, ...] = ()  # open-loop runs at these req/s, every target (info)
+    fixed_rate_s: float = 1.0
+    executor: bool = True  # the executor batching section (python -m bench executor)
 
 
 MODES = {
     "full": Settings(
-        "full", rounds=5, wrk_duration_s=5, warmup_s=2, latency_requests=3000, latency_warmup=200
+        "full",
+        rounds=5,
+        wrk_duration_s=5,
+        warmup_s=2,
+        latency_requests=3000,
+        latency_warmup=200,
+        fixed_rates=(500, 1000, 2000),  # 18 short runs per round, for information
     ),
     "quick": Settings(
-        "quick", rounds=3, wrk_duration_s=2, warmup_s=1, latency_requests=1000, latency_warmup=100
+        "quick",
+        rounds=3,
+        wrk_duration_s=2,
+        warmup_s=1,
+        latency_requests=1000,
+        latency_warmup=100,
+        open_loop_s=2.0,
     ),
     "smoke": Settings(
         "smoke",
@@ -57,8 +76,17 @@ MODES = {
         latency_requests=200,
         latency_warmup=20,
         settle_s=0.2,
+        open_loop_s=0.5,
+        fixed_rates=(500,),  # one short rate, so the path is exercised
+        fixed_rate_s=0.3,
     ),
 }
+
+# Production latency at half load: the rate is half what shadowproxy_off sustained under
+# wrk in the same round, and the same rate goes to every target below.
+HALF_LOAD_REFERENCE = "shadowproxy_off"
+HALF_LOAD_FRACTION = 0.5
+HALF_LOAD_TARGETS = ("shadowproxy_off", "shadowproxy_onnx")
 
 Log = Callable[[str], None]
 T = TypeVar("T")
@@ -69,18 +97,26 @@ def _delta(after: dict[Any, float], before: dict[Any, float]) -> dict[Any, float
     return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
 
 
-def _mirror_figures(
+def mirror_figures(
     requests: int,
-    backend_received: int,
+    backend_received: int | None,
     counts: dict[tuple[str, str], float] | None,
+    candidate: str | None,
 ) -> dict[str, Any]:
-    """How many of the requests served in a wrk run reached the candidate."""
-    out: dict[str, Any] = {"candidate_backend_received": backend_received}
-    if counts is None:  # nginx: count what the candidate backend saw
-        out["mirrored_fraction"] = backend_received / requests if requests else 0.0
+    """How many of the requests served in a run reached the candidate.
+
+    ``backend_received`` is what the candidate backend counted (None for a local candidate);
+    ``counts`` are shadowproxy's counters per (model, outcome), None for nginx.
+    """
+    out: dict[str, Any] = {}
+    if backend_received is not None:
+        out["candidate_backend_received"] = backend_received
+    if counts is None or candidate is None:  # nginx: count what the candidate backend saw
+        received = backend_received or 0
+        out["mirrored_fraction"] = received / requests if requests else 0.0
         return out
-    cand = {o: v for (m, o), v in counts.items() if m == "cand"}
-    prod_total = sum(v for (m, _), v in counts.items() if m == "prod")
+    cand = {o: v for (m, o), v in counts.items() if m == candidate}
+    prod_total = sum(v for (m, _), v in counts.items() if m == tg.PRODUCTION_NAME)
     out["candidate_outcomes"] = cand
     out["production_served"] = prod_total
     served = prod_total or requests
@@ -89,14 +125,31 @@ def _mirror_figures(
     return out
 
 
+class _MirrorCount:
+    """Brackets a run on a mirroring target: what reached its candidate meanwhile."""
+
+    def __init__(self, target: tg.Target, be: tg.Backends) -> None:
+        self.target, self.be = target, be
+        self.backend_before = be.candidate_requests() if target.to_candidate_backend else 0
+        self.counts_before = target.proxy_counts()
+
+    def figures(self, requests: int, settle_s: float) -> dict[str, Any]:
+        time.sleep(settle_s)  # let in-flight shadow requests finish
+        received = None
+        if self.target.to_candidate_backend:
+            received = self.be.candidate_requests() - self.backend_before
+        after = self.target.proxy_counts()
+        counts = _delta(after, self.counts_before or {}) if after is not None else None
+        return mirror_figures(requests, received, counts, self.target.candidate_name)
+
+
 def measure_load(
     target: tg.Target, be: tg.Backends, settings: Settings, script: Path
 ) -> dict[str, Any]:
     """(a) wrk closed-loop throughput and (d) proxy CPU per request, plus mirror counts."""
     target.check_alive()
     meter = CpuMeter(target.proxy_pid) if target.proxy_pid is not None else None
-    cand_before = be.candidate_requests() if target.mirrors else 0
-    counts_before = target.proxy_counts()
+    mirror = _MirrorCount(target, be) if target.mirrors else None
     if meter:
         meter.start()
     wrk = run_wrk(
@@ -106,19 +159,36 @@ def measure_load(
         connections=settings.connections,
         threads=settings.threads,
     )
-    cpu_us = meter.stop() if meter else None
+    cpu = meter.stop() if meter else None
     result: dict[str, Any] = {**wrk.to_json()}
-    result["cpu_us"] = cpu_us
-    if cpu_us is not None and wrk.requests:
-        result["cpu_us_per_req"] = cpu_us / wrk.requests
-    else:
-        result["cpu_us_per_req"] = None
-    if target.mirrors:
-        time.sleep(settings.settle_s)
-        received = be.candidate_requests() - cand_before
-        counts_after = target.proxy_counts()
-        counts = _delta(counts_after, counts_before or {}) if counts_after is not None else None
-        result["mirror"] = _mirror_figures(wrk.requests, received, counts)
+    result["cpu_us"] = cpu.tree_us if cpu else None
+
+    def per_req(us: float) -> float | None:
+        return us / wrk.requests if wrk.requests else None
+
+    result["cpu_us_per_req"] = per_req(cpu.tree_us) if cpu else None
+    if cpu and target.is_shadowproxy:
+        # The proxy process apart from its executor workers: what mirroring costs the proxy.
+        result["proxy_cpu_us"] = cpu.own_us
+        result["proxy_cpu_us_per_req"] = per_req(cpu.own_us)
+    if mirror:
+        result["mirror"] = mirror.figures(wrk.requests, settings.settle_s)
+    return result
+
+
+def measure_open_loop(
+    target: tg.Target, be: tg.Backends, settings: Settings, rate: float, duration_s: float
+) -> dict[str, Any]:
+    """One open-loop run at ``rate`` req/s (latency from the scheduled send times)."""
+    target.check_alive()
+    mirror = _MirrorCount(target, be) if target.mirrors else None
+    with no_deep_idle(settings.idle_qos) as qos:
+        res = run_open_loop(
+            target.port, rate=rate, duration_s=duration_s, connections=settings.connections
+        )
+    result: dict[str, Any] = {**res.to_json(), "idle_qos": qos}
+    if mirror:
+        result["mirror"] = mirror.figures(res.completed, settings.settle_s)
     return result
 
 
@@ -169,9 +239,12 @@ class _Run:
         settings: Settings,
         names: Sequence[str],
         log: Log,
+        model: BuiltModel | None = None,
+        model_error: str | None = None,
     ) -> None:
         self.stack, self.workdir, self.settings, self.log = stack, workdir, settings, log
         self.names = list(names)
+        self.model, self.model_error = model, model_error
         self.script = workdir / "infer.lua"
         self.script.write_text(wrk_script())
         self.be = stack.enter_context(tg.backends(workdir))
@@ -182,8 +255,13 @@ class _Run:
         }
 
     def start(self, name: str) -> bool:
+        if name in tg.NEEDS_MODEL and self.model is None:
+            self.fail(name, f"failed to start: {self.model_error or 'no ONNX model'}")
+            return False
         try:
-            self.running[name] = tg.start_target(self.stack, name, self.be, self.workdir)
+            self.running[name] = tg.start_target(
+                self.stack, name, self.be, self.workdir, self.model
+            )
         except (tg.StartError, LoadError, OSError) as exc:
             self.fail(name, f"failed to start: {exc}")
             return False
@@ -240,7 +318,8 @@ class _Run:
             error = None
 
     def run_round(self, r: int) -> None:
-        """Every running target once: load (a, d) one after another, then latency (c)."""
+        """Every running target once: load (a, d) one after another, latency (c), then the
+        open-loop runs (e, f)."""
         loads: dict[str, dict[str, Any]] = {}
         for name in _rotated([n for n in self.names if n in self.running], r):
             res = self._with_restarts(
@@ -249,6 +328,7 @@ class _Run:
             if res is not None:
                 loads[name] = res
         singles = measure_latency([self.running[n] for n in loads], self.settings)
+        kept: dict[str, dict[str, Any]] = {}
         for name, res in loads.items():
             single = singles[name]
             if isinstance(single, Exception):  # measured again on its own
@@ -258,7 +338,48 @@ class _Run:
             res["single"] = single
             res["round"] = r
             self.results[name]["rounds"].append(res)
+            kept[name] = res
             self._log_round(name, r, res)
+        # The round's records are already kept: these runs add to them.
+        self._half_load(r, kept)
+        self._fixed_rates(r, kept)
+
+    def _half_load(self, r: int, loads: dict[str, dict[str, Any]]) -> None:
+        """(e) Open loop at half of the reference's wrk req/s of this round, same rate for all."""
+        reference = loads.get(HALF_LOAD_REFERENCE)
+        if reference is None or reference["rps"] <= 0:
+            return
+        rate = HALF_LOAD_FRACTION * reference["rps"]
+        names = [n for n in _rotated(list(HALF_LOAD_TARGETS), r) if n in loads]
+        for name in names:
+            res = self._with_restarts(name, r, self._open_loop(rate, self.settings.open_loop_s))
+            if res is not None:
+                loads[name]["half_load"] = res
+                self._log_open_loop(name, r, "half load", res)
+
+    def _fixed_rates(self, r: int, loads: dict[str, dict[str, Any]]) -> None:
+        """(f) Open loop at each fixed rate of the mode, every target (for information)."""
+        for rate in self.settings.fixed_rates:
+            for name in _rotated(list(loads), r):
+                if name not in self.running:
+                    continue
+                step = self._open_loop(rate, self.settings.fixed_rate_s)
+                res = self._with_restarts(name, r, step)
+                if res is not None:
+                    loads[name].setdefault("fixed_rate", {})[str(rate)] = res
+                    self._log_open_loop(name, r, f"{rate} req/s", res)
+
+    def _open_loop(self, rate: float, duration_s: float) -> Callable[[tg.Target], dict[str, Any]]:
+        return lambda t: measure_open_loop(t, self.be, self.settings, rate, duration_s)
+
+    def _log_open_loop(self, name: str, r: int, what: str, res: dict[str, Any]) -> None:
+        lat = res["latency_us"]
+        self.log(
+            f"round {r + 1}/{self.settings.rounds} {name:17s} open loop {what}: "
+            f"{res['achieved_rps']:,.0f} of {res['rate']:,.0f} req/s, "
+            + (f"p50 {lat['p50']:.0f} µs, p99 {lat['p99']:.0f} µs" if lat else "no answers")
+            + (f", {res['errors']} errors" if res["errors"] else "")
+        )
 
     def _latency_alone(self, target: tg.Target) -> dict[str, Any]:
         single = measure_latency([target], self.settings)[target.name]
@@ -294,7 +415,15 @@ def run(
             log(f"configs and logs are kept in {workdir}")
         else:  # registered first, so it runs after every process has stopped
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        bench = _Run(stack, workdir, settings, names, log)
+        model, model_error = None, None
+        if "shadowproxy_onnx" in names or settings.executor:
+            try:
+                model = build_logistic_regression(workdir / "model")
+                log(f"built the ONNX model {model.path.name} (sha256 {model.sha256[:12]}…)")
+            except (ImportError, OSError, ValueError) as exc:  # e.g. skl2onnx not installed
+                model_error = f"the ONNX model could not be built: {exc!r}"
+                log(f"!! {model_error}")
+        bench = _Run(stack, workdir, settings, names, log, model, model_error)
         for name in names:
             bench.start(name)
         if settings.warmup_s:
@@ -303,10 +432,31 @@ def run(
                 log(f"warmed up {name}")
         for r in range(settings.rounds):
             bench.run_round(r)
+        executor = None
+        if settings.executor:
+            executor = (
+                _executor_section(model, settings.mode, workdir, log)
+                if model is not None
+                else {"error": model_error, "rounds": []}
+            )
     return {
         "started_at": started.isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - t0, 1),
         "settings": asdict(settings),
         "loadavg": {"start": load_start, "end": os.getloadavg()[0]},
         "targets": bench.results,
+        "executor": executor,
     }
+
+
+def _executor_section(model: BuiltModel, mode: str, workdir: Path, log: Log) -> dict[str, Any]:
+    """The executor batching figures; a failure is recorded, it does not end the run."""
+    log("executor: throughput at max_batch 1 and 32, then round trips")
+    try:
+        return {
+            "error": None,
+            **executor_bench.run_pinned(model, mode, workdir / "executor.json", log=log),
+        }
+    except (RuntimeError, OSError, ValueError) as exc:
+        log(f"!! executor: {exc}")
+        return {"error": str(exc), "rounds": []}

@@ -8,7 +8,6 @@ then SIGKILL for its whole process group.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import os
 import re
@@ -22,7 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import nginx
-from .load import BODY, LOAD_CPU, PATH, PROXY_CPU, LoadError, require_binary
+from .cpu import descendants, process_start
+from .load import (
+    BODY,
+    LOAD_CPU,
+    PATH,
+    PROXY_CPU,
+    LoadError,
+    die_with_parent,
+    require_binary,
+)
+from .model import BuiltModel
 
 REPO = Path(__file__).resolve().parent.parent
 CANDIDATE_TIMEOUT_MS = 100
@@ -33,8 +42,14 @@ TARGETS: dict[str, str] = {
     "nginx_mirror": "nginx + `mirror` (request body on) → candidate backend",
     "shadowproxy_off": "wrk → shadowproxy (no candidates) → backend",
     "shadowproxy_http": "shadowproxy + 1 HTTP candidate at sample_rate 1.0",
+    "shadowproxy_onnx": "shadowproxy + 1 local ONNX candidate (process executor), sample_rate 1.0",
 }
-MIRRORING = frozenset({"nginx_mirror", "shadowproxy_http"})
+# Targets whose mirrors go to the candidate backend, which counts what it receives.
+TO_CANDIDATE_BACKEND = frozenset({"nginx_mirror", "shadowproxy_http"})
+# The candidate's model label in shadowproxy's /metrics, per target that has one.
+CANDIDATE_NAME = {"shadowproxy_http": "cand", "shadowproxy_onnx": "onnx"}
+PRODUCTION_NAME = "prod"
+NEEDS_MODEL = frozenset({"shadowproxy_onnx"})  # started with the run's ONNX model
 
 
 class StartError(RuntimeError):
@@ -109,11 +124,6 @@ def requests_by_outcome(metrics_text: str) -> dict[tuple[str, str], float]:
 # Child processes
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @contextlib.contextmanager
 def managed_process(
     cmd: list[str],
@@ -133,7 +143,7 @@ def managed_process(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             cwd=cwd,
             env=env,
         )
@@ -144,6 +154,9 @@ def managed_process(
 
 
 def _stop(proc: subprocess.Popen[bytes], stop_signal: int, grace_s: float) -> None:
+    # Children that lead their own session (shadowproxy's executor workers) are out of reach
+    # of the group kill below; note them now, while their parent still links them to us.
+    spawned = [(pid, process_start(pid)) for pid in descendants(proc.pid)]
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(stop_signal)
@@ -156,6 +169,10 @@ def _stop(proc: subprocess.Popen[bytes], stop_signal: int, grace_s: float) -> No
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
+    for pid, started in spawned:
+        if started is not None and process_start(pid) == started:  # alive, not a reused pid
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _log_tail(path: Path, n: int = 2000) -> str:
@@ -271,7 +288,20 @@ class Target:
 
     @property
     def mirrors(self) -> bool:
-        return self.name in MIRRORING
+        return self.name in TO_CANDIDATE_BACKEND or self.name in CANDIDATE_NAME
+
+    @property
+    def to_candidate_backend(self) -> bool:
+        return self.name in TO_CANDIDATE_BACKEND
+
+    @property
+    def candidate_name(self) -> str | None:
+        """The candidate's model label in /metrics (shadowproxy targets with one)."""
+        return CANDIDATE_NAME.get(self.name)
+
+    @property
+    def is_shadowproxy(self) -> bool:
+        return self.admin_port is not None
 
     def proxy_counts(self) -> dict[tuple[str, str], float] | None:
         """shadowproxy's request counters per (model, outcome) from /metrics, if it has any."""
@@ -310,35 +340,55 @@ def nginx_target(name: str, be: Backends, workdir: Path, *, mirror: bool) -> Ite
         yield Target(name, port, proxy_pid=proc.pid, proc=proc, log=prefix / "error.log")
 
 
-def shadowproxy_config(port: int, admin_port: int, be: Backends, *, candidate: bool) -> str:
+def shadowproxy_config(
+    port: int, admin_port: int, be: Backends, *, candidate: str | None, model: BuiltModel | None
+) -> str:
+    """The YAML of one shadowproxy target; ``candidate`` is None, "http" or "onnx"."""
     lines = [
         f"listen: {{host: 127.0.0.1, port: {port}}}",
         f"admin: {{host: 127.0.0.1, port: {admin_port}}}",
-        'production: {name: prod, version: "1", '
+        f'production: {{name: {PRODUCTION_NAME}, version: "1", '
         f'url: "http://127.0.0.1:{be.production_port}", timeout_ms: 2000}}',
     ]
-    if candidate:
+    if candidate == "http":
         lines += [
             "candidates:",
             '  - {name: cand, version: "2", '
             f'url: "http://127.0.0.1:{be.candidate_port}", sample_rate: 1.0, '
             f"timeout_ms: {CANDIDATE_TIMEOUT_MS}}}",
         ]
-    else:
+    elif candidate == "onnx":
+        if model is None:
+            raise ValueError("a local ONNX candidate needs the benchmark model")
+        # The executor's own defaults (max_batch, max_wait_ms, workers…) are what is measured.
+        lines += [
+            "candidates:",
+            f'  - {{name: onnx, version: "2", model: {model.yaml()}, '
+            f"executor: {{kind: process}}, sample_rate: 1.0, timeout_ms: {CANDIDATE_TIMEOUT_MS}}}",
+        ]
+    elif candidate is None:
         lines.append("candidates: []")
+    else:
+        raise ValueError(f"unknown candidate kind {candidate!r}")
     lines.append("shutdown: {drain_delay_s: 0, grace_s: 2}")
     return "\n".join(lines) + "\n"
 
 
 @contextlib.contextmanager
 def shadowproxy_target(
-    name: str, be: Backends, workdir: Path, *, candidate: bool, python: str = sys.executable
+    name: str,
+    be: Backends,
+    workdir: Path,
+    *,
+    candidate: str | None,
+    model: BuiltModel | None = None,
+    python: str = sys.executable,
 ) -> Iterator[Target]:
     """``python -m shadowproxy serve`` on the proxy CPU; ready once /healthz/ready is 200."""
     port, admin_port = free_ports(2)
     home = _fresh_dir(workdir, name)
     config = home / "shadowproxy.yaml"
-    config.write_text(shadowproxy_config(port, admin_port, be, candidate=candidate))
+    config.write_text(shadowproxy_config(port, admin_port, be, candidate=candidate, model=model))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     cmd = [python, "-m", "shadowproxy", "serve", "--config", str(config)]
@@ -357,13 +407,28 @@ def shadowproxy_target(
         yield Target(name, port, proxy_pid=proc.pid, admin_port=admin_port, proc=proc, log=log)
 
 
-def start_target(stack: contextlib.ExitStack, name: str, be: Backends, workdir: Path) -> Target:
+SHADOWPROXY_CANDIDATE = {
+    "shadowproxy_off": None,
+    "shadowproxy_http": "http",
+    "shadowproxy_onnx": "onnx",
+}
+
+
+def start_target(
+    stack: contextlib.ExitStack,
+    name: str,
+    be: Backends,
+    workdir: Path,
+    model: BuiltModel | None = None,
+) -> Target:
+    """Start target ``name``; ``model`` is the ONNX file of ``shadowproxy_onnx``."""
     if name == "direct":
         return Target(name, be.production_port)
     if name in ("nginx", "nginx_mirror"):
         return stack.enter_context(nginx_target(name, be, workdir, mirror=name == "nginx_mirror"))
-    if name in ("shadowproxy_off", "shadowproxy_http"):
+    if name in SHADOWPROXY_CANDIDATE:
+        kind = SHADOWPROXY_CANDIDATE[name]
         return stack.enter_context(
-            shadowproxy_target(name, be, workdir, candidate=name == "shadowproxy_http")
+            shadowproxy_target(name, be, workdir, candidate=kind, model=model)
         )
     raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from shadowproxy import __version__
 from shadowproxy.config import load_config
 from shadowproxy.config.model import Config
-from shadowproxy.errors import ConfigError, Problem, ShadowProxyError
+from shadowproxy.errors import ConfigError, ModelError, Problem, ShadowProxyError
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -43,18 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def serving_problems(config: Config) -> list[Problem]:
-    """What this build cannot serve, though the config itself is well formed."""
+def model_problems(config: Config) -> list[Problem]:
+    """Every local model file's checks (hash, format, operators), one problem per model."""
+    from shadowproxy.models.check import check_model
+    from shadowproxy.runtime import local_models
+
     problems = []
-    if config.production.model is not None:
-        problems.append(
-            Problem("production.model", "local ONNX production models are not supported yet")
-        )
-    for i, candidate in enumerate(config.candidates):
-        if candidate.model is not None:
-            problems.append(
-                Problem(f"candidates[{i}].model", "local ONNX candidates are not supported yet")
-            )
+    for spec in local_models(config):
+        try:
+            check_model(spec.model, spec.where)
+        except ModelError as exc:
+            problems.append(Problem(spec.where, str(exc)))
     return problems
 
 
@@ -65,7 +64,7 @@ def _load(path: Path) -> Config | None:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return None
-    problems = serving_problems(config)
+    problems = model_problems(config)
     for problem in problems:
         print(problem, file=sys.stderr)
     return None if problems else config
@@ -93,6 +92,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
+    except ModelError as exc:
+        print(f"model refused: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except OSError as exc:
         print(f"cannot listen: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -20,21 +20,30 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from shadowproxy.admin.app import build_admin_app
-from shadowproxy.config.model import Config
+from shadowproxy.config.loader import redact_url
+from shadowproxy.config.model import Candidate, Config, Executor, ModelFile
 from shadowproxy.errors import UpstreamError
-from shadowproxy.observability.metrics import Metrics
+from shadowproxy.executor import LocalExecutor, create_executor
+from shadowproxy.models.check import check_model
+from shadowproxy.observability.metrics import ExchangeStats, Metrics
+from shadowproxy.observability.models import ModelCatalog, ModelEntry
+from shadowproxy.observability.scrape import RemoteResources
 from shadowproxy.pairing.join import PairStream
 from shadowproxy.pairing.log import PairLogWriter
+from shadowproxy.pairing.record import Role
 from shadowproxy.proxy.connection import ClientConnection
 from shadowproxy.proxy.handler import Proxy
 from shadowproxy.proxy.upstream import UpstreamConnection, build_request
+from shadowproxy.shadow.dispatch import ShadowTarget
 
 log = logging.getLogger("shadowproxy")
 
@@ -92,12 +101,23 @@ class Runtime:
         self._stop_requested = asyncio.Event()
         self.traffic_port = 0
         self.admin_port = 0
+        self.catalog = ModelCatalog()
+        self.metrics.registry.register(self.catalog)
+        self.local: dict[tuple[Role, str], LocalExecutor] = {}
+        self.models_loading = True
 
     # -- readiness ------------------------------------------------------------------------
     def not_ready_reasons(self) -> list[str]:
         reasons = []
         if self.shutting_down:
             reasons.append("shutting down")
+        if self.models_loading:
+            reasons.append("local models loading and warming up")
+        # A disabled candidate is counted and reported, but production carries on: only a
+        # local production model that stopped working takes this replica out of rotation.
+        production = self.local.get(("production", self.config.production.name))
+        if production is not None and production.disabled:
+            reasons.append("local production model disabled after repeated crashes")
         if self.proxy is None or self.server is None:
             reasons.append("traffic listener not started")
         elif not self.proxy.has_answered:
@@ -113,10 +133,11 @@ class Runtime:
             self.pair_log = PairLogWriter(cfg.pair_log, on_drop=lambda r: metric.labels(r).inc())
             self.pair_log.start()
             self.stream.subscribe(self.pair_log.submit)
-        self.proxy = Proxy(cfg, self.metrics, self.stream, loop)
-        proxy = self.proxy
+        # Every model file is checked before anything listens: a bad model exits 2 at once.
+        for spec in local_models(cfg):
+            check_model(spec.model, spec.where)
         self.admin_runner = web.AppRunner(
-            build_admin_app(cfg, self.metrics, self.not_ready_reasons),
+            build_admin_app(cfg, self.metrics, self.not_ready_reasons, self.catalog),
             access_log=None,
             handle_signals=False,
         )
@@ -124,6 +145,15 @@ class Runtime:
         admin_sock = _bind(cfg.admin.host, cfg.admin.port)
         self.admin_port = admin_sock.getsockname()[1]
         await web.SockSite(self.admin_runner, admin_sock).start()
+        # The admin listener answers (ready: 503) while workers start and models warm up.
+        try:
+            await self._start_local_models()
+        except BaseException:
+            await self.admin_runner.cleanup()
+            raise
+        self.proxy = Proxy(cfg, self.metrics, self.stream, loop, self.local)
+        proxy = self.proxy
+        self._catalog_remote_models(proxy)
         self.server = await loop.create_server(
             lambda: ClientConnection(proxy),
             cfg.listen.host,
@@ -132,13 +162,72 @@ class Runtime:
             backlog=1024,
         )
         self.traffic_port = self.server.sockets[0].getsockname()[1]
-        self.spawn(self._probe_production(), "production-probe")
+        if proxy.local_production is None:
+            self.spawn(self._probe_production(), "production-probe")
+        else:
+            proxy.production_answered(200)  # served here, and warmed up above
         self.spawn(self._watch_loop_lag(), "loop-lag")
         self.spawn(self._sweep_deadlines(), "client-deadlines")
         log.info(
             "serving traffic on %s:%d, admin on %s:%d",
             cfg.listen.host, self.traffic_port, cfg.admin.host, self.admin_port,
         )  # fmt: skip
+
+    async def _start_local_models(self) -> None:
+        for spec in local_models(self.config):
+            executor = create_executor(spec.name, spec.model, spec.executor, where=spec.where)
+            self.local[(spec.role, spec.name)] = executor
+            self.catalog.add(
+                ModelEntry(
+                    spec.role, spec.name, spec.version, executor=executor, settings=spec.executor
+                )
+            )
+        try:
+            await asyncio.gather(*(executor.start() for executor in self.local.values()))
+        except BaseException:
+            await asyncio.gather(
+                *(executor.close() for executor in self.local.values()), return_exceptions=True
+            )
+            raise
+        self.models_loading = False
+
+    def _catalog_remote_models(self, proxy: Proxy) -> None:
+        """Remote models join the catalog; those with ``metrics_url`` are scraped."""
+        cfg = self.config
+        production = cfg.production
+        if production.url is not None:
+            entry = self._remote_entry(
+                "production", production.name, production.version, production.url,
+                production.metrics_url, production.metrics_interval_s,
+                partial(_requests_sent, proxy.stats),
+            )  # fmt: skip
+            proxy.production_cost = entry.cost
+        for target in proxy.targets:
+            if isinstance(target, ShadowTarget):
+                config = target.config
+                url = config.metrics_url if isinstance(config, Candidate) else None
+                interval = config.metrics_interval_s if isinstance(config, Candidate) else 5.0
+                entry = self._remote_entry(
+                    target.role, target.name, target.version, config.url or "", url, interval,
+                    partial(_requests_sent, target.stats),
+                )  # fmt: skip
+                target.cost = entry.cost
+
+    def _remote_entry(
+        self,
+        role: Role,
+        name: str,
+        version: str,
+        url: str,
+        metrics_url: str | None,
+        interval_s: float,
+        requests_sent: Callable[[], int],
+    ) -> ModelEntry:
+        remote = None
+        if metrics_url is not None:
+            remote = RemoteResources(metrics_url, requests_sent, interval_s=interval_s)
+            self.spawn(remote.run(), f"scrape-{name}")
+        return self.catalog.add(ModelEntry(role, name, version, url=redact_url(url), remote=remote))
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Start a background task and keep a reference until it ends."""
@@ -239,9 +328,45 @@ class Runtime:
             flushed = await asyncio.to_thread(self.pair_log.close, max(cfg.grace_s, 1.0))
             if not flushed:
                 log.warning("pair log not fully flushed before the deadline")
+        if proxy is None:  # stopped while models were loading
+            await asyncio.gather(
+                *(executor.close() for executor in self.local.values()), return_exceptions=True
+            )
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
         log.info("drained, exiting")
+
+
+def _requests_sent(stats: ExchangeStats) -> int:
+    """Requests actually sent to an upstream: every outcome but ``dropped``."""
+    return sum(stats.outcomes.values()) - stats.outcomes["dropped"]
+
+
+@dataclass(frozen=True)
+class LocalModelSpec:
+    """A model served locally: where it sits in the config and how it is run."""
+
+    role: Role
+    name: str
+    version: str
+    model: ModelFile
+    executor: Executor
+    where: str  # dotted config key of its ``model:`` block, for messages
+
+
+def local_models(config: Config) -> list[LocalModelSpec]:
+    """Every model served locally: a local production first, then local candidates."""
+    found = []
+    p = config.production
+    if p.model is not None:
+        found.append(
+            LocalModelSpec("production", p.name, p.version, p.model, p.executor, "production.model")
+        )
+    for i, c in enumerate(config.candidates):
+        if c.model is not None:
+            where = f"candidates[{i}].model"
+            found.append(LocalModelSpec("candidate", c.name, c.version, c.model, c.executor, where))
+    return found
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.models import BuiltModel
 from tests.support.proxy import free_port
 
 VENV_BIN = Path(sys.executable).parent
@@ -85,7 +86,25 @@ def test_validate_missing_file_exits_2_naming_it(tmp_path: Path) -> None:
     assert str(missing) in result.stderr
 
 
-def test_validate_refuses_an_unsupported_local_model(tmp_path: Path) -> None:
+def _local_candidate(tmp_path: Path, data: bytes, sha256: str | None = None) -> Path:
+    import hashlib
+
+    (tmp_path / "model.onnx").write_bytes(data)
+    digest = sha256 or hashlib.sha256(data).hexdigest()
+    text = GOOD.replace(
+        "    url: http://127.0.0.1:18081\n",
+        f'    model: {{path: model.onnx, sha256: "{digest}"}}\n',
+    )
+    return _write(tmp_path, "model.yaml", text)
+
+
+def test_validate_accepts_a_pinned_onnx_model(tmp_path: Path, logreg_model: BuiltModel) -> None:
+    config = _local_candidate(tmp_path, logreg_model.path.read_bytes())
+    result = _run("validate", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+
+
+def test_validate_refuses_a_missing_model_file(tmp_path: Path) -> None:
     text = GOOD.replace(
         "    url: http://127.0.0.1:18081\n",
         '    model: {path: model.onnx, sha256: "' + "0" * 64 + '"}\n',
@@ -93,6 +112,36 @@ def test_validate_refuses_an_unsupported_local_model(tmp_path: Path) -> None:
     result = _run("validate", "--config", str(_write(tmp_path, "model.yaml", text)))
     assert result.returncode == 2
     assert "candidates[0].model" in result.stderr
+
+
+def test_validate_refuses_a_pickle_and_says_why(tmp_path: Path) -> None:
+    import pickle
+
+    config = _local_candidate(tmp_path, pickle.dumps({"weights": [1.0, 2.0]}))
+    result = _run("validate", "--config", str(config))
+    assert result.returncode == 2
+    assert "candidates[0].model" in result.stderr
+    assert "pickle" in result.stderr.lower()
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_serve_refuses_a_hash_mismatch_before_listening(
+    tmp_path: Path, logreg_model: BuiltModel
+) -> None:
+    traffic, admin = free_port(), free_port()
+    config = _local_candidate(tmp_path, logreg_model.path.read_bytes(), sha256="ab" * 32)
+    text = (
+        config.read_text()
+        .replace(
+            "listen: {host: 127.0.0.1, port: 0}", f"listen: {{host: 127.0.0.1, port: {traffic}}}"
+        )
+        .replace("admin: {host: 127.0.0.1, port: 0}", f"admin: {{host: 127.0.0.1, port: {admin}}}")
+    )
+    config.write_text(text)
+    result = _run("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "sha256" in result.stderr.lower()
+    assert not _listening(traffic) and not _listening(admin)
 
 
 def _listening(port: int) -> bool:

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from shadowproxy.config import redacted_config
 from shadowproxy.config.model import Config
 from shadowproxy.observability.metrics import Metrics
+from shadowproxy.observability.models import ModelCatalog
 
 ReadinessCheck = Callable[[], list[str]]
 
@@ -27,7 +28,12 @@ def _json(data: object, status: int = 200) -> web.Response:
     )
 
 
-def build_admin_app(config: Config, metrics: Metrics, not_ready: ReadinessCheck) -> web.Application:
+def build_admin_app(
+    config: Config,
+    metrics: Metrics,
+    not_ready: ReadinessCheck,
+    catalog: ModelCatalog | None = None,
+) -> web.Application:
     """The admin routes. ``not_ready`` returns the reasons readiness fails (empty = ready)."""
 
     async def live(_: web.Request) -> web.Response:
@@ -46,9 +52,13 @@ def build_admin_app(config: Config, metrics: Metrics, not_ready: ReadinessCheck)
     async def config_view(_: web.Request) -> web.Response:
         return _json(redacted_config(config))
 
+    async def models(_: web.Request) -> web.Response:
+        return _json({"models": [] if catalog is None else catalog.describe_all()})
+
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_get("/healthz/live", live)
     app.router.add_get("/healthz/ready", ready)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/admin/config", config_view)
+    app.router.add_get("/admin/models", models)
     return app

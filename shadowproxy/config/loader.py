@@ -696,6 +696,23 @@ def _unique_names(cfg: Config, path: str, walk: _Walk) -> None:
             first[target.name] = where
 
 
+def _json_features(cfg: Config, path: str, walk: _Walk) -> None:
+    """The json protocol builds a local model's feature row from named fields."""
+    if not _ok(cfg.protocol, cfg.compare, cfg.production, cfg.candidates):
+        return
+    local = [cfg.production, *(c for c in cfg.candidates if _ok(c))]
+    if (
+        cfg.protocol == "json"
+        and any(getattr(m, "model", None) is not None for m in local)
+        and _ok(cfg.compare.features)
+        and not cfg.compare.features
+    ):
+        walk.fail(
+            "compare.features",
+            "required with protocol: json and a local model (the fields that make a row)",
+        )
+
+
 def _role(where: str) -> str:
     return "baseline" if where == "baseline" else "candidate"
 
@@ -792,7 +809,7 @@ _OBJECT_RULES: dict[type, tuple[Callable[[Any, str, _Walk], None], ...]] = {
     ModelFile: (_pinned,),
     Gate: (_gate,),
     Limits: (_limits,),
-    Config: (_unique_names, _distinct_services, _no_loop, _listeners_apart),
+    Config: (_unique_names, _distinct_services, _no_loop, _listeners_apart, _json_features),
 }
 
 
@@ -823,7 +840,7 @@ def _plain(value: Any, hint: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, str):
-        return _redact_userinfo(value)
+        return redact_url(value)
     return value
 
 
@@ -835,7 +852,7 @@ def _strip_optional(hint: Any) -> Any:
     return hint
 
 
-def _redact_userinfo(text: str) -> str:
+def redact_url(text: str) -> str:
     """``http://user:pw@host`` -> ``http://user:[redacted]@host``; other text unchanged.
 
     A username alone (``http://token@host``) is usually the credential, so it goes whole.

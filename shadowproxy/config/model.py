@@ -136,6 +136,7 @@ class Production:
         (), "headers added to every upstream request, replacing the client's (secret)"
     )
     metrics_url: str | None = spec(None, "Prometheus endpoint of a remote model, for resources")
+    metrics_interval_s: float = spec(5.0, "seconds between scrapes of metrics_url", gt=0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +164,7 @@ class Candidate(Mirrored):
     model: ModelFile | None = spec(None, "a local ONNX candidate run in an isolated executor")
     executor: Executor = spec(Executor(), "how a local candidate is run")
     metrics_url: str | None = spec(None, "Prometheus endpoint of a remote model, for resources")
+    metrics_interval_s: float = spec(5.0, "seconds between scrapes of metrics_url", gt=0)
 
 
 @dataclass(frozen=True, kw_only=True)

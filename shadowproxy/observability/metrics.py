@@ -35,7 +35,7 @@ CLIENT_ERROR_REASONS = (
     "body_timeout",
     "unsupported",
 )
-SHADOW_DROP_REASONS = ("budget", "breaker_open", "body_too_large", "shutdown")
+SHADOW_DROP_REASONS = ("budget", "breaker_open", "body_too_large", "disabled", "shutdown")
 OUTCOMES = ("ok", "error", "timeout", "invalid", "dropped")
 
 
@@ -164,6 +164,12 @@ class Metrics:
             "shadowproxy_pair_log_records",
             "Pair-log records by result (written, dropped reasons).",
             ["result"],
+            registry=r,
+        )
+        self.input_invalid = Counter(
+            "shadowproxy_input_invalid",
+            "Requests a local model could not take (payload decoding), by reason code.",
+            ["model", "version", "reason"],
             registry=r,
         )
         for reason in CLIENT_ERROR_REASONS:

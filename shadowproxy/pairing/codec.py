@@ -9,7 +9,10 @@ The line layout, schema ``shadowproxy.pair/v1``::
      "shadows": {"<target name>": EXCHANGE, ...}}
 
     EXCHANGE = {"role", "name", "version", "outcome", "status", "latency_s",
-                "content_type", "detail", "body_truncated", "body": BODY}
+                "content_type", "detail", "body_truncated", "body": BODY, "cost": COST}
+
+    COST = null | {"cpu_s", "compute_s", "queue_s", "ipc_s", "rss_bytes", "threads",
+                   "child_processes"}       each a number or null (unknown)
 
     BODY = {"text": "..."}          valid UTF-8
          | {"base64": "..."}        anything else
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -33,7 +37,7 @@ from typing import Any
 import orjson
 
 from shadowproxy.errors import ShadowProxyError
-from shadowproxy.pairing.record import OUTCOMES, Exchange, PairRecord, Role
+from shadowproxy.pairing.record import OUTCOMES, Cost, Exchange, PairRecord, Role
 from shadowproxy.pairing.redact import RedactRules, compile_rules, redact_body
 
 SCHEMA = "shadowproxy.pair/v1"
@@ -132,7 +136,39 @@ def exchange_to_dict(
         "detail": exchange.detail,
         "body_truncated": exchange.body_truncated,
         "body": _log_body(exchange.body, max_body_bytes, compile_rules(redact)),
+        "cost": None if exchange.cost is None else _cost_out(exchange.cost),
     }
+
+
+_COST_FIELDS = tuple(f.name for f in dataclasses.fields(Cost))
+_COST_INTS = ("threads", "child_processes")
+
+
+def _cost_out(cost: Cost) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _COST_FIELDS:
+        value = getattr(cost, name)
+        out[name] = _float_out(value) if isinstance(value, float) else value
+    return out
+
+
+def _cost_in(data: Any) -> Cost | None:
+    """The cost written by :func:`_cost_out`; absent in logs written before costs existed."""
+    if data is None:
+        return None
+    data = _mapping(data, "cost")
+    values: dict[str, Any] = {}
+    for name in _COST_FIELDS:
+        value = data.get(name)
+        if value is None:
+            values[name] = None
+        elif name in _COST_INTS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise PairLogError(f"cost.{name} is not an integer")
+            values[name] = value
+        else:
+            values[name] = _float_in(value, f"cost.{name}")
+    return Cost(**values)
 
 
 def record_to_dict(
@@ -217,6 +253,7 @@ def exchange_from_dict(data: Mapping[str, Any]) -> Exchange:
             content_type=_str(data, "content_type"),
             detail=_str(data, "detail"),
             body_truncated=body_truncated or body.get("truncated") is True,
+            cost=_cost_in(data.get("cost")),
         )
     except KeyError as exc:
         raise PairLogError(f"exchange is missing {exc.args[0]!r}") from exc

@@ -17,6 +17,31 @@ Outcome = Literal["ok", "error", "timeout", "invalid", "dropped"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "error", "timeout", "invalid", "dropped")
 
 
+@dataclass(slots=True, frozen=True)
+class Cost:
+    """What one exchange cost the model that answered it, where that is known.
+
+    Local models fill every field from their executor; remote models with a ``metrics_url``
+    give CPU per request and memory from their last scrape; otherwise the record has none.
+    ``cpu_s`` is this request's share of the model's CPU time (a batch's CPU divided by its
+    rows). ``compute_s`` is pure inference, ``queue_s`` and ``ipc_s`` the waiting and
+    transfer around it. The last three fields describe the model process when it answered.
+    """
+
+    cpu_s: float | None = None
+    compute_s: float | None = None
+    queue_s: float | None = None
+    ipc_s: float | None = None
+    rss_bytes: float | None = None
+    threads: int | None = None
+    child_processes: int | None = None
+
+
+def no_cost() -> Cost | None:
+    """The cost of an exchange with a model whose resources are not measured."""
+    return None
+
+
 @dataclass(slots=True)
 class Exchange:
     """One upstream's answer to one request."""
@@ -31,6 +56,7 @@ class Exchange:
     content_type: str = ""
     detail: str = ""
     body_truncated: bool = False
+    cost: Cost | None = None
 
 
 @dataclass(slots=True)

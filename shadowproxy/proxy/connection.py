@@ -76,6 +76,26 @@ class _Refused(Exception):
     pass
 
 
+class _Starting:
+    """Stands in as the active exchange while ``Proxy.handle`` runs.
+
+    An exchange can finish inside ``handle`` (a refused connection, a local model's
+    health route); ``finished`` then moves on, and what ``handle`` returns is stale.
+    """
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def client_gone(self) -> None:
+        pass
+
+
+_STARTING = _Starting()
+
+
 _EMPTY_HEAD = RequestHead()  # placeholder until a head is complete; never mutated
 
 
@@ -298,7 +318,10 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(item, Rejection):
             self._answer_refusal(item)
             return
-        self.active = self.proxy.handle(item, self)
+        self.active = _STARTING
+        answer = self.proxy.handle(item, self)
+        if self.active is _STARTING:
+            self.active = answer
 
     def _stop(self, rejection: Rejection) -> None:
         """Abort parsing from inside a parser callback."""

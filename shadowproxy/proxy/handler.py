@@ -9,23 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
 
 from shadowproxy.config.model import Config
+from shadowproxy.executor import LocalExecutor
 from shadowproxy.observability.metrics import Metrics
 from shadowproxy.pairing.join import PairJoin, PairStream
-from shadowproxy.pairing.record import PairRecord
-from shadowproxy.proxy.connection import ClientConnection, Request
+from shadowproxy.pairing.record import Cost, PairRecord, Role, no_cost
+from shadowproxy.protocols import protocol_for
+from shadowproxy.proxy.connection import Answering, ClientConnection, Request
 from shadowproxy.proxy.deadlines import DeadlineQueue
 from shadowproxy.proxy.headers import proxy_headers_block
+from shadowproxy.proxy.local import LocalAnswer, LocalProduction
 from shadowproxy.proxy.relay import ProductionRelay
 from shadowproxy.proxy.upstream import UpstreamPool, UpstreamTarget, build_request
 from shadowproxy.shadow.dispatch import ShadowTarget
-
-SHADOW_HEADER = b"X-Shadow-Request: 1\r\n"
+from shadowproxy.shadow.local import LocalShadowTarget
 
 
 class Proxy:
-    """Shared state of the traffic listener: pools, shadow targets, the pair stream."""
+    """Shared state of the traffic listener: pools, shadow targets, the pair stream.
+
+    ``local`` maps (role, name) of every model configured with ``model:`` (production or
+    candidate) to its started executor; the others are reached over HTTP.
+    """
 
     def __init__(
         self,
@@ -33,31 +40,53 @@ class Proxy:
         metrics: Metrics,
         pair_stream: PairStream,
         loop: asyncio.AbstractEventLoop,
+        local: Mapping[tuple[Role, str], LocalExecutor] | None = None,
     ) -> None:
         production = config.production
-        if production.url is None:
-            raise ValueError("the HTTP proxy needs production.url")
+        local = local or {}
         self.config = config
         self.limits = config.limits
         self.metrics = metrics
         self.loop = loop
         self.stream = pair_stream
+        self.protocol = protocol_for(config)
         self.production_name = production.name
         self.production_version = production.version
         self.production_timeout_s = production.timeout_ms / 1000
-        self.production_target = UpstreamTarget(production.url, production.headers)
-        self.production_pool = UpstreamPool(
-            production.name,
-            self.production_target,
-            connect_timeout_s=production.connect_timeout_ms / 1000,
-            max_idle=production.pool_size,
-            loop=loop,
-        )
-        self.targets = [
-            ShadowTarget(c, "candidate", limits=self.limits, metrics=metrics, loop=loop)
-            for c in config.candidates
-            if c.url is not None
-        ]
+        self.local_production: LocalProduction | None = None
+        # A remote production's footprint for pair records, set when it is scraped.
+        self.production_cost: Callable[[], Cost | None] = no_cost
+        if production.url is not None:
+            self.production_target = UpstreamTarget(production.url, production.headers)
+            self.production_pool = UpstreamPool(
+                production.name,
+                self.production_target,
+                connect_timeout_s=production.connect_timeout_ms / 1000,
+                max_idle=production.pool_size,
+                loop=loop,
+            )
+        else:
+            self.local_production = LocalProduction(
+                self, local[("production", production.name)], self.protocol, config.protocol
+            )
+            self.handle = self._handle_local  # type: ignore[method-assign]
+        self.targets: list[ShadowTarget | LocalShadowTarget] = []
+        for c in config.candidates:
+            if c.url is not None:
+                self.targets.append(
+                    ShadowTarget(c, "candidate", limits=self.limits, metrics=metrics, loop=loop)
+                )
+            else:
+                self.targets.append(
+                    LocalShadowTarget(
+                        c,
+                        "candidate",
+                        local[("candidate", c.name)],
+                        self.protocol,
+                        metrics=metrics,
+                        loop=loop,
+                    )
+                )
         if config.baseline is not None:
             self.targets.append(
                 ShadowTarget(
@@ -90,7 +119,7 @@ class Proxy:
             conn.check_deadline(now)
 
     # -- requests -------------------------------------------------------------------------
-    def handle(self, request: Request, client: ClientConnection) -> ProductionRelay:
+    def handle(self, request: Request, client: ClientConnection) -> Answering:
         # Only what the production request needs comes before it is written; the rest of
         # the bookkeeping runs while production works on it, off the latency path. Nothing
         # here yields to the loop, so the answer cannot arrive before the join is set.
@@ -119,6 +148,20 @@ class Proxy:
             self._mirror(request, added, shadows, join)
         return relay
 
+    def _handle_local(self, request: Request, client: ClientConnection) -> LocalAnswer:
+        """``handle`` when production is a local model."""
+        assert self.local_production is not None
+        request_id = request.head.resolve_request_id()
+        answer = self.local_production.answer(request, client, request_id)
+        if not answer.inference or answer.done:
+            return answer
+        shadows = [t for t in self.targets if t.wants(request.method, request_id)]
+        if shadows:
+            answer.join = self._join(request, request_id, len(shadows) + 1)
+            added = proxy_headers_block(request_id, client.peer_ip, request.head.host, b"http")
+            self._mirror(request, added, shadows, answer.join)
+        return answer
+
     def _join(self, request: Request, request_id: str, pending: int) -> PairJoin:
         # Positional and with every field given: this runs for every mirrored request.
         record = PairRecord(
@@ -134,28 +177,22 @@ class Proxy:
         return PairJoin(record, pending, self.stream)
 
     def _mirror(
-        self, request: Request, added: bytes, shadows: list[ShadowTarget], join: PairJoin
+        self,
+        request: Request,
+        added: bytes,
+        shadows: list[ShadowTarget | LocalShadowTarget],
+        join: PairJoin,
     ) -> None:
         too_large = len(request.body) > self.limits.mirror_max_body_bytes
-        head_request = request.method == b"HEAD"
         for target in shadows:
-            upstream = target.upstream
-            data = b"" if too_large else build_request(
-                request.method,
-                upstream.target_path(request.target),
-                upstream.host_header,
-                request.head.forward_block(upstream.header_names)
-                + added + SHADOW_HEADER + upstream.headers,
-                request.body,
-            )  # fmt: skip
-            target.dispatch(data, join, too_large, head_request)
+            target.mirror(request, added, join, too_large)
 
     # -- production bookkeeping -----------------------------------------------------------
     def production_answered(self, status: int) -> None:
         if not self.has_answered and status < 500:
             self.has_answered = True
 
-    def production_finished(self, relay: ProductionRelay, outcome: str, latency: float) -> None:
+    def production_finished(self, outcome: str, latency: float) -> None:
         self.in_flight -= 1
         self.stats.record(outcome, latency)
 
@@ -182,4 +219,7 @@ class Proxy:
         for target in self.targets:
             await target.close()
         self.production_deadlines.close()
-        await self.production_pool.close()
+        if self.local_production is None:
+            await self.production_pool.close()
+        else:
+            await self.local_production.executor.close()

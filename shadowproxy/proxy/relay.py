@@ -172,7 +172,7 @@ class ProductionRelay:
     def _finish(self, outcome: Outcome, detail: str) -> None:
         self.done = True
         latency = time.perf_counter() - self.started
-        self.proxy.production_finished(self, outcome, latency)
+        self.proxy.production_finished(outcome, latency)
         if self.join is not None:
             self.join.production_done(
                 Exchange(
@@ -186,5 +186,6 @@ class ProductionRelay:
                     content_type=self.content_type.decode("latin-1"),
                     detail=detail,
                     body_truncated=self.body_size > self.capture_limit,
+                    cost=self.proxy.production_cost(),
                 )
             )

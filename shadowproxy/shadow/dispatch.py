@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from shadowproxy.config.model import Baseline, Candidate, Limits
 from shadowproxy.errors import UpstreamError
 from shadowproxy.observability.metrics import Metrics
 from shadowproxy.pairing.join import PairJoin
-from shadowproxy.pairing.record import Exchange, Outcome, Role
+from shadowproxy.pairing.record import Cost, Exchange, Outcome, Role, no_cost
+from shadowproxy.proxy.connection import Request
 from shadowproxy.proxy.deadlines import DeadlineQueue
 from shadowproxy.proxy.headers import ResponseHead
-from shadowproxy.proxy.upstream import UpstreamConnection, UpstreamPool, UpstreamTarget
+from shadowproxy.proxy.upstream import (
+    UpstreamConnection,
+    UpstreamPool,
+    UpstreamTarget,
+    build_request,
+)
 from shadowproxy.shadow.breaker import BreakerState, CircuitBreaker
 from shadowproxy.shadow.sampling import is_sampled
+
+SHADOW_HEADER = b"X-Shadow-Request: 1\r\n"
 
 
 class ShadowTarget:
@@ -55,6 +64,8 @@ class ShadowTarget:
         self.max_response_bytes = limits.shadow_max_response_bytes
         self.breaker = CircuitBreaker(config.breaker.failures, config.breaker.reset_s)
         self.calls: set[ShadowCall] = set()
+        # The model's footprint for pair records; set when its metrics_url is scraped.
+        self.cost: Callable[[], Cost | None] = no_cost
         self.deadlines = DeadlineQueue(loop, self.timeout_s)
         # Bound children: label look-ups stay off the per-request path.
         self.stats = metrics.hot.add(role, self.name, self.version)
@@ -68,10 +79,12 @@ class ShadowTarget:
         """Whether this request is mirrored to this target."""
         return method in self.methods and is_sampled(request_id, self.sample_rate)
 
-    def dispatch(
-        self, request: bytes, join: PairJoin, too_large: bool, head_request: bool = False
-    ) -> None:
-        """Send ``request``, or record why it was dropped. Never raises, never blocks."""
+    def mirror(self, request: Request, added: bytes, join: PairJoin, too_large: bool) -> None:
+        """Send a copy of ``request``, or record why not. Never raises, never blocks.
+
+        ``added`` is the forwarding header block production got; the copy also says
+        ``X-Shadow-Request: 1`` and carries this target's own configured headers.
+        """
         if too_large:
             self.drop(join, "body_too_large")
         elif not self.breaker.allow(self.loop.time()):
@@ -79,7 +92,16 @@ class ShadowTarget:
         elif len(self.calls) >= self.config.max_in_flight:
             self.drop(join, "budget")
         else:
-            ShadowCall(self, join).start(request, head_request)
+            upstream = self.upstream
+            data = build_request(
+                request.method,
+                upstream.target_path(request.target),
+                upstream.host_header,
+                request.head.forward_block(upstream.header_names)
+                + added + SHADOW_HEADER + upstream.headers,
+                request.body,
+            )  # fmt: skip
+            ShadowCall(self, join).start(data, request.method == b"HEAD")
 
     def drop(self, join: PairJoin, reason: str) -> None:
         self.stats.dropped(reason)
@@ -209,5 +231,6 @@ class ShadowCall:
                 body=b"".join(self.body) if outcome in ("ok", "error") else b"",
                 content_type=self.content_type,
                 detail=detail,
+                cost=target.cost(),
             ),
         )

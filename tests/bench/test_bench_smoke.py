@@ -16,12 +16,16 @@ sys.path.insert(0, str(REPO))
 
 from bench import report  # noqa: E402
 from bench.load import BODY, parse_wrk, percentile, wrk_script  # noqa: E402
+from bench.runner import mirror_figures  # noqa: E402
 from bench.targets import TARGETS, requests_by_outcome  # noqa: E402
 
 HEADLINE_RATIOS = (
     "cpu_per_req_ratio_vs_nginx",
     "added_p50_ratio_vs_nginx",
     "mirror_throughput_ratio",
+    "onnx_proxy_cpu_added_us",
+    "onnx_p99_inflation",
+    "batching_speedup",
 )
 
 WRK_OUTPUT = """\
@@ -104,6 +108,57 @@ def test_ratios_are_paired_per_round() -> None:
     assert ratios["cpu_per_req_ratio_vs_nginx"]["value"] == 3.0
     assert ratios["added_p50_ratio_vs_nginx"]["per_round"] == [2.0, 3.0]
     assert ratios["mirror_throughput_ratio"]["value"] is None
+    assert ratios["batching_speedup"]["value"] is None  # no executor section
+
+
+def test_differences_and_executor_ratios_are_paired_per_round() -> None:
+    def rnd(i: int, proxy_cpu: float, p99: float) -> dict[str, object]:
+        return {
+            "round": i,
+            "cpu_us_per_req": proxy_cpu + 5,
+            "proxy_cpu_us_per_req": proxy_cpu,
+            "half_load": {"rate": 100.0, "latency_us": {"p50": 1.0, "p99": p99, "max": p99}},
+        }
+
+    targets = {
+        "shadowproxy_off": {"rounds": [rnd(0, 30, 100), rnd(1, 40, 200)]},
+        "shadowproxy_onnx": {"rounds": [rnd(0, 45, 110), rnd(1, 60, 260)]},
+    }
+
+    def executor_round(i: int, one: float, many: float) -> dict[str, object]:
+        return {
+            "round": i,
+            "throughput": {"1": {"rows_per_s": one}, "32": {"rows_per_s": many}},
+        }
+
+    executor = {"rounds": [executor_round(0, 100, 700), executor_round(1, 200, 800)]}
+    ratios = report.compute_ratios(targets, executor)
+    added = ratios["onnx_proxy_cpu_added_us"]
+    assert added["per_round"] == [15.0, 20.0] and added["met"] is True
+    assert added["definition"] == (
+        "shadowproxy_onnx.proxy_cpu_us_per_req - shadowproxy_off.proxy_cpu_us_per_req"
+    )
+    assert ratios["onnx_tree_cpu_added_us"]["per_round"] == [15.0, 20.0]
+    inflation = ratios["onnx_p99_inflation"]
+    assert inflation["per_round"] == pytest.approx([1.1, 1.3])
+    assert inflation["met"] is False  # median 1.2 > 1.1
+    speedup = ratios["batching_speedup"]
+    assert speedup["per_round"] == [7.0, 4.0] and speedup["value"] == 5.5
+    assert speedup["met"] is True
+
+
+def testmirror_figures_of_a_local_candidate() -> None:
+    counts = {("onnx", "ok"): 90.0, ("onnx", "dropped"): 10.0, ("prod", "ok"): 100.0}
+    figures = mirror_figures(100, None, counts, "onnx")
+    assert figures["mirrored_fraction"] == 0.9 and figures["dropped_fraction"] == 0.1
+    assert "candidate_backend_received" not in figures
+
+
+def test_tables_of_an_earlier_run_leave_out_the_new_sections() -> None:
+    old = json.loads((REPO / "bench" / "results" / "full-20261122-135335.json").read_text())
+    md = report.markdown(old)
+    assert "| `cpu_per_req_ratio_vs_nginx` |" in md
+    assert "Open loop" not in md and "Executor" not in md
 
 
 @pytest.mark.timeout(240)
@@ -137,9 +192,26 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
             assert r["single"]["n"] > 0
             if name != "direct":
                 assert r["cpu_us_per_req"] > 0, f"{name}: no CPU time measured"
-        if name in ("nginx_mirror", "shadowproxy_http"):
+        if name in ("nginx_mirror", "shadowproxy_http", "shadowproxy_onnx"):
             fraction = t["summary"]["mirrored_fraction"]["median"]
             assert fraction > 0, f"{name}: nothing reached the candidate\n{log}"
+        if name.startswith("shadowproxy"):
+            assert t["summary"]["proxy_cpu_us_per_req"]["median"] > 0, name
+        if name in ("shadowproxy_off", "shadowproxy_onnx"):
+            for r in t["rounds"]:  # the open-loop run at half load
+                half = r["half_load"]
+                assert half["completed"] > 0 and half["errors"] == 0, f"{name}: {half}\n{log}"
+                assert half["latency_us"]["p99"] > 0
+
+    onnx = doc["targets"]["shadowproxy_onnx"]["summary"]
+    assert onnx["mirror_totals"]["candidate_outcomes"].get("ok", 0) > 0, log
+    assert onnx["half_load_mirror_totals"]["candidate_outcomes"].get("ok", 0) > 0, log
+    executor = doc["executor"]
+    assert executor["error"] is None, executor["error"]
+    for r in executor["rounds"]:
+        for batch, res in r["throughput"].items():
+            assert res["rows_per_s"] > 0 and res["failures"] == 0, f"max_batch {batch}: {res}"
+        assert r["round_trip"]["p50_us"] > 0
 
     for name in HEADLINE_RATIOS:
         value = doc["ratios"][name]["value"]
@@ -149,3 +221,5 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     assert doc["versions"]["nginx"] and doc["versions"]["wrk"]
     assert proc.returncode == 0, log
     assert "| ratio |" in proc.stdout
+    assert "### Open loop at half load" in proc.stdout
+    assert "### Executor batching" in proc.stdout

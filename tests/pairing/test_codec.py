@@ -21,7 +21,7 @@ from shadowproxy.pairing.codec import (
     record_from_dict,
     record_to_dict,
 )
-from shadowproxy.pairing.record import OUTCOMES, Exchange, PairRecord
+from shadowproxy.pairing.record import OUTCOMES, Cost, Exchange, PairRecord
 from shadowproxy.pairing.redact import REDACTED, REDACTED_NON_JSON
 
 BIG = 1 << 30
@@ -44,6 +44,15 @@ def make_record(**changes: Any) -> PairRecord:
             latency_s=0.0123,
             body=b'{"outputs": [0.5]}',
             content_type="application/json",
+            cost=Cost(
+                cpu_s=0.00042,
+                compute_s=0.0003,
+                queue_s=0.001,
+                ipc_s=0.0001,
+                rss_bytes=123456789.0,
+                threads=3,
+                child_processes=14,
+            ),
         ),
         shadows={
             "cand": Exchange(
@@ -241,6 +250,15 @@ exchanges = st.builds(
     content_type=texts,
     detail=texts,
     body_truncated=st.booleans(),
+    cost=st.none()
+    | st.builds(
+        Cost,
+        cpu_s=st.none() | finite,
+        compute_s=st.none() | finite,
+        rss_bytes=st.none() | finite,
+        threads=st.none() | st.integers(0, 10_000),
+        child_processes=st.none() | st.integers(0, 10_000),
+    ),
 )
 records = st.builds(
     PairRecord,
@@ -273,3 +291,16 @@ def test_truncation_keeps_a_flagged_prefix(body: bytes, limit: int) -> None:
     else:
         assert kept == body
         assert "truncated" not in encoded
+
+
+def test_a_log_line_without_costs_reads_as_unknown_cost() -> None:
+    line = orjson.loads(dumps_record(make_record(), max_body_bytes=BIG))
+    del line["production"]["cost"]
+    assert loads_record(orjson.dumps(line)).production.cost is None  # type: ignore[union-attr]
+
+
+def test_a_cost_that_is_not_a_number_is_refused() -> None:
+    line = orjson.loads(dumps_record(make_record(), max_body_bytes=BIG))
+    line["production"]["cost"]["threads"] = "three"
+    with pytest.raises(PairLogError, match="cost.threads"):
+        loads_record(orjson.dumps(line))

@@ -54,9 +54,7 @@ def _convert(estimator: object, x: np.ndarray) -> onnx.ModelProto:
     from skl2onnx import to_onnx
 
     # zipmap off: probabilities come out as one [N, classes] float tensor, not a list of maps.
-    return to_onnx(
-        estimator, x[:1], options={id(estimator): {"zipmap": False}}, target_opset=17
-    )
+    return to_onnx(estimator, x[:1], options={id(estimator): {"zipmap": False}}, target_opset=17)
 
 
 def logistic_regression(folder: Path, seed: int = 0, name: str = "logreg.onnx") -> BuiltModel:
@@ -76,8 +74,8 @@ def gradient_boosting(folder: Path, seed: int = 0, name: str = "gbt.onnx") -> Bu
 
 def zipmap_logistic_regression(folder: Path, name: str = "zipmap.onnx") -> BuiltModel:
     """skl2onnx's default output: probabilities as a sequence of maps."""
-    from sklearn.linear_model import LogisticRegression
     from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
 
     x, y = training_data(0)
     return _save(to_onnx(LogisticRegression().fit(x, y), x[:1], target_opset=17), folder / name)
@@ -136,3 +134,82 @@ def identity_model(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return _save(model, folder / name)
+
+
+# -- models the loader must refuse or handle specially -----------------------------------
+
+
+def _add_model(
+    nodes: list[onnx.NodeProto],
+    initializers: list[onnx.TensorProto] | None = None,
+    opsets: dict[str, int] | None = None,
+) -> onnx.ModelProto:
+    """``y = f(x)`` over a float [N, 4] input, with ``opsets`` domain -> version imported."""
+    graph = helper.make_graph(
+        nodes,
+        "test",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", N_FEATURES])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", N_FEATURES])],
+        initializers or [],
+    )
+    imports = [helper.make_opsetid(d, v) for d, v in (opsets or {"": 13}).items()]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = 8
+    return model
+
+
+def add_constant_model(folder: Path, name: str = "add.onnx") -> BuiltModel:
+    """``y = x + w`` with a [4] float initializer ``w`` = 1, 2, 3, 4."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [N_FEATURES], [1.0, 2.0, 3.0, 4.0])
+    return _save(_add_model([helper.make_node("Add", ["x", "w"], ["y"])], [weight]), folder / name)
+
+
+def external_data_model(
+    folder: Path, name: str = "external.onnx", location: str = "weights.bin"
+) -> BuiltModel:
+    """:func:`add_constant_model` with ``w`` saved as external data in ``folder/location``.
+
+    The returned sha256 covers the model file followed by the data file, the pin a model with
+    external data needs.
+    """
+    # onnx only moves tensors stored as raw bytes out of the file.
+    weight = onnx.numpy_helper.from_array(np.array([1.0, 2.0, 3.0, 4.0], np.float32), "w")
+    model = _add_model([helper.make_node("Add", ["x", "w"], ["y"])], [weight])
+    path = folder / name
+    (folder / location).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=0,
+    )
+    digest = hashlib.sha256(path.read_bytes() + (folder / location).read_bytes()).hexdigest()
+    return BuiltModel(path, digest)
+
+
+def custom_op_model(
+    folder: Path, name: str = "custom.onnx", domain: str = "com.example"
+) -> BuiltModel:
+    """``y = MyRelu(x)`` with ``MyRelu`` in a custom operator domain."""
+    node = helper.make_node("MyRelu", ["x"], ["y"], domain=domain, name="custom_relu")
+    return _save(_add_model([node], opsets={"": 13, domain: 1}), folder / name)
+
+
+def nested_custom_op_model(folder: Path, name: str = "nested_custom.onnx") -> BuiltModel:
+    """An ``If`` whose then-branch hides a node of domain ``com.example``."""
+
+    def branch(node: onnx.NodeProto, label: str) -> onnx.GraphProto:
+        output = helper.make_tensor_value_info("y_" + label, TensorProto.FLOAT, None)
+        return helper.make_graph([node], label, [], [output])
+
+    then = branch(helper.make_node("MyRelu", ["x"], ["y_then"], domain="com.example"), "then")
+    other = branch(helper.make_node("Relu", ["x"], ["y_else"]), "else")
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+        helper.make_node("Constant", [], ["zero"], value_float=0.0),
+        helper.make_node("Greater", ["total", "zero"], ["positive"]),
+        helper.make_node("If", ["positive"], ["y"], then_branch=then, else_branch=other),
+    ]
+    return _save(_add_model(nodes, opsets={"": 13, "com.example": 1}), folder / name)

@@ -1,0 +1,309 @@
+"""The Markdown tables of a run's JSON document (see :func:`bench.report.build`).
+
+Documents of earlier runs lack the later sections (open loop, executor); those sections are
+then left out rather than shown empty.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Summary = dict[str, float] | None
+
+
+def _num(x: float | None, digits: int = 0) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def _cell(s: Summary, digits: int = 0, scale: float = 1.0) -> str:
+    if s is None:
+        return "–"
+    med, lo, hi = (s[k] * scale for k in ("median", "min", "max"))
+    if lo == hi:
+        return _num(med, digits)
+    return f"{_num(med, digits)} ({_num(lo, digits)} … {_num(hi, digits)})"
+
+
+def _median(s: Summary, digits: int = 0, scale: float = 1.0) -> str:
+    return _num(s["median"] * scale, digits) if s else "–"
+
+
+def _pair(a: Summary, b: Summary, digits: int = 0, scale: float = 1.0) -> str:
+    return f"{_median(a, digits, scale)} / {_median(b, digits, scale)}"
+
+
+def _percent(s: Summary) -> str:
+    return _cell(s, 1, 100.0) + " %" if s else "–"
+
+
+def _short(text: str | None, n: int = 160) -> str:
+    line = (text or "").strip().splitlines()[0] if text else ""
+    line = line.replace("|", "\\|")
+    return line if len(line) <= n else line[: n - 1] + "…"
+
+
+def _measured(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: t for n, t in doc["targets"].items() if t["rounds"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+def _header(doc: dict[str, Any]) -> list[str]:
+    s, m, v = doc["settings"], doc["machine"], doc["versions"]
+    commit = v["git_commit"] or "uncommitted"
+    if v["git_commit"] and v["git_dirty"]:
+        commit += "+dirty"
+    open_loop = ""
+    if "open_loop_s" in s:
+        open_loop = (
+            f"; open loop at half of `shadowproxy_off`'s req/s for {s['open_loop_s']:g} s"
+            + (
+                f" and at {', '.join(map(str, s['fixed_rates']))} req/s for "
+                f"{s['fixed_rate_s']:g} s each"
+                if s.get("fixed_rates")
+                else ""
+            )
+        )
+    load = ""
+    if "loadavg" in doc:
+        start, end = doc["loadavg"]["start"], doc["loadavg"]["end"]
+        load = f", load average {start:.2f} at the start and {end:.2f} at the end (1 min)"
+    return [
+        f"Run `{s['mode']}` of {doc['started_at']} ({doc['wall_s']:.0f} s): {s['rounds']} "
+        f"interleaved round{'' if s['rounds'] == 1 else 's'}; per target and round, "
+        f"wrk `-t{s['threads']} -c{s['connections']} "
+        f"-d{s['wrk_duration_s']}s` and {s['latency_requests']:,} sequential requests on one "
+        f"connection (interleaved across targets in batches of 100){open_loop}.",
+        "",
+        f"Machine: {m['nproc']} × {m['cpu_model']}, Linux {m['kernel']}{load}; "
+        f"nginx {v['nginx']}, wrk {v['wrk']}, Python {v['python']}, "
+        f"shadowproxy {v['shadowproxy']} ({commit}).",
+    ]
+
+
+def _ratios(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Ratios",
+        "",
+        "Median over rounds, (min … max) in brackets; names ending in `_us` are differences in µs.",
+        "",
+        "| ratio | value | goal | met |",
+        "|---|---|---|---|",
+    ]
+    for name, r in doc["ratios"].items():
+        val = (
+            _cell({"median": r["value"], "min": r["min"], "max": r["max"]}, 2)
+            if r["value"] is not None
+            else "–"
+        )
+        met = {True: "yes", False: "**no**", None: "–"}[r["met"]]
+        lines.append(f"| `{name}` | {val} | {r['goal'] or '–'} | {met} |")
+    return lines
+
+
+def _targets(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Targets",
+        "",
+        "| target | req/s | wrk p50 / p99 (ms) | 1-conn p50 / p99 (µs) | added p50 / p99 (µs) "
+        "| proxy CPU µs/req | mirrored | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, t in doc["targets"].items():
+        if not t["rounds"]:
+            lines.append(f"| `{name}` | not measured: {_short(t['error'])} | | | | | | |")
+            continue
+        sm = t["summary"]
+        errors = int(sum(r["errors"] for r in t["rounds"]))
+        added = _pair(sm["added_p50_us"], sm["added_p99_us"]) if name != "direct" else "–"
+        lines.append(
+            f"| `{name}` | {_cell(sm['rps'])} "
+            f"| {_pair(sm['wrk_p50_us'], sm['wrk_p99_us'], 2, 1e-3)} "
+            f"| {_pair(sm['single_p50_us'], sm['single_p99_us'])} "
+            f"| {added} | {_cell(sm['cpu_us_per_req'], 1)} "
+            f"| {_percent(sm['mirrored_fraction'])} | {errors} |"
+        )
+    return lines
+
+
+def _outcomes(totals: dict[str, Any]) -> str:
+    text = ", ".join(f"{o} {int(n):,}" for o, n in sorted(totals["candidate_outcomes"].items()))
+    return text or "none"
+
+
+def _mirror_notes(doc: dict[str, Any]) -> list[str]:
+    notes = []
+    for name, t in doc["targets"].items():
+        sm = t.get("summary", {})
+        totals = sm.get("mirror_totals")
+        if not totals:
+            continue
+        backend = totals.get("candidate_backend_received")
+        if "candidate_outcomes" in totals:
+            note = (
+                f"- `{name}`: production served {int(totals['production_served']):,} requests "
+                f"during the wrk runs; candidate outcomes: {_outcomes(totals)}"
+            )
+            if backend is not None:
+                note += f"; the candidate backend received {backend:,}"
+            half = sm.get("half_load_mirror_totals")
+            if half:
+                note += (
+                    f". During the open-loop runs at half load: production served "
+                    f"{int(half['production_served']):,}; candidate outcomes: {_outcomes(half)}"
+                )
+            notes.append(note + ".")
+        else:
+            notes.append(
+                f"- `{name}`: wrk completed {totals['wrk_requests']:,} requests; the candidate "
+                f"backend received {backend or 0:,} mirrored requests."
+            )
+    return ["Mirroring, summed over rounds:", "", *notes] if notes else []
+
+
+def _cpu_split(doc: dict[str, Any]) -> list[str]:
+    rows = [
+        f"| `{name}` | {_cell(t['summary']['proxy_cpu_us_per_req'], 1)} "
+        f"| {_cell(t['summary']['cpu_us_per_req'], 1)} |"
+        for name, t in _measured(doc).items()
+        if t["summary"].get("proxy_cpu_us_per_req")
+    ]
+    if not rows:
+        return []
+    return [
+        "### CPU per request: proxy process alone and whole tree",
+        "",
+        "During the wrk runs. The tree adds the executor's worker processes.",
+        "",
+        "| target | proxy process CPU µs/req | process tree CPU µs/req |",
+        "|---|---|---|",
+        *rows,
+    ]
+
+
+def _half_load(doc: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, t in _measured(doc).items():
+        sm = t["summary"]
+        if not sm.get("half_rate"):
+            continue
+        errors = int(sum(r["half_load"]["errors"] for r in t["rounds"] if "half_load" in r))
+        rows.append(
+            f"| `{name}` | {_cell(sm['half_rate'])} | {_cell(sm['half_achieved_rps'])} "
+            f"| {_median(sm['half_p50_us'])} | {_cell(sm['half_p99_us'])} "
+            f"| {_median(sm['half_max_us'])} | {_percent(sm.get('half_mirrored_fraction'))} "
+            f"| {errors} |"
+        )
+    if not rows:
+        return []
+    return [
+        "### Open loop at half load",
+        "",
+        "Fixed rate: half of `shadowproxy_off`'s wrk req/s in the same round, the same rate for "
+        "each target; latency from each request's scheduled send time. p50 and max are "
+        "medians over rounds.",
+        "",
+        "| target | rate (req/s) | achieved (req/s) | p50 (µs) | p99 (µs) | max (µs) | mirrored "
+        "| errors |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _fixed_rates(doc: dict[str, Any]) -> list[str]:
+    measured = {
+        n: t["summary"]["fixed_rate"]
+        for n, t in _measured(doc).items()
+        if t["summary"].get("fixed_rate")
+    }
+    rates = sorted({rate for f in measured.values() for rate in f}, key=float)
+    if not rates:
+        return []
+    lines = [
+        "### Open loop at fixed rates",
+        "",
+        "p50 / p99 latency in µs from the scheduled send time (median over rounds); "
+        "errors, if any, in brackets.",
+        "",
+        "| target | " + " | ".join(f"{float(r):,.0f} req/s" for r in rates) + " |",
+        "|---|" + "---|" * len(rates),
+    ]
+    for name, fixed in measured.items():
+        cells = []
+        for rate in rates:
+            f = fixed.get(rate)
+            if f is None:
+                cells.append("–")
+                continue
+            cell = _pair(f["p50_us"], f["p99_us"])
+            cells.append(cell + (f" ({f['errors']} errors)" if f["errors"] else ""))
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def executor_table(ex: dict[str, Any] | None) -> list[str]:
+    """The executor section (see :mod:`bench.executor`), once summarised by the report."""
+    if not ex:
+        return []
+    head = ["### Executor batching", ""]
+    if not ex.get("rounds"):
+        return [*head, f"Not measured: {_short(ex.get('error'))}"]
+    sm = ex["summary"]
+    settings = ex["settings"]
+    failures = sum(t["failures"] for r in ex["rounds"] for t in r["throughput"].values())
+    return [
+        *head,
+        f"One process executor per `max_batch` (other settings at their defaults, all on the "
+        f"proxy CPU), {settings['concurrency']} 1-row requests in flight for "
+        f"{settings['duration_s']:g} s each, {settings['rounds']} round(s); then "
+        f"{settings['round_trips']:,} sequential 1-row requests at `max_batch: 1`.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| rows/s at `max_batch: 1` | {_cell(sm['rows_per_s_batch_1'])} |",
+        f"| rows/s at `max_batch: 32` | {_cell(sm['rows_per_s_batch_32'])} |",
+        f"| mean rows per batch at `max_batch: 32` | {_median(sm['mean_batch_rows_32'], 1)} |",
+        f"| proxy-side CPU µs per row, `max_batch` 1 / 32 "
+        f"| {_pair(sm['proxy_cpu_us_per_row_batch_1'], sm['proxy_cpu_us_per_row_batch_32'], 1)} |",
+        f"| round trip at `max_batch: 1`, p50 / p99 / mean (µs) "
+        f"| {_median(sm['round_trip_p50_us'])} / {_median(sm['round_trip_p99_us'])} "
+        f"/ {_median(sm['round_trip_mean_us'])} |",
+        f"| of which model run / transfer / queue, mean (µs) "
+        f"| {_median(sm['round_trip_compute_us'])} / {_median(sm['round_trip_ipc_us'])} "
+        f"/ {_median(sm['round_trip_queue_us'])} |",
+        f"| failed requests | {failures} |",
+    ]
+
+
+def _incidents(doc: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, t in doc["targets"].items():
+        if t.get("restarts"):
+            lines.append(
+                f"\n`{name}` was stopped from outside during the run and started again "
+                f"{t['restarts']} time(s); each interrupted measurement was repeated after "
+                "a warm-up."
+            )
+        if t["error"] and t["rounds"]:
+            lines.append(f"\n`{name}` stopped early: {_short(t['error'])}")
+    return lines
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    sections = [
+        _header(doc),
+        _ratios(doc),
+        _targets(doc),
+        _mirror_notes(doc),
+        _cpu_split(doc),
+        _half_load(doc),
+        _fixed_rates(doc),
+        executor_table(doc.get("executor")),
+    ]
+    lines: list[str] = []
+    for section in filter(None, sections):
+        lines += ["", *section] if lines else section
+    lines += _incidents(doc)
+    return "\n".join(lines) + "\n"

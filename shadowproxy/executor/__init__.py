@@ -1,0 +1,29 @@
+"""Executors that run local ONNX models: isolated worker processes, or proxy threads.
+
+:func:`create_executor` picks one from the ``executor`` settings. Both batch rows of
+concurrent requests, enforce queue limits and deadlines, and report what the model costs
+(:class:`ResourceFigures`). The worker processes import this package too, so it stays
+light: the executors themselves load on first use.
+"""
+
+from __future__ import annotations
+
+from shadowproxy.config.model import Executor, ModelFile
+from shadowproxy.executor.api import Inference, LocalExecutor, ResourceFigures
+
+__all__ = ["Inference", "LocalExecutor", "ResourceFigures", "create_executor"]
+
+
+def create_executor(
+    name: str, model: ModelFile, settings: Executor, *, where: str = "model"
+) -> LocalExecutor:
+    """The executor ``settings.kind`` names, not started yet (call ``start()``)."""
+    if settings.kind == "process":
+        from shadowproxy.executor.process import ProcessExecutor
+
+        return ProcessExecutor(name, model, settings, where=where)
+    if settings.kind == "thread":
+        from shadowproxy.executor.thread import ThreadExecutor
+
+        return ThreadExecutor(name, model, settings, where=where)
+    raise ValueError(f"unknown executor kind {settings.kind!r}")

@@ -1,0 +1,89 @@
+"""What every local executor offers: the call result, the resource figures, the protocol."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    # Annotations only: worker processes import this package and should start fast.
+    import asyncio
+
+    import numpy as np
+
+    from shadowproxy.models.check import CheckedModel
+    from shadowproxy.models.signature import ModelSignature
+
+
+@dataclass(frozen=True, slots=True)
+class Inference:
+    """One request's answer and where its time went."""
+
+    outputs: dict[str, np.ndarray]  # this request's rows only
+    queue_s: float  # waiting for the batch to fill or a worker to be free
+    ipc_s: float  # transfer both ways: the round trip minus the compute time
+    compute_s: float  # wall time of the model run of the whole batch
+    cpu_s: float  # this request's share (rows / batch rows) of the batch's CPU time
+
+
+@dataclass(frozen=True)
+class ResourceFigures:
+    """What running the model costs, refreshed by a sampler task rather than per call.
+
+    For the process executor the OS figures cover every worker process and its descendants;
+    for the thread executor they are the proxy process's own (see its module). Counters are
+    exact at the time of the call.
+    """
+
+    cpu_seconds: float = 0.0  # user + system time, loading and warm-up included
+    # Per request ``requests``, loading and warm-up left out (paid once, not per request).
+    cpu_seconds_per_request: float = 0.0
+    rss_bytes: int = 0  # resident memory now, summed
+    peak_rss_bytes: int = 0  # the largest VmHWM of any one process, ever
+    threads: int = 0
+    child_processes: int = 0  # processes the workers started (the model's helpers)
+    requests: int = 0  # requests a worker ran, whether or not their caller still waited
+    rows: int = 0
+    batches: int = 0
+    crashes: int = 0  # worker deaths not asked for (crash, signal, memory, hang kill)
+    timeouts: int = 0  # requests failed with the timeout outcome
+    restarts: int = 0  # workers respawned after a crash
+    disabled: bool = False
+    workers_alive: int = 0
+    # Sums over ``requests`` of the ``Inference`` fields, for means.
+    compute_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    ipc_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LocalExecutor(Protocol):
+    """Runs one local ONNX model; implemented by the process and the thread executors."""
+
+    name: str
+    signature: ModelSignature  # valid after start()
+    model: CheckedModel  # valid after start()
+
+    async def start(self) -> None:
+        """Check the model (``ModelError``), load it in every worker, warm up, then return."""
+        ...
+
+    def submit(
+        self, inputs: dict[str, np.ndarray], rows: int, timeout_s: float
+    ) -> asyncio.Future[Inference]:
+        """Queue one request. Never raises: failures set an ``ExecutorError`` on the future."""
+        ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def disabled(self) -> bool: ...
+
+    def resources(self) -> ResourceFigures: ...
+
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Stop accepting, fail pending requests as ``dropped``, stop the workers."""
+        ...

@@ -1,0 +1,154 @@
+"""Strict JSON reading and writing for the payload protocols.
+
+Bodies are parsed with orjson. Two things orjson does not decide the way the protocols need:
+
+* **Nesting depth.** orjson stops at its own fixed limit (1024). The configured
+  ``payload.max_depth`` is checked on the raw bytes first, without recursion, so a deep body is
+  refused as ``too_deep`` before any parser walks it.
+* **Non-finite numbers.** orjson refuses ``NaN``/``Infinity`` literals and numbers beyond the
+  float64 range (``1e400``). Those bodies are read again with the standard library, which
+  turns them into non-finite floats; they are refused as ``nonfinite`` unless
+  ``payload.nonfinite`` is ``allow``.
+
+orjson reads integers up to 64 bits exactly and turns longer ones into floats; the array
+conversion (:mod:`shadowproxy.protocols.arrays`) reports those as ``int_overflow`` for
+integer inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import orjson
+
+from shadowproxy.errors import PayloadError
+
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+# Every byte except quotes and brackets, for bytes.translate(delete=...).
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+# +1 for an opening bracket, -1 for a closing one.
+_BRACKET_STEP = np.zeros(256, dtype=np.int8)
+_BRACKET_STEP[list(b"[{")] = 1
+_BRACKET_STEP[list(b"]}")] = -1
+
+
+def nesting_depth(body: bytes) -> int:
+    """The deepest container nesting of a JSON text: ``1`` for ``[]``, ``0`` for a scalar.
+
+    Brackets inside strings are not counted. Runs in C-speed passes over the bytes, with no
+    recursion, so any depth is safe to measure. On text that is not valid JSON the result is
+    an estimate (still never a crash).
+
+    Parameters
+    ----------
+    body : bytes
+        The raw body.
+
+    Returns
+    -------
+    int
+        The nesting depth.
+    """
+    # Drop escaped backslashes, then escaped quotes (pairs from the left, as JSON reads
+    # them); the quotes left delimit strings, so every other piece between them is outside.
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    pieces = unescaped.translate(None, _NOT_STRUCTURE).split(b'"')
+    brackets = b"".join(pieces[::2])
+    if not brackets:
+        return 0
+    steps = _BRACKET_STEP[np.frombuffer(brackets, dtype=np.uint8)]
+    return max(0, int(np.cumsum(steps, dtype=np.int64).max()))
+
+
+def check_depth(body: bytes, max_depth: int) -> None:
+    """Raise ``too_deep`` when ``body`` nests deeper than ``max_depth`` containers."""
+    # Fast path: the bracket count bounds the depth, and small bodies have few brackets.
+    if body.count(b"[") + body.count(b"{") <= max_depth:
+        return
+    depth = nesting_depth(body)
+    if depth > max_depth:
+        raise PayloadError(
+            f"body nests {depth} levels deep, more than max_depth {max_depth}", "too_deep"
+        )
+
+
+def parse(body: bytes, *, max_depth: int, allow_nonfinite: bool) -> Any:
+    """Parse a JSON body strictly.
+
+    Parameters
+    ----------
+    body : bytes
+        The raw body, UTF-8.
+    max_depth : int
+        Deepest container nesting accepted.
+    allow_nonfinite : bool
+        Accept ``NaN``, ``Infinity``, ``-Infinity`` and out-of-range numbers (read as
+        non-finite floats).
+
+    Returns
+    -------
+    Any
+        The parsed value (dicts, lists, str, int, float, bool, None).
+
+    Raises
+    ------
+    PayloadError
+        ``too_deep``, ``nonfinite`` or ``bad_json``.
+    """
+    check_depth(body, max_depth)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        error = exc
+    if "depth limit" in str(error):
+        raise PayloadError(f"body nests too deeply: {error}", "too_deep") from error
+    # Only on the error path: tell a non-finite number apart from malformed JSON.
+    value, nonfinite = _parse_nonfinite(body)
+    if nonfinite:
+        if allow_nonfinite:
+            return value
+        raise PayloadError(
+            "body holds a non-finite number (NaN, Infinity or beyond float64 range)",
+            "nonfinite",
+        ) from error
+    raise PayloadError(f"body is not valid JSON: {error}", "bad_json") from error
+
+
+def _parse_nonfinite(body: bytes) -> tuple[Any, bool]:
+    """Parse with the standard library; the flag says whether a non-finite number was read.
+
+    Returns ``(None, False)`` when the body is not JSON even to the standard library.
+    """
+    seen = False
+
+    def constant(text: str) -> float:
+        nonlocal seen
+        seen = True
+        return float(text)
+
+    def real(text: str) -> float:
+        nonlocal seen
+        value = float(text)
+        if value in (float("inf"), float("-inf")):
+            seen = True
+        return value
+
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=constant, parse_float=real)
+    except (ValueError, RecursionError):
+        # ValueError covers invalid JSON, invalid UTF-8 and over-long integer literals.
+        return None, False
+    return value, seen
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize to JSON; numpy arrays and scalars are written natively.
+
+    Float32 values are written as their shortest round-tripping form; NaN and infinities as
+    ``null``. Arrays must be C-contiguous and native-endian (see
+    :func:`shadowproxy.protocols.arrays.jsonable`).
+    """
+    return orjson.dumps(value, option=_DUMPS_OPTIONS)

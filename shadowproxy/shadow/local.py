@@ -1,0 +1,214 @@
+"""Mirroring requests to a local ONNX candidate run by an executor.
+
+The request body is decoded with the configured payload protocol into the model's named
+inputs, handed to the executor without waiting for it, and the model's outputs are encoded
+back as that protocol's response: the pair record then holds what this candidate would
+have answered, exactly as for a remote one, plus what the answer cost.
+
+A body the candidate cannot take (bad shape, dtype, NaN, ...) is the ``invalid`` outcome
+with the payload reason, counted per reason; it never touches production, and it is not a
+failure of the candidate, so the breaker does not count it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+
+from shadowproxy.config.model import Baseline, Candidate
+from shadowproxy.errors import ExecutorError, PayloadError
+from shadowproxy.executor import Inference, LocalExecutor
+from shadowproxy.observability.metrics import Metrics
+from shadowproxy.pairing.join import PairJoin
+from shadowproxy.pairing.record import Cost, Exchange, Outcome, Role
+from shadowproxy.protocols import PayloadProtocol
+from shadowproxy.proxy.connection import Request
+from shadowproxy.shadow.breaker import BreakerState, CircuitBreaker
+from shadowproxy.shadow.sampling import is_sampled
+
+JSON = "application/json"
+
+
+class Footprint:
+    """A local model's memory, threads and child processes, for every pair record.
+
+    The executor's sampler refreshes these a few times a second; reading its full figures
+    per request would cost more than the rest of the record, so they are re-read at most
+    every ``max_age_s``.
+    """
+
+    __slots__ = ("executor", "max_age_s", "read_at", "rss_bytes", "threads", "children")
+
+    def __init__(self, executor: LocalExecutor, max_age_s: float = 0.25) -> None:
+        self.executor = executor
+        self.max_age_s = max_age_s
+        self.read_at = -max_age_s
+        self.rss_bytes = 0.0
+        self.threads = 0
+        self.children = 0
+
+    def cost(self, inference: Inference) -> Cost:
+        """One call's cost, with the model process's current footprint."""
+        now = time.monotonic()
+        if now - self.read_at >= self.max_age_s:
+            figures = self.executor.resources()
+            self.read_at = now
+            self.rss_bytes = float(figures.rss_bytes)
+            self.threads = figures.threads
+            self.children = figures.child_processes
+        return Cost(
+            cpu_s=inference.cpu_s,
+            compute_s=inference.compute_s,
+            queue_s=inference.queue_s,
+            ipc_s=inference.ipc_s,
+            rss_bytes=self.rss_bytes,
+            threads=self.threads,
+            child_processes=self.children,
+        )
+
+
+class LocalShadowTarget:
+    """A candidate that is a local model: budget, breaker and counters, like an HTTP one."""
+
+    def __init__(
+        self,
+        config: Candidate | Baseline,
+        role: Role,
+        executor: LocalExecutor,
+        protocol: PayloadProtocol,
+        *,
+        metrics: Metrics,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.version = config.version
+        self.role = role
+        self.loop = loop
+        self.executor = executor
+        self.footprint = Footprint(executor)
+        self.protocol = protocol
+        self.methods = frozenset(m.encode() for m in config.methods)
+        self.sample_rate = config.sample_rate
+        self.timeout_s = config.timeout_ms / 1000
+        self.breaker = CircuitBreaker(config.breaker.failures, config.breaker.reset_s)
+        self.in_flight = 0
+        self.stats = metrics.hot.add(role, self.name, self.version)
+        self.input_invalid = metrics.input_invalid
+        metrics.in_flight.labels(role, self.name).set_function(lambda: self.in_flight)
+        metrics.breaker_open.labels(self.name, self.version).set_function(
+            lambda: 0 if self.breaker.state is BreakerState.CLOSED else 1
+        )
+
+    def wants(self, method: bytes, request_id: str) -> bool:
+        return method in self.methods and is_sampled(request_id, self.sample_rate)
+
+    def mirror(self, request: Request, added: bytes, join: PairJoin, too_large: bool) -> None:
+        """Hand the request to the model, or record why not. Never raises, never blocks."""
+        if too_large:
+            self.drop(join, "body_too_large")
+        elif self.executor.disabled:
+            self.drop(join, "disabled")
+        elif not self.breaker.allow(self.loop.time()):
+            self.drop(join, "breaker_open")
+        elif self.in_flight >= self.config.max_in_flight:
+            self.drop(join, "budget")
+        else:
+            self._submit(request, join)
+
+    def _submit(self, request: Request, join: PairJoin) -> None:
+        started = time.perf_counter()
+        try:
+            decoded = self.protocol.decode_request(request.body, self.executor.signature.inputs)
+        except PayloadError as exc:
+            self.input_invalid.labels(self.name, self.version, exc.reason).inc()
+            self.stats.record("invalid", None)
+            self._publish(join, "invalid", started, detail=f"input_invalid: {exc}")
+            return
+        self.in_flight += 1
+        future = self.executor.submit(decoded.arrays, decoded.rows, self.timeout_s)
+        future.add_done_callback(partial(self._answered, join, started, join.record.request_id))
+
+    def _answered(
+        self, join: PairJoin, started: float, request_id: str, future: asyncio.Future[Inference]
+    ) -> None:
+        self.in_flight -= 1
+        latency = time.perf_counter() - started
+        if future.cancelled():
+            self.stats.drops["shutdown"] += 1
+            self.stats.record("dropped", None)
+            self._publish(join, "dropped", started, detail="shutdown")
+            return
+        exc = future.exception()
+        if exc is not None:
+            outcome: Outcome = exc.outcome if isinstance(exc, ExecutorError) else "error"
+            if outcome == "dropped":
+                self.stats.record("dropped", None)
+            else:
+                self.stats.record(outcome, latency)
+                self.stats.pairs += 1
+                self.breaker.record(False, self.loop.time())
+            self._publish(join, outcome, started, detail=str(exc))
+            return
+        inference = future.result()
+        try:
+            body = self.protocol.encode_response(
+                inference.outputs,
+                model_name=self.name,
+                model_version=self.version,
+                request_id=request_id,
+            )
+        except PayloadError as exc:  # outputs the protocol cannot carry: the model's fault
+            self.stats.record("invalid", latency)
+            self.stats.pairs += 1
+            self.breaker.record(False, self.loop.time())
+            self._publish(join, "invalid", started, detail=f"output: {exc}")
+            return
+        self.stats.record("ok", latency)
+        self.stats.pairs += 1
+        self.breaker.record(True, self.loop.time())
+        self._publish(
+            join, "ok", started, status=200, body=body,
+            cost=self.footprint.cost(inference),
+        )  # fmt: skip
+
+    def drop(self, join: PairJoin, reason: str) -> None:
+        self.stats.dropped(reason)
+        join.shadow_done(
+            self.name,
+            Exchange(
+                role=self.role, name=self.name, version=self.version,
+                outcome="dropped", detail=reason,
+            ),
+        )  # fmt: skip
+
+    def _publish(
+        self,
+        join: PairJoin,
+        outcome: Outcome,
+        started: float,
+        *,
+        status: int | None = None,
+        body: bytes = b"",
+        detail: str = "",
+        cost: Cost | None = None,
+    ) -> None:
+        join.shadow_done(
+            self.name,
+            Exchange(
+                role=self.role,
+                name=self.name,
+                version=self.version,
+                outcome=outcome,
+                status=status,
+                latency_s=time.perf_counter() - started,
+                body=body,
+                content_type=JSON if body else "",
+                detail=detail,
+                cost=cost,
+            ),
+        )
+
+    async def close(self) -> None:
+        await self.executor.close()

@@ -1,0 +1,174 @@
+"""Workers that misbehave like bad candidate models: crash, hang, leak, spawn helpers.
+
+The faults are injected with ``SHADOWPROXY_TEST_FAULTS`` (see ``shadowproxy.executor.faults``),
+read only by workers from the environment they are spawned with; clearing the variable
+makes the next respawned worker healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import psutil
+import pytest
+
+from shadowproxy.errors import ExecutorError, ModelError
+from shadowproxy.executor.faults import CRASH_EXIT_CODE, ENV_VAR
+from tests.executor.helpers import Factory, as_process, failure, features, gone
+from tests.support.models import BuiltModel
+from tests.support.waiting import wait_for
+
+
+def faults(monkeypatch: pytest.MonkeyPatch, **values: object) -> None:
+    monkeypatch.setenv(ENV_VAR, json.dumps(values))
+
+
+async def test_crash_fails_the_batch_counts_and_respawns(
+    make_executor: Factory, logreg_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    faults(monkeypatch, crash_on_call=2)
+    executor = as_process(await make_executor(logreg_model))
+    monkeypatch.delenv(ENV_VAR)  # the respawned worker is healthy
+    (first_pid,) = executor.worker_pids
+    await executor.submit({"X": features(1)}, 1, 5.0)
+    error = await failure(executor.submit({"X": features(1)}, 1, 5.0))
+    assert error.outcome == "error"
+    assert f"exited with code {CRASH_EXIT_CODE}" in str(error)
+    assert "crash_on_call=2" in str(error)  # the worker's last stderr lines
+    await wait_for(lambda: executor.resources().restarts == 1, what="a respawn")
+    answer = await executor.submit({"X": features(3)}, 3, 5.0)
+    assert answer.outputs["label"].shape == (3,)
+    figures = executor.resources()
+    assert (figures.crashes, figures.restarts, figures.workers_alive) == (1, 1, 1)
+    assert not figures.disabled and executor.ready
+    assert executor.worker_pids != [first_pid] and gone([first_pid])
+
+
+async def test_repeated_crashes_disable_the_executor(
+    make_executor: Factory, logreg_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    faults(monkeypatch, crash_on_call=1)
+    executor = as_process(await make_executor(logreg_model, workers=2, max_restarts=3))
+    pids = executor.worker_pids
+    outcomes = []
+    while not executor.disabled:
+        try:
+            await executor.submit({"X": features(1)}, 1, 5.0)
+        except ExecutorError as exc:
+            outcomes.append(exc.outcome)
+        if not executor.disabled:
+            await wait_for(
+                lambda: executor.disabled or executor.ready, what="a live worker or disabled"
+            )
+    assert outcomes and set(outcomes) <= {"error", "dropped"}
+    error = await failure(executor.submit({"X": features(1)}, 1, 5.0))
+    assert error.outcome == "dropped" and "disabled after 3 crashes" in str(error)
+    figures = executor.resources()
+    assert figures.disabled and figures.crashes == 3
+    assert not executor.ready
+    # A disabled model costs nothing more: every worker, crashed or healthy, is gone.
+    await wait_for(lambda: not executor.worker_pids, what="workers stopped")
+    assert gone(pids) and executor.resources().workers_alive == 0
+
+
+async def test_hang_times_out_and_the_worker_is_killed_and_respawned(
+    make_executor: Factory, logreg_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    faults(monkeypatch, hang_on_call=1)
+    executor = as_process(await make_executor(logreg_model))
+    monkeypatch.delenv(ENV_VAR)
+    (hung_pid,) = executor.worker_pids
+    error = await failure(executor.submit({"X": features(1)}, 1, timeout_s=0.05))
+    assert error.outcome == "timeout"
+    assert psutil.pid_exists(hung_pid)  # still hung; killed after max(1 s, 10 × timeout)
+    await wait_for(lambda: executor.resources().crashes == 1, timeout=5.0, what="the kill")
+    assert gone([hung_pid])
+    assert executor.last_crash is not None and executor.last_crash.startswith("hung")
+    await wait_for(lambda: executor.ready, what="a respawn")
+    answer = await executor.submit({"X": features(1)}, 1, 5.0)
+    assert answer.outputs["label"].shape == (1,)
+    figures = executor.resources()
+    assert (figures.timeouts, figures.restarts) == (1, 1)
+
+
+async def test_a_worker_above_memory_mb_is_killed(
+    make_executor: Factory, logreg_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    faults(monkeypatch, leak_mb_per_call=40)
+    executor = as_process(await make_executor(logreg_model, memory_mb=250))
+    monkeypatch.delenv(ENV_VAR)
+    (leaky_pid,) = executor.worker_pids
+    errors: list[ExecutorError] = []
+    for _ in range(40):
+        try:
+            await executor.submit({"X": features(1)}, 1, 5.0)
+        except ExecutorError as exc:
+            errors.append(exc)
+        if executor.resources().crashes:
+            break
+        await asyncio.sleep(0.05)
+    await wait_for(lambda: executor.resources().crashes == 1, what="the memory kill")
+    assert executor.last_crash is not None and executor.last_crash.startswith("memory")
+    assert "above memory_mb=250" in executor.last_crash
+    assert all(e.outcome == "error" for e in errors)
+    assert gone([leaky_pid])
+    assert executor.resources().peak_rss_bytes > 250 * 1024 * 1024
+    await wait_for(lambda: executor.ready, what="a respawn")
+    assert (await executor.submit({"X": features(1)}, 1, 5.0)).outputs["label"].shape == (1,)
+
+
+async def test_helper_processes_of_a_worker_are_counted_and_reaped(
+    make_executor: Factory, logreg_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    faults(monkeypatch, spawn_children=14)
+    executor = as_process(await make_executor(logreg_model))
+    (pid,) = executor.worker_pids
+    helpers = psutil.Process(pid).children(recursive=True)
+    assert len(helpers) == 14
+    await wait_for(lambda: executor.resources().child_processes == 14, what="a sample")
+    figures = executor.resources()
+    # Memory and threads of the helpers count against the model too.
+    assert figures.threads == sum(p.num_threads() for p in [psutil.Process(pid), *helpers])
+    await executor.close()
+    assert not psutil.pid_exists(pid)  # the worker is reaped by the proxy itself
+    # Orphaned helpers are reaped by init, a moment after they were killed.
+    await wait_for(lambda: gone([h.pid for h in helpers]), what="the helpers killed")
+
+
+async def test_helpers_of_a_crashed_worker_do_not_outlive_it(
+    make_executor: Factory, logreg_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    faults(monkeypatch, spawn_children=3, crash_on_call=1)
+    executor = as_process(await make_executor(logreg_model))
+    monkeypatch.delenv(ENV_VAR)
+    (pid,) = executor.worker_pids
+    helpers = [h.pid for h in psutil.Process(pid).children(recursive=True)]
+    assert len(helpers) == 3
+    assert (await failure(executor.submit({"X": features(1)}, 1, 5.0))).outcome == "error"
+    await wait_for(lambda: gone([pid, *helpers]), what="the helpers reaped")
+
+
+async def test_a_worker_that_dies_at_load_fails_start(
+    make_executor: Factory, logreg_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    faults(monkeypatch, crash_at_start=True)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(ModelError, match=f"exited with code {CRASH_EXIT_CODE}") as caught:
+        await make_executor(logreg_model, workers=2)
+    assert "crash_at_start" in str(caught.value)
+    after = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert after <= before
+
+
+async def test_an_allocation_burst_fails_inside_the_worker(
+    make_executor: Factory, logreg_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Faster than any sampler: 1.5 GiB at once, against a data limit of 2 × 250 + 256 MiB.
+    faults(monkeypatch, leak_mb_per_call=1536)
+    executor = as_process(await make_executor(logreg_model, memory_mb=250))
+    error = await failure(executor.submit({"X": features(1)}, 1, 5.0))
+    assert error.outcome == "error" and "MemoryError" in str(error)
+    (pid,) = executor.worker_pids
+    assert psutil.Process(pid).memory_info().rss < 250 * 1024 * 1024
+    assert executor.resources().crashes == 0

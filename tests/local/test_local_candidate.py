@@ -1,0 +1,151 @@
+"""A local ONNX candidate behind the real proxy: pairing, costs, bad inputs, faults."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+
+from shadowproxy.pairing.record import PairRecord
+from tests.support.models import BuiltModel
+from tests.support.proxy import make_config, metric_value, running_proxy
+from tests.support.servers import Backend
+from tests.support.waiting import wait_for
+
+ROWS = np.array([[0.5, -1.0, 2.0, 0.1], [-0.3, 0.2, 0.0, 1.5]], dtype=np.float32)
+
+
+def v2_request(rows: np.ndarray = ROWS, name: str = "X") -> bytes:
+    return orjson.dumps(
+        {"inputs": [{"name": name, "shape": list(rows.shape), "datatype": "FP32",
+                     "data": rows.ravel().tolist()}]}
+    )  # fmt: skip
+
+
+def from_backend(body: bytes) -> bool:
+    """The test backend's own answer, relayed untouched."""
+    return bool(orjson.loads(body)["outputs"][0]["data"] == [0.25, 0.75])
+
+
+def candidate(model: BuiltModel, **extra: object) -> dict[str, object]:
+    return {
+        "name": "local",
+        "version": "2",
+        "model": model.config(),
+        "executor": {"kind": "process", "max_wait_ms": 1, "warmup_runs": 1,
+                     "restart_backoff_s": 0.05},
+        "timeout_ms": 2000,
+        **extra,
+    }  # fmt: skip
+
+
+async def post(session: aiohttp.ClientSession, port: int, body: bytes) -> tuple[int, bytes]:
+    async with session.post(
+        f"http://127.0.0.1:{port}/v2/models/prod/infer",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    ) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_local_candidate_answers_are_paired_with_their_cost(
+    backend: Backend, logreg_model: BuiltModel
+) -> None:
+    config = make_config(backend.url, candidates=[candidate(logreg_model)])
+    records: list[PairRecord] = []
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        rt.stream.subscribe(records.append)
+        status, body = await post(session, rt.traffic_port, v2_request())
+        assert status == 200 and from_backend(body)  # production's answer, untouched
+        await wait_for(lambda: len(records) == 1, what="one pair record")
+        shadow = records[0].shadows["local"]
+        assert shadow.outcome == "ok" and shadow.status == 200, shadow.detail
+        answer = json.loads(shadow.body)
+        outputs = {o["name"]: o for o in answer["outputs"]}
+        expected = ort.InferenceSession(str(logreg_model.path)).run(None, {"X": ROWS})
+        assert outputs["label"]["data"] == expected[0].tolist()
+        got = np.array(outputs["probabilities"]["data"], dtype=np.float32).reshape(2, 2)
+        np.testing.assert_array_equal(got, expected[1])
+        cost = shadow.cost
+        assert cost is not None and cost.cpu_s is not None and cost.cpu_s > 0
+        assert cost.compute_s is not None and 0 < cost.compute_s < shadow.latency_s
+        assert cost.rss_bytes and cost.rss_bytes > 10e6  # a Python process with onnxruntime
+        assert cost.threads and cost.threads >= 1 and cost.child_processes == 0
+        assert metric_value(
+            rt, "shadowproxy_requests_total",
+            role="candidate", model="local", version="2", outcome="ok",
+        ) == 1  # fmt: skip
+
+
+async def test_a_body_the_candidate_cannot_take_is_counted_invalid_with_its_reason(
+    backend: Backend, logreg_model: BuiltModel
+) -> None:
+    config = make_config(backend.url, candidates=[candidate(logreg_model)])
+    bad = [
+        v2_request(ROWS[:, :3]),  # three features where the model takes four
+        b'{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2]}]}',
+        b"not json at all",
+    ]
+    records: list[PairRecord] = []
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        rt.stream.subscribe(records.append)
+        for body in bad:
+            status, answer = await post(session, rt.traffic_port, body)
+            assert status == 200 and from_backend(answer)
+        await wait_for(lambda: len(records) == len(bad), what="three pair records")
+        assert [r.shadows["local"].outcome for r in records] == ["invalid"] * 3
+        assert all(r.shadows["local"].detail.startswith("input_invalid") for r in records)
+        family = rt.metrics.registry.get_sample_value
+        invalid = sum(
+            v.value
+            for m in rt.metrics.registry.collect()
+            if m.name == "shadowproxy_input_invalid"
+            for v in m.samples
+            if v.name.endswith("_total")
+        )
+        assert invalid == 3
+        assert family("shadowproxy_breaker_open", {"model": "local", "version": "2"}) == 0
+
+
+async def test_a_crashing_candidate_never_reaches_production(
+    backend: Backend, logreg_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHADOWPROXY_TEST_FAULTS", json.dumps({"crash_on_call": 1}))
+    config = make_config(
+        backend.url,
+        candidates=[
+            candidate(
+                logreg_model,
+                executor={"kind": "process", "warmup_runs": 0, "max_restarts": 2,
+                          "restart_backoff_s": 0.05, "max_wait_ms": 0},
+            )
+        ],
+    )  # fmt: skip
+    records: list[PairRecord] = []
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        rt.stream.subscribe(records.append)
+        for _ in range(12):
+            status, body = await post(session, rt.traffic_port, v2_request())
+            assert status == 200 and from_backend(body)
+        await wait_for(lambda: len(records) == 12, what="twelve pair records")
+        outcomes = [r.shadows["local"].outcome for r in records]
+        assert "ok" not in outcomes and outcomes.count("error") >= 1
+        assert set(outcomes) <= {"error", "dropped"}, outcomes
+        await wait_for(
+            lambda: metric_value(rt, "shadowproxy_model_disabled",
+                                 role="candidate", model="local", version="2") == 1,
+            what="the candidate disabled after repeated crashes",
+        )  # fmt: skip
+        assert (
+            metric_value(
+                rt, "shadowproxy_model_crashes_total", role="candidate", model="local", version="2"
+            )
+            >= 2
+        )
+        assert rt.not_ready_reasons() == []  # production carries on, the replica stays in
+        status, body = await post(session, rt.traffic_port, v2_request())
+        assert status == 200 and from_backend(body)

@@ -1,0 +1,123 @@
+"""Production as a local model: shadowproxy serves the protocol's routes itself."""
+
+from __future__ import annotations
+
+import aiohttp
+import numpy as np
+import onnxruntime as ort
+import orjson
+
+from shadowproxy.pairing.record import PairRecord
+from tests.local.test_local_candidate import ROWS, v2_request
+from tests.support.models import BuiltModel
+from tests.support.proxy import make_config, metric_value, running_proxy
+from tests.support.servers import Backend
+from tests.support.waiting import wait_for
+
+
+def local_production(model: BuiltModel, **extra: object) -> dict[str, object]:
+    config = make_config("http://unused", **extra)
+    config["production"] = {
+        "name": "prod", "version": "1.0", "model": model.config(),
+        "executor": {"kind": "thread", "warmup_runs": 1}, "timeout_ms": 2000,
+    }  # fmt: skip
+    return config
+
+
+async def test_serves_inference_health_and_metadata(logreg_model: BuiltModel) -> None:
+    async with (
+        running_proxy(local_production(logreg_model)) as rt,
+        aiohttp.ClientSession() as session,
+    ):
+        base = f"http://127.0.0.1:{rt.traffic_port}"
+        async with session.post(
+            base + "/v2/models/prod/infer", data=v2_request(), headers={"X-Request-Id": "r-1"}
+        ) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Request-Id"] == "r-1"
+            answer = orjson.loads(await resp.read())
+        expected = ort.InferenceSession(str(logreg_model.path)).run(None, {"X": ROWS})
+        outputs = {o["name"]: o for o in answer["outputs"]}
+        assert outputs["label"]["data"] == expected[0].tolist()
+        assert outputs["label"]["datatype"] == "INT64"
+        probabilities = np.array(outputs["probabilities"]["data"], dtype=np.float32)
+        np.testing.assert_array_equal(probabilities.reshape(2, 2), expected[1])
+        assert answer["model_name"] == "prod" and answer["model_version"] == "1.0"
+
+        async with session.get(base + "/v2/health/ready") as resp:
+            assert resp.status == 200
+        async with session.get(base + "/v2/models/prod") as resp:
+            meta = orjson.loads(await resp.read())
+            assert resp.status == 200
+            assert [i["name"] for i in meta["inputs"]] == ["X"]
+            assert {o["name"] for o in meta["outputs"]} == {"label", "probabilities"}
+        async with session.get(base + "/v2/models/other") as resp:
+            assert resp.status == 404
+        assert metric_value(
+            rt, "shadowproxy_requests_total",
+            role="production", model="prod", version="1.0", outcome="ok",
+        ) == 1  # fmt: skip
+
+
+async def test_a_bad_body_is_a_400_in_the_protocol_format_and_serving_goes_on(
+    logreg_model: BuiltModel,
+) -> None:
+    async with (
+        running_proxy(local_production(logreg_model)) as rt,
+        aiohttp.ClientSession() as session,
+    ):
+        url = f"http://127.0.0.1:{rt.traffic_port}/v2/models/prod/infer"
+        for body in (b"{", v2_request(ROWS[:, :2]), b'{"inputs": []}'):
+            async with session.post(url, data=body) as resp:
+                assert resp.status == 400
+                assert "error" in orjson.loads(await resp.read())
+        async with session.post(url, data=v2_request()) as resp:
+            assert resp.status == 200
+        assert metric_value(
+            rt, "shadowproxy_requests_total",
+            role="production", model="prod", version="1.0", outcome="invalid",
+        ) == 3  # fmt: skip
+
+
+async def test_local_production_is_mirrored_to_a_remote_candidate(
+    logreg_model: BuiltModel, candidate_backend: Backend
+) -> None:
+    config = local_production(
+        logreg_model,
+        candidates=[{"name": "remote", "url": candidate_backend.url, "timeout_ms": 2000}],
+    )
+    records: list[PairRecord] = []
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        rt.stream.subscribe(records.append)
+        url = f"http://127.0.0.1:{rt.traffic_port}/v2/models/prod/infer"
+        async with session.post(url, data=v2_request()) as resp:
+            assert resp.status == 200
+            body = await resp.read()
+        await wait_for(lambda: len(records) == 1, what="one pair record")
+        record = records[0]
+        assert record.production is not None and record.production.body == body
+        assert record.production.cost is not None and record.production.cost.cpu_s
+        assert record.shadows["remote"].outcome == "ok"
+        seen = candidate_backend.seen[-1]
+        assert seen.headers["X-Shadow-Request"] == "1" and seen.body == v2_request()
+
+
+async def test_a_v2_request_can_ask_for_some_outputs_and_gets_its_id_back(
+    logreg_model: BuiltModel,
+) -> None:
+    request = orjson.loads(v2_request())
+    async with (
+        running_proxy(local_production(logreg_model)) as rt,
+        aiohttp.ClientSession() as session,
+    ):
+        url = f"http://127.0.0.1:{rt.traffic_port}/v2/models/prod/infer"
+        wanted = {**request, "id": "abc", "outputs": [{"name": "label"}]}
+        async with session.post(url, data=orjson.dumps(wanted)) as resp:
+            assert resp.status == 200
+            answer = orjson.loads(await resp.read())
+        assert answer["id"] == "abc"
+        assert [o["name"] for o in answer["outputs"]] == ["label"]
+        unknown = {**request, "outputs": [{"name": "nope"}]}
+        async with session.post(url, data=orjson.dumps(unknown)) as resp:
+            assert resp.status == 400
+            assert "nope" in orjson.loads(await resp.read())["error"]
