@@ -86,7 +86,7 @@ RATIOS = (
         ("shadowproxy_onnx", "half_p99_us"),
         ("shadowproxy_off", "half_p99_us"),
         "<= 1.1",
-        "production p99 under open-loop load at half of shadowproxy_off's max, "
+        "production p99 under open-loop load at half of the lower max of the two, "
         "with the local ONNX candidate vs without",
     ),
     Ratio(

@@ -43,7 +43,7 @@ class Settings:
     threads: int = 1
     settle_s: float = 0.3  # after a mirroring run, let in-flight shadow requests finish
     idle_qos: bool = True  # no deep idle states while measuring latency (1-conn, open loop)
-    open_loop_s: float = 5.0  # open-loop run at half of shadowproxy_off's max, per target
+    open_loop_s: float = 5.0  # open-loop run at half the lower max of the compared targets
     fixed_rates: tuple[int, ...] = ()  # open-loop runs at these req/s, every target (info)
     fixed_rate_s: float = 1.0
     executor: bool = True  # the executor batching section (python -m bench executor)
@@ -82,9 +82,9 @@ MODES = {
     ),
 }
 
-# Production latency at half load: the rate is half what shadowproxy_off sustained under
-# wrk in the same round, and the same rate goes to every target below.
-HALF_LOAD_REFERENCE = "shadowproxy_off"
+# Production latency at half load: the rate is half the lower of what the targets below
+# sustained under wrk in the same round (the capacity of the configuration under test, the
+# one with a local candidate), and that same rate goes to each of them.
 HALF_LOAD_FRACTION = 0.5
 HALF_LOAD_TARGETS = ("shadowproxy_off", "shadowproxy_onnx")
 
@@ -345,12 +345,12 @@ class _Run:
         self._fixed_rates(r, kept)
 
     def _half_load(self, r: int, loads: dict[str, dict[str, Any]]) -> None:
-        """(e) Open loop at half of the reference's wrk req/s of this round, same rate for all."""
-        reference = loads.get(HALF_LOAD_REFERENCE)
-        if reference is None or reference["rps"] <= 0:
-            return
-        rate = HALF_LOAD_FRACTION * reference["rps"]
+        """(e) Open loop at half the lower wrk req/s of the compared targets, same rate for all."""
         names = [n for n in _rotated(list(HALF_LOAD_TARGETS), r) if n in loads]
+        capacity = min((loads[n]["rps"] for n in names), default=0.0)
+        if capacity <= 0:
+            return
+        rate = HALF_LOAD_FRACTION * capacity
         for name in names:
             res = self._with_restarts(name, r, self._open_loop(rate, self.settings.open_loop_s))
             if res is not None:

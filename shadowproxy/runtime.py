@@ -40,6 +40,7 @@ from shadowproxy.observability.scrape import RemoteResources
 from shadowproxy.pairing.join import PairStream
 from shadowproxy.pairing.log import PairLogWriter
 from shadowproxy.pairing.record import Role
+from shadowproxy.protocols import ProtocolSpec
 from shadowproxy.proxy.connection import ClientConnection
 from shadowproxy.proxy.handler import Proxy
 from shadowproxy.proxy.upstream import UpstreamConnection, build_request
@@ -174,8 +175,13 @@ class Runtime:
         )  # fmt: skip
 
     async def _start_local_models(self) -> None:
+        protocol = ProtocolSpec.from_config(self.config)
         for spec in local_models(self.config):
-            executor = create_executor(spec.name, spec.model, spec.executor, where=spec.where)
+            # Candidates' workers decode request bodies themselves (see shadow.local).
+            executor = create_executor(
+                spec.name, spec.model, spec.executor, where=spec.where,
+                protocol=protocol if spec.role == "candidate" else None, version=spec.version,
+            )  # fmt: skip
             self.local[(spec.role, spec.name)] = executor
             self.catalog.add(
                 ModelEntry(

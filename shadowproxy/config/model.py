@@ -94,6 +94,11 @@ class Executor:
         1024, "resident memory cap per worker; a worker above it is killed and respawned", gt=0
     )
     nice: int = spec(10, "how much lower than the proxy a worker process is scheduled", ge=0, le=19)
+    idle_priority: bool = spec(
+        True,
+        "process workers run under SCHED_IDLE (Linux): CPU only when nothing else wants it, "
+        "so a candidate can never delay production on a shared core",
+    )
     queue_rows: int = spec(1024, "rows waiting for a worker at most; more are dropped", ge=1)
     max_restarts: int = spec(
         5, "crashes within restart_window_s that disable the candidate (counted)", ge=1

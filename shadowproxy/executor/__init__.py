@@ -8,20 +8,37 @@ light: the executors themselves load on first use.
 
 from __future__ import annotations
 
-from shadowproxy.config.model import Executor, ModelFile
-from shadowproxy.executor.api import Inference, LocalExecutor, ResourceFigures
+from typing import TYPE_CHECKING
 
-__all__ = ["Inference", "LocalExecutor", "ResourceFigures", "create_executor"]
+from shadowproxy.config.model import Executor, ModelFile
+from shadowproxy.executor.api import BodyAnswer, Inference, LocalExecutor, ResourceFigures
+
+if TYPE_CHECKING:
+    from shadowproxy.protocols import ProtocolSpec
+
+__all__ = ["BodyAnswer", "Inference", "LocalExecutor", "ResourceFigures", "create_executor"]
 
 
 def create_executor(
-    name: str, model: ModelFile, settings: Executor, *, where: str = "model"
+    name: str,
+    model: ModelFile,
+    settings: Executor,
+    *,
+    where: str = "model",
+    protocol: ProtocolSpec | None = None,
+    version: str = "",
 ) -> LocalExecutor:
-    """The executor ``settings.kind`` names, not started yet (call ``start()``)."""
+    """The executor ``settings.kind`` names, not started yet (call ``start()``).
+
+    With ``protocol``, a process executor's workers also take raw request bodies
+    (``submit_body``): they decode, run and encode them, off the proxy's event loop.
+    """
     if settings.kind == "process":
         from shadowproxy.executor.process import ProcessExecutor
 
-        return ProcessExecutor(name, model, settings, where=where)
+        return ProcessExecutor(
+            name, model, settings, where=where, protocol=protocol, version=version
+        )
     if settings.kind == "thread":
         from shadowproxy.executor.thread import ThreadExecutor
 

@@ -26,6 +26,23 @@ class Inference:
     cpu_s: float  # this request's share (rows / batch rows) of the batch's CPU time
 
 
+@dataclass(frozen=True, slots=True)
+class BodyAnswer:
+    """The answer to one request body decoded and run in a worker (``submit_body``).
+
+    ``body`` is the model's response encoded with the payload protocol; when the protocol
+    refused the request, ``body`` is empty and ``invalid_reason`` holds its reason code.
+    """
+
+    body: bytes
+    invalid_reason: str
+    invalid_message: str
+    queue_s: float
+    ipc_s: float
+    compute_s: float  # the whole frame's decode, model runs and encode
+    cpu_s: float  # this request's share of the frame's CPU time
+
+
 @dataclass(frozen=True)
 class ResourceFigures:
     """What running the model costs, refreshed by a sampler task rather than per call.
@@ -74,6 +91,19 @@ class LocalExecutor(Protocol):
         self, inputs: dict[str, np.ndarray], rows: int, timeout_s: float
     ) -> asyncio.Future[Inference]:
         """Queue one request. Never raises: failures set an ``ExecutorError`` on the future."""
+        ...
+
+    @property
+    def accepts_bodies(self) -> bool:
+        """Whether ``submit_body`` works: the workers decode and encode with the protocol."""
+        ...
+
+    def submit_body(self, body: bytes, timeout_s: float) -> asyncio.Future[BodyAnswer]:
+        """Queue one raw request body, decoded, run and encoded in a worker process.
+
+        The proxy's event loop then never parses the payload nor touches numpy for it.
+        Never raises: failures set an ``ExecutorError`` on the future.
+        """
         ...
 
     @property

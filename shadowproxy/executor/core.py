@@ -15,14 +15,15 @@ import math
 import time
 from collections import deque
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from shadowproxy.config.model import Executor, ModelFile
 from shadowproxy.errors import ExecutorError, FailureOutcome
-from shadowproxy.executor.api import Inference
+from shadowproxy.executor.api import BodyAnswer, Inference
 from shadowproxy.executor.batching import BatchError, shape_key, split, stack, take_batch
+from shadowproxy.executor.framing import ANSWER_OK
 from shadowproxy.models.check import CheckedModel
 from shadowproxy.models.signature import ModelSignature
 from shadowproxy.tensors import TensorSpec, datatype_of_array
@@ -32,6 +33,8 @@ from shadowproxy.tensors import TensorSpec, datatype_of_array
 TIMER_SLACK_S = 0.001
 
 QUEUED, SENT, DONE = 0, 1, 2
+# The batch key of raw request bodies: they batch with each other, never with tensors.
+BODY_KEY = "request-body"
 
 
 class Request:
@@ -41,14 +44,14 @@ class Request:
 
     def __init__(
         self,
-        inputs: dict[str, np.ndarray],
+        inputs: dict[str, np.ndarray] | bytes,
         rows: int,
         key: Hashable,
-        future: asyncio.Future[Inference],
+        future: asyncio.Future[Any],
         submitted: float,
         timeout_s: float,
     ) -> None:
-        self.inputs: dict[str, np.ndarray] | None = inputs
+        self.inputs: dict[str, np.ndarray] | bytes | None = inputs
         self.rows = rows
         self.key = key
         self.future = future
@@ -132,6 +135,13 @@ class BatchingExecutor(Generic[W]):
     def _send(self, worker: W, batch: Batch, inputs: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
+    def _send_bodies(self, worker: W, batch: Batch, bodies: list[bytes]) -> None:
+        raise NotImplementedError
+
+    @property
+    def accepts_bodies(self) -> bool:
+        return False
+
     def _loaded(self, model: CheckedModel, loop: asyncio.AbstractEventLoop) -> None:
         """Record the checked model; batching needs every input and output batchable."""
         self._loop = loop
@@ -213,13 +223,40 @@ class BatchingExecutor(Generic[W]):
         """
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[Inference] = loop.create_future()
+        problem = self._refusal()
+        if problem is None:
+            problem = self._input_problem(inputs, rows)
+            if problem is not None:
+                future.set_exception(ExecutorError(problem, "invalid"))
+                return future
+        key = shape_key(inputs, self._input_names) if self._batching else None
+        return self._admit(future, inputs, rows, key, timeout_s, problem)
+
+    def submit_body(self, body: bytes, timeout_s: float) -> asyncio.Future[BodyAnswer]:
+        """Queue one raw request body for a worker to decode, run and encode.
+
+        Each body counts as one row for ``max_batch`` and ``queue_rows``: its rows are only
+        known once a worker has decoded it.
+        """
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[BodyAnswer] = loop.create_future()
         refusal = self._refusal()
+        if refusal is None and not self.accepts_bodies:
+            future.set_exception(ExecutorError("this executor takes tensors only", "error"))
+            return future
+        return self._admit(future, body, 1, BODY_KEY, timeout_s, refusal)
+
+    def _admit(
+        self,
+        future: asyncio.Future[Any],
+        inputs: dict[str, np.ndarray] | bytes,
+        rows: int,
+        key: Hashable,
+        timeout_s: float,
+        refusal: str | None,
+    ) -> asyncio.Future[Any]:
         if refusal is not None:
             future.set_exception(ExecutorError(refusal, "dropped"))
-            return future
-        problem = self._input_problem(inputs, rows)
-        if problem is not None:
-            future.set_exception(ExecutorError(problem, "invalid"))
             return future
         if self._queued_rows + rows > self.settings.queue_rows:
             future.set_exception(
@@ -234,7 +271,6 @@ class BatchingExecutor(Generic[W]):
             self.timeouts += 1
             future.set_exception(ExecutorError("deadline already passed", "timeout"))
             return future
-        key = shape_key(inputs, self._input_names) if self._batching else None
         request = Request(inputs, rows, key, future, time.perf_counter(), timeout_s)
         self._queue.append(request)
         self._queued_rows += rows
@@ -244,7 +280,7 @@ class BatchingExecutor(Generic[W]):
         if not self._pump_scheduled:
             # Requests submitted in the same loop iteration get the chance to share a batch.
             self._pump_scheduled = True
-            loop.call_soon(self._pump)
+            future.get_loop().call_soon(self._pump)
         return future
 
     # -- batching --------------------------------------------------------------------
@@ -263,13 +299,15 @@ class BatchingExecutor(Generic[W]):
             worker = self._free_worker()
             if worker is None:
                 return  # a worker becoming free pumps again
-            if self._batching and self._queued_rows < self.settings.max_batch:
+            # Bodies always batch (the worker stacks what it can); tensors when stackable.
+            batching = self._batching or (head.key is BODY_KEY and self.settings.max_batch > 1)
+            if batching and self._queued_rows < self.settings.max_batch:
                 wait = head.submitted + self._max_wait_s - time.perf_counter()
                 if wait > TIMER_SLACK_S:
                     if self._fill_timer is None:
                         self._arm_fill(wait)
                     return
-            requests = take_batch(queue, self.settings.max_batch if self._batching else 1)
+            requests = take_batch(queue, self.settings.max_batch if batching else 1)
             self._dispatch(worker, requests)
 
     def _arm_fill(self, delay: float) -> None:
@@ -283,11 +321,23 @@ class BatchingExecutor(Generic[W]):
         self._pump()
 
     def _dispatch(self, worker: W, requests: list[Request]) -> None:
+        if requests[0].key is BODY_KEY:
+            bodies: list[bytes] = []
+            for request in requests:
+                request.state = SENT
+                self._queued_rows -= request.rows
+                assert isinstance(request.inputs, bytes)
+                bodies.append(request.inputs)
+                request.inputs = None
+            self._send_bodies(
+                worker, Batch(next(self._batch_ids), requests, time.perf_counter()), bodies
+            )
+            return
         parts: list[dict[str, np.ndarray]] = []
         for request in requests:
             request.state = SENT
             self._queued_rows -= request.rows
-            assert request.inputs is not None
+            assert isinstance(request.inputs, dict)
             parts.append(request.inputs)
             # The batch holds the stacked copy; the request no longer needs its arrays.
             request.inputs = None
@@ -329,6 +379,43 @@ class BatchingExecutor(Generic[W]):
                 request.future.set_result(
                     Inference(part, queue_s, ipc_s, compute_s, cpu_per_row * request.rows)
                 )
+
+    def _complete_bodies(
+        self,
+        batch: Batch,
+        answers: tuple[tuple[int, bytes], ...],
+        compute_s: float,
+        cpu_s: float,
+    ) -> None:
+        """The worker answered a batch of bodies: one answer per body, in order."""
+        requests = batch.requests
+        if len(answers) != len(requests):
+            self._fail_batch(batch, f"{len(answers)} answers to {len(requests)} bodies", "error")
+            return
+        round_trip = time.perf_counter() - batch.sent_at
+        ipc_s = max(0.0, round_trip - compute_s)
+        n = len(requests)
+        self.batches += 1
+        self.requests += n
+        self.rows += n
+        self.batch_cpu_seconds += cpu_s
+        self.compute_seconds += compute_s * n
+        self.ipc_seconds += ipc_s * n
+        cpu_share = cpu_s / n
+        for request, (status, data) in zip(requests, answers, strict=True):
+            queue_s = batch.sent_at - request.submitted
+            self.queue_seconds += queue_s
+            if request.state == DONE:
+                continue
+            request.state = DONE
+            if request.future.done():
+                continue
+            if status == ANSWER_OK:
+                answer = BodyAnswer(data, "", "", queue_s, ipc_s, compute_s, cpu_share)
+            else:
+                reason, _, message = data.decode("utf-8", "replace").partition("\0")
+                answer = BodyAnswer(b"", reason, message, queue_s, ipc_s, compute_s, cpu_share)
+            request.future.set_result(answer)
 
     def _fail_batch(self, batch: Batch, message: str, outcome: FailureOutcome) -> None:
         for request in batch.requests:

@@ -16,6 +16,12 @@ Wire format, every integer little-endian::
     payload = C-order little-endian raw values, or for BYTES per element
               u32 (length | 0x80000000 when the element is str) then its bytes (str as UTF-8)
 
+Request bodies (BODIES) and their answers (ANSWERS) carry ``code`` items, no tensors::
+
+    BODIES  item = u32 length, the request body as the client sent it
+    ANSWERS (after the times) item = u8 status, u32 length, bytes
+            status 0: the encoded response; status 1: "reason\0message" (input invalid)
+
 Offsets of tensor headers and payloads are multiples of 8 from the start of the body, so
 arrays viewing a received body are aligned for every datatype. ``code`` is the failure
 outcome of a FAILURE frame and 0 otherwise. HELLO carries the worker's configuration and
@@ -29,7 +35,7 @@ import functools
 import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +53,8 @@ class Kind(enum.IntEnum):
     BATCH = 3  # parent -> worker: input tensors of one batch
     RESULT = 4  # worker -> parent: output tensors, compute wall time and CPU time
     FAILURE = 5  # worker -> parent: the batch (or the load) failed; outcome and message
+    BODIES = 6  # parent -> worker: request bodies, decoded by the worker with the protocol
+    ANSWERS = 7  # worker -> parent: per body an encoded response or why it was invalid
 
 
 OUTCOMES: tuple[FailureOutcome, ...] = ("error", "timeout", "invalid", "dropped")
@@ -58,6 +66,8 @@ _FIXED = struct.Struct("<BBHIQ")
 _TIMES = struct.Struct("<dd")
 _TENSOR = struct.Struct("<HBBQ")
 _ELEMENT = struct.Struct("<I")
+_ANSWER = struct.Struct("<BI")
+ANSWER_OK, ANSWER_INVALID = 0, 1
 _TEXT_FLAG = 0x80000000
 _ALIGN = 8
 _ZEROS = bytes(_ALIGN)
@@ -79,6 +89,9 @@ class Message:
     cpu_s: float = 0.0
     outcome: FailureOutcome = "error"
     text: str = ""
+    # BODIES: the request bodies; ANSWERS: (status, bytes) per body.
+    items: tuple[bytes, ...] = ()
+    answers: tuple[tuple[int, bytes], ...] = ()
 
     def json(self) -> dict[str, Any]:
         value = json.loads(self.text)
@@ -194,6 +207,68 @@ def encode_json(kind: Kind, payload: Mapping[str, Any], batch_id: int = 0) -> li
     return _encode(kind, batch_id, text=json.dumps(payload, separators=(",", ":")))
 
 
+def encode_bodies(batch_id: int, bodies: Sequence[bytes]) -> list[Buffer]:
+    """One BODIES frame: the request bodies of a batch, for the worker to decode."""
+    parts: list[Buffer] = [b""]  # the fixed part, filled in below
+    for body in bodies:
+        parts.append(_ELEMENT.pack(len(body)))
+        parts.append(body)
+    parts[0] = _frame_head(Kind.BODIES, batch_id, len(bodies), sum(map(len, parts)))
+    return [b"".join(parts)]
+
+
+def encode_answers(
+    batch_id: int, answers: Sequence[tuple[int, bytes]], compute_s: float, cpu_s: float
+) -> list[Buffer]:
+    """One ANSWERS frame: per body of a BODIES frame, its response or why it was invalid."""
+    parts: list[Buffer] = [b"", _TIMES.pack(compute_s, cpu_s)]
+    for status, data in answers:
+        parts.append(_ANSWER.pack(status, len(data)))
+        parts.append(data)
+    parts[0] = _frame_head(Kind.ANSWERS, batch_id, len(answers), sum(map(len, parts)))
+    return [b"".join(parts)]
+
+
+def _frame_head(kind: Kind, batch_id: int, items: int, rest: int) -> bytes:
+    return LENGTH.pack(_FIXED.size + rest) + _FIXED.pack(kind, 0, 0, items, batch_id)
+
+
+def _decode_items(view: memoryview, offset: int, count: int) -> tuple[bytes, ...]:
+    items = []
+    end = len(view)
+    for _ in range(count):
+        if offset + _ELEMENT.size > end:
+            raise FrameError("BODIES item header truncated")
+        (size,) = _ELEMENT.unpack_from(view, offset)
+        offset += _ELEMENT.size
+        if offset + size > end:
+            raise FrameError("BODIES item truncated")
+        items.append(bytes(view[offset : offset + size]))
+        offset += size
+    if offset != end:
+        raise FrameError("bytes after the last BODIES item")
+    return tuple(items)
+
+
+def _decode_answers(view: memoryview, offset: int, count: int) -> tuple[tuple[int, bytes], ...]:
+    answers = []
+    end = len(view)
+    for _ in range(count):
+        if offset + _ANSWER.size > end:
+            raise FrameError("ANSWERS item header truncated")
+        status, size = _ANSWER.unpack_from(view, offset)
+        offset += _ANSWER.size
+        if status not in (ANSWER_OK, ANSWER_INVALID):
+            raise FrameError(f"unknown answer status {status}")
+        if offset + size > end:
+            raise FrameError("ANSWERS item truncated")
+        answers.append((status, bytes(view[offset : offset + size])))
+        offset += size
+    if offset != end:
+        raise FrameError("bytes after the last ANSWERS item")
+    return tuple(answers)
+
+
 def _decode_bytes(view: memoryview, count: int, shape: tuple[int, ...]) -> np.ndarray:
     out = np.empty(count, dtype=object)
     offset, end = 0, len(view)
@@ -276,13 +351,20 @@ def decode(body: Buffer) -> Message:
     except ValueError as exc:
         raise FrameError(f"unknown frame kind {raw_kind}") from exc
     offset = _FIXED.size
-    if kind is Kind.RESULT:
+    if kind in (Kind.BODIES, Kind.ANSWERS) and count:
+        raise FrameError(f"{kind.name} frame with tensors")
+    if kind is Kind.BODIES:
+        return Message(kind, batch_id, items=_decode_items(view, offset, code))
+    if kind in (Kind.RESULT, Kind.ANSWERS):
         if len(view) < offset + _TIMES.size:
-            raise FrameError("RESULT frame without its times")
+            raise FrameError(f"{kind.name} frame without its times")
         compute_s, cpu_s = _TIMES.unpack_from(view, offset)
         offset += _TIMES.size
     else:
         compute_s = cpu_s = 0.0
+    if kind is Kind.ANSWERS:
+        answers = _decode_answers(view, offset, code)
+        return Message(kind, batch_id, compute_s=compute_s, cpu_s=cpu_s, answers=answers)
     if kind in (Kind.BATCH, Kind.RESULT):
         tensors, offset = _decode_tensors(view, offset, count)
         if offset != len(view):

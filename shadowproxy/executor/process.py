@@ -50,6 +50,7 @@ from shadowproxy.executor.restarts import CrashPolicy
 from shadowproxy.executor.worker import MODULE, WorkerConfig
 from shadowproxy.models.check import check_model
 from shadowproxy.models.session import thread_environment
+from shadowproxy.protocols import ProtocolSpec
 
 log = logging.getLogger("shadowproxy.executor")
 
@@ -155,9 +156,19 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
     """Runs a model in isolated worker processes; see the module documentation."""
 
     def __init__(
-        self, name: str, model: ModelFile, settings: Executor, *, where: str = "model"
+        self,
+        name: str,
+        model: ModelFile,
+        settings: Executor,
+        *,
+        where: str = "model",
+        protocol: ProtocolSpec | None = None,
+        version: str = "",
     ) -> None:
         super().__init__(name, model, settings, where=where)
+        # With a protocol, workers decode request bodies and encode answers themselves.
+        self.protocol = protocol
+        self.version = version
         self._slots: list[_Worker | None] = [None] * settings.workers
         self._all: set[_Worker] = set()  # every spawned worker not yet reaped
         self._slot_tasks: list[asyncio.Task[None]] = []
@@ -276,6 +287,9 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             nice=self.settings.nice,
             warmup_runs=self.settings.warmup_runs,
             memory_mb=self.settings.memory_mb,
+            version=self.version,
+            protocol=None if self.protocol is None else self.protocol.as_json(),
+            idle_priority=self.settings.idle_priority,
         )
 
     async def _spawn(self, slot: int) -> _Worker:
@@ -526,8 +540,20 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
                     best = worker
         return best
 
+    @property
+    def accepts_bodies(self) -> bool:
+        return self.protocol is not None
+
     def _send(self, worker: _Worker, batch: Batch, inputs: dict[str, np.ndarray]) -> None:
-        buffers = framing.encode_batch(batch.id, inputs)
+        self._write(worker, batch, framing.encode_batch(batch.id, inputs))
+
+    def _send_bodies(self, worker: _Worker, batch: Batch, bodies: list[bytes]) -> None:
+        try:
+            self._write(worker, batch, framing.encode_bodies(batch.id, bodies))
+        except ValueError as exc:
+            self._fail_batch(batch, f"bodies cannot be sent to the model: {exc}", "invalid")
+
+    def _write(self, worker: _Worker, batch: Batch, buffers: list[framing.Buffer]) -> None:
         size = sum(len(b) for b in buffers)
         if size > self.settings.memory_mb * MiB:
             # The worker would refuse the frame, and could not hold the batch anyway.
@@ -567,6 +593,9 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         if kind is Kind.RESULT:
             self._policy.succeeded()
             self._complete(batch, message.tensors, message.compute_s, message.cpu_s)
+        elif kind is Kind.ANSWERS:
+            self._policy.succeeded()
+            self._complete_bodies(batch, message.answers, message.compute_s, message.cpu_s)
         elif kind is Kind.FAILURE:
             self._fail_batch(batch, f"model failed: {message.text}", message.outcome)
         else:

@@ -62,6 +62,9 @@ class WorkerConfig:
     nice: int
     warmup_runs: int
     memory_mb: int
+    version: str = ""
+    protocol: dict[str, Any] | None = None  # ProtocolSpec.as_json(), for BODIES frames
+    idle_priority: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +121,25 @@ def limit_memory(memory_mb: int) -> int:
     return limit
 
 
+def use_idle_priority() -> bool:
+    """Move this process to ``SCHED_IDLE`` where the platform has it.
+
+    A niced process still takes its share of a busy core, and the scheduler lets it finish a
+    slice before a woken proxy runs again: enough to add milliseconds to production's tail
+    when they share a core. Under ``SCHED_IDLE`` the worker runs only when nothing at normal
+    priority wants the CPU and yields to the proxy at once; under sustained load its
+    requests wait, then time out or are dropped, and are counted.
+    """
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is None:
+        return False
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError:
+        return False
+    return True
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Have the kernel SIGKILL this process when the proxy dies (Linux only).
 
@@ -148,6 +170,9 @@ class Worker:
         spec = ModelFile(path=Path(config.path), sha256=config.sha256, max_bytes=config.max_bytes)
         self.model = check_model(spec, config.where)
         self.session = build_session(self.model, config.threads)
+        self.bodies: BodyRunner | None = None
+        if config.protocol is not None:
+            self.bodies = BodyRunner(self, config)
         faults.at_start()
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -164,24 +189,95 @@ class Worker:
     def serve(self) -> None:
         calls = 0
         while (message := self.channel.read()) is not None:
-            if message.kind is not Kind.BATCH:
-                raise FrameError(f"expected a BATCH frame, got {message.kind.name}")
+            if message.kind is Kind.BODIES and self.bodies is not None:
+                handle = self.bodies.answer
+            elif message.kind is Kind.BATCH:
+                handle = self._result
+            else:
+                raise FrameError(f"expected a BATCH or BODIES frame, got {message.kind.name}")
             calls += 1
             # process_time covers every thread of the process: onnxruntime's intra-op
             # threads are counted with the calling one.
             cpu_start, wall_start = time.process_time(), time.perf_counter()
             try:
                 self.faults.before_call(calls)
-                outputs = self.run(message.tensors)
+                reply = handle(message, cpu_start, wall_start)
             except Exception as exc:  # onnxruntime raises its own unrelated types
                 message_text = f"{type(exc).__name__}: {exc}"
-                self.channel.send(
-                    framing.encode_failure(message.batch_id, failure_outcome(exc), message_text)
+                reply = framing.encode_failure(
+                    message.batch_id, failure_outcome(exc), message_text
                 )
+            self.channel.send(reply)
+
+    def _result(
+        self, message: Message, cpu_start: float, wall_start: float
+    ) -> list[framing.Buffer]:
+        outputs = self.run(message.tensors)
+        compute_s = time.perf_counter() - wall_start
+        cpu_s = time.process_time() - cpu_start
+        return framing.encode_result(message.batch_id, outputs, compute_s, cpu_s)
+
+
+class BodyRunner:
+    """Answers BODIES frames: decode each body, run the decodable ones together, encode.
+
+    A body the protocol refuses gets its reason back (the candidate's ``invalid`` outcome);
+    the others are stacked into one model run when every tensor has a batch dimension, and
+    run one by one otherwise. Compute and CPU time cover the whole frame, decoding and
+    encoding included: that is what this candidate costs per request.
+    """
+
+    def __init__(self, worker: Worker, config: WorkerConfig) -> None:
+        from shadowproxy.protocols import ProtocolSpec
+
+        assert config.protocol is not None
+        self.worker = worker
+        self.protocol = ProtocolSpec.from_json(config.protocol).build()
+        self.inputs = worker.model.signature.inputs
+        signature = worker.model.signature
+        self.stackable = all(t.batchable for t in (*signature.inputs, *signature.outputs))
+        self.name = config.name
+        self.version = config.version
+
+    def answer(
+        self, message: Message, cpu_start: float, wall_start: float
+    ) -> list[framing.Buffer]:
+        import numpy as np
+
+        from shadowproxy.errors import PayloadError
+
+        answers: list[tuple[int, bytes]] = [(framing.ANSWER_INVALID, b"")] * len(message.items)
+        decoded = []
+        for i, body in enumerate(message.items):
+            try:
+                decoded.append((i, self.protocol.decode_request(body, self.inputs)))
+            except PayloadError as exc:
+                answers[i] = (framing.ANSWER_INVALID, f"{exc.reason}\0{exc}".encode())
+        groups = [decoded] if self.stackable else [[item] for item in decoded]
+        for group in groups:
+            if not group:
                 continue
-            compute_s = time.perf_counter() - wall_start
-            cpu_s = time.process_time() - cpu_start
-            self.channel.send(framing.encode_result(message.batch_id, outputs, compute_s, cpu_s))
+            names = group[0][1].arrays.keys()
+            inputs = {n: np.concatenate([d.arrays[n] for _, d in group]) for n in names}
+            outputs = self.worker.run(inputs)
+            start = 0
+            for i, d in group:
+                rows = {n: v[start : start + d.rows] for n, v in outputs.items()}
+                start += d.rows
+                answers[i] = (framing.ANSWER_OK, self._encode(rows, d.id))
+        compute_s = time.perf_counter() - wall_start
+        cpu_s = time.process_time() - cpu_start
+        return framing.encode_answers(message.batch_id, answers, compute_s, cpu_s)
+
+    def _encode(self, outputs: dict[str, np.ndarray], request_id: str | None) -> bytes:
+        from shadowproxy.errors import PayloadError
+
+        try:
+            return self.protocol.encode_response(
+                outputs, model_name=self.name, model_version=self.version, request_id=request_id
+            )
+        except PayloadError as exc:  # outputs the protocol cannot carry
+            raise RuntimeError(f"the model's outputs cannot be encoded: {exc}") from exc
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -209,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     channel.max_frame = config.memory_mb * MiB
     if config.nice:
         os.nice(config.nice)
+    if config.idle_priority:
+        use_idle_priority()
     limit_memory(config.memory_mb)
     started = time.perf_counter()
     try:

@@ -17,7 +17,7 @@ Outcome = Literal["ok", "error", "timeout", "invalid", "dropped"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "error", "timeout", "invalid", "dropped")
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Cost:
     """What one exchange cost the model that answered it, where that is known.
 
@@ -26,6 +26,8 @@ class Cost:
     ``cpu_s`` is this request's share of the model's CPU time (a batch's CPU divided by its
     rows). ``compute_s`` is pure inference, ``queue_s`` and ``ipc_s`` the waiting and
     transfer around it. The last three fields describe the model process when it answered.
+    Not frozen only because a frozen dataclass is slower to build, and one is built per
+    exchange; treat it as read-only.
     """
 
     cpu_s: float | None = None

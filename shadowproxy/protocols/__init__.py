@@ -12,7 +12,10 @@ of :data:`REASONS`.
 
 from __future__ import annotations
 
-from shadowproxy.config.model import Config
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from shadowproxy.config.model import Config, Outputs, Payload
 from shadowproxy.protocols.base import Comparable, Decoded, PayloadProtocol
 from shadowproxy.protocols.custom import JsonProtocol
 from shadowproxy.protocols.routes import Route, RouteKind, route
@@ -46,6 +49,45 @@ REASONS: frozenset[str] = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """Everything that selects and configures a payload protocol, as plain data.
+
+    A worker process rebuilds the proxy's protocol from it (sent as JSON, never pickled),
+    so request bodies can be decoded there instead of on the proxy's event loop.
+    """
+
+    name: str
+    payload: Payload
+    features: tuple[str, ...] = ()
+    outputs: Outputs = Outputs()
+
+    @classmethod
+    def from_config(cls, config: Config) -> ProtocolSpec:
+        return cls(config.protocol, config.payload, config.compare.features, config.compare.outputs)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> ProtocolSpec:
+        return cls(
+            values["name"],
+            Payload(**values["payload"]),
+            tuple(values["features"]),
+            Outputs(**values["outputs"]),
+        )
+
+    def build(self) -> PayloadProtocol:
+        if self.name == "v2":
+            return V2Protocol(self.payload)
+        if self.name == "v1":
+            return V1Protocol(self.payload)
+        if self.name == "json":
+            return JsonProtocol(self.payload, self.features, self.outputs)
+        raise ValueError(f"unknown protocol {self.name!r}")
+
+
 def protocol_for(config: Config) -> PayloadProtocol:
     """The payload protocol selected by ``config.protocol``.
 
@@ -64,13 +106,7 @@ def protocol_for(config: Config) -> PayloadProtocol:
     ValueError
         ``config.protocol`` is not ``v1``, ``v2`` or ``json``.
     """
-    if config.protocol == "v2":
-        return V2Protocol(config.payload)
-    if config.protocol == "v1":
-        return V1Protocol(config.payload)
-    if config.protocol == "json":
-        return JsonProtocol(config.payload, config.compare.features, config.compare.outputs)
-    raise ValueError(f"unknown protocol {config.protocol!r}")
+    return ProtocolSpec.from_config(config).build()
 
 
 __all__ = [
@@ -81,6 +117,7 @@ __all__ = [
     "Decoded",
     "JsonProtocol",
     "PayloadProtocol",
+    "ProtocolSpec",
     "Route",
     "RouteKind",
     "V1Protocol",
