@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .load import PROXY_CPU, die_with_parent, percentile
+from .load import PROXY_CPU, die_with_parent, gc_paused, percentile
 from .model import INPUT_NAME, BuiltModel, build_logistic_regression
 
 BATCHES = (1, 32)
@@ -175,7 +174,7 @@ async def measure(model: BuiltModel, settings: ExecutorSettings, log: Any = None
     try:
         for batch in BATCHES:
             executors[batch] = await _start(model, batch)
-        with _gc_paused():
+        with gc_paused():
             for r in range(settings.rounds):
                 order = BATCHES if r % 2 == 0 else BATCHES[::-1]
                 res: dict[str, Any] = {"round": r, "throughput": {}}
@@ -202,17 +201,6 @@ async def measure(model: BuiltModel, settings: ExecutorSettings, log: Any = None
         "cpu": sorted(os.sched_getaffinity(0)),
         "rounds": rounds,
     }
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Any:
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _run_here(model: BuiltModel, settings: ExecutorSettings, log: Any) -> dict[str, Any]:

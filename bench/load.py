@@ -259,7 +259,7 @@ class LatencyProbe:
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -296,7 +296,7 @@ def interleaved_latency(
     if not names:
         return failures
     end = time.monotonic() + deadline_s
-    with _gc_paused():
+    with gc_paused():
         for name in names:
             turn(name, warmup, False)
         done, cycle = 0, 0

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import gc
 import json
 import os
 import select
@@ -42,6 +41,7 @@ from .load import (
     LOAD_CPU,
     LoadError,
     die_with_parent,
+    gc_paused,
     percentile,
     request_bytes,
     require_binary,
@@ -322,17 +322,6 @@ class _Generator:
         self.epoll.close()
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def open_loop(
     host: str,
     port: int,
@@ -360,7 +349,7 @@ def open_loop(
         clock=clock,
     )
     try:
-        with _gc_paused():
+        with gc_paused():
             return gen.run()
     finally:
         gen.close()

@@ -58,7 +58,8 @@ def _header(doc: dict[str, Any]) -> list[str]:
     open_loop = ""
     if "open_loop_s" in s:
         open_loop = (
-            f"; open loop at half the lower req/s of `shadowproxy_off` and `shadowproxy_onnx` for {s['open_loop_s']:g} s"
+            "; open loop at half the lower req/s of `shadowproxy_off` and `shadowproxy_onnx` "
+            f"for {s['open_loop_s']:g} s"
             + (
                 f" and at {', '.join(map(str, s['fixed_rates']))} req/s for "
                 f"{s['fixed_rate_s']:g} s each"
@@ -201,7 +202,8 @@ def _half_load(doc: dict[str, Any]) -> list[str]:
     return [
         "### Open loop at half load",
         "",
-        "Fixed rate: half the lower wrk req/s of `shadowproxy_off` and `shadowproxy_onnx` in the same round, the same rate for "
+        "Fixed rate: half the lower wrk req/s of `shadowproxy_off` and `shadowproxy_onnx` in "
+        "the same round, the same rate for "
         "each target; latency from each request's scheduled send time. p50 and max are "
         "medians over rounds.",
         "",

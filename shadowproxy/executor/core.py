@@ -24,7 +24,7 @@ from shadowproxy.errors import ExecutorError, FailureOutcome
 from shadowproxy.executor.api import BodyAnswer, Inference
 from shadowproxy.executor.batching import BatchError, shape_key, split, stack, take_batch
 from shadowproxy.executor.framing import ANSWER_OK
-from shadowproxy.models.check import CheckedModel
+from shadowproxy.models.check import CheckedModel, check_model
 from shadowproxy.models.signature import ModelSignature
 from shadowproxy.tensors import TensorSpec, datatype_of_array
 
@@ -152,6 +152,17 @@ class BatchingExecutor(Generic[W]):
         self._batching = self.settings.max_batch > 1 and all(
             spec.batchable for spec in (*model.signature.inputs, *model.signature.outputs)
         )
+
+    async def _check_and_load(self) -> CheckedModel:
+        """The common start: refuse a second start, check the model off the loop, record it."""
+        if self._state != "new":
+            raise RuntimeError(f"executor {self.name!r} was already started")
+        loop = asyncio.get_running_loop()
+        self._state = "starting"
+        model = await asyncio.to_thread(check_model, self.spec, self.where)
+        self._closed_while_starting()
+        self._loaded(model, loop)
+        return model
 
     def _running(self) -> None:
         self._state = "running"

@@ -178,8 +178,9 @@ def _encode(
             pending += payload
             pending += _ZEROS[: _pad(len(pending))]
         else:
-            buffers += (pending, payload)
-            pending = bytearray(_ZEROS[: _pad(len(payload))])
+            # The padding travels with the payload, so the next chunk starts aligned.
+            buffers += (pending, payload, _ZEROS[: _pad(len(payload))])
+            pending = bytearray()
     pending += text.encode("utf-8")
     buffers.append(pending)
     # Every chunk starts at a multiple of 8 (the prefix is 8 bytes long), so padding computed

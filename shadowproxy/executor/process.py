@@ -48,7 +48,6 @@ from shadowproxy.executor.core import Batch, BatchingExecutor
 from shadowproxy.executor.framing import FrameAssembler, FrameError, Kind, Message
 from shadowproxy.executor.restarts import CrashPolicy
 from shadowproxy.executor.worker import MODULE, WorkerConfig
-from shadowproxy.models.check import check_model
 from shadowproxy.models.session import thread_environment
 from shadowproxy.protocols import ProtocolSpec
 
@@ -185,13 +184,8 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"executor {self.name!r} was already started")
+        await self._check_and_load()
         loop = asyncio.get_running_loop()
-        self._state = "starting"
-        model = await asyncio.to_thread(check_model, self.spec, self.where)
-        self._closed_while_starting()
-        self._loaded(model, loop)
         spawned = await asyncio.gather(
             *(self._spawn(slot) for slot in range(self.settings.workers)),
             return_exceptions=True,

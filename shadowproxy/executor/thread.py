@@ -36,7 +36,6 @@ from shadowproxy.executor.api import ResourceFigures
 from shadowproxy.executor.core import Batch, BatchingExecutor
 from shadowproxy.executor.outcomes import failure_outcome
 from shadowproxy.executor.worker import MODULE
-from shadowproxy.models.check import check_model
 from shadowproxy.models.session import build_session, run_model, warmup_inputs
 
 SAMPLE_INTERVAL_S = 0.5
@@ -59,13 +58,8 @@ class ThreadExecutor(BatchingExecutor[int]):
         self._rss = self._peak = self._threads = self._children = 0
 
     async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"executor {self.name!r} was already started")
+        model = await self._check_and_load()
         loop = asyncio.get_running_loop()
-        self._state = "starting"
-        model = await asyncio.to_thread(check_model, self.spec, self.where)
-        self._closed_while_starting()
-        self._loaded(model, loop)
         self._pool = ThreadPoolExecutor(
             max_workers=self.settings.workers, thread_name_prefix=f"shadowproxy-{self.name}"
         )

@@ -22,7 +22,7 @@ import onnxruntime as ort
 from shadowproxy.errors import ModelError
 from shadowproxy.models.check import CheckedModel
 from shadowproxy.models.signature import ModelSignature
-from shadowproxy.tensors import TensorSpec, numpy_dtype
+from shadowproxy.tensors import DATATYPES, TensorSpec, datatype_of_array, numpy_dtype
 
 __all__ = ["build_session", "run_model", "session_options", "thread_environment", "warmup_inputs"]
 
@@ -73,8 +73,9 @@ def run_model(
     """Run ``session`` and return every output of ``signature`` as a numpy array, by name.
 
     ZipMap outputs (a list of maps) become float32 ``[rows, classes]`` arrays in the order
-    of the ZipMap's class labels. onnxruntime's exceptions are not translated: the caller
-    decides whether a failure is the input's fault or the model's.
+    of the ZipMap's class labels. Arrays come back in the datatype table's own dtypes (see
+    :func:`canonical`). onnxruntime's exceptions are not translated: the caller decides
+    whether a failure is the input's fault or the model's.
     """
     names = [spec.name for spec in signature.outputs]
     values = session.run(names, inputs)
@@ -83,8 +84,24 @@ def run_model(
         if name in signature.zipmaps:
             result[name] = _zipmap_to_array(value, signature.zipmaps[name])
         else:
-            result[name] = np.asarray(value)
+            result[name] = canonical(np.asarray(value))
     return result
+
+
+def canonical(array: np.ndarray) -> np.ndarray:
+    """``array`` viewed in the datatype table's own dtype (no copy).
+
+    onnxruntime returns INT64 as numpy's ``longlong``: equal to ``int64``, but a distinct
+    scalar type that JSON encoders refuse when they write values one by one (v1 and json
+    responses do).
+    """
+    try:
+        wanted = DATATYPES[datatype_of_array(array)][0]
+    except KeyError:
+        return array  # the protocol reports what it cannot write
+    if array.dtype.kind in "OSU" or array.dtype.char == wanted.char:
+        return array
+    return array.view(wanted)
 
 
 def _warmup_shape(spec: TensorSpec, rows: int) -> tuple[int, ...]:

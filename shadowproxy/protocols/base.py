@@ -5,12 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from shadowproxy.config.model import Outputs, Payload
-from shadowproxy.protocols import jsonio
+from shadowproxy.errors import PayloadError
+from shadowproxy.protocols import arrays, jsonio
 from shadowproxy.tensors import TensorSpec
 
 
@@ -157,3 +158,12 @@ class PayloadProtocol(ABC):
         if allow_nonfinite is None:
             allow_nonfinite = self.payload.nonfinite == "allow"
         return jsonio.parse(body, max_depth=self.payload.max_depth, allow_nonfinite=allow_nonfinite)
+
+    def _parse_object(self, body: bytes) -> dict[str, Any]:
+        """Parse a request body that must be a JSON object (v1 and v2 envelopes)."""
+        value = self._parse(body)
+        if not isinstance(value, dict):
+            raise PayloadError(
+                f"body: expected an object, got {arrays.json_type(value)}", "bad_body"
+            )
+        return value

@@ -39,11 +39,7 @@ class V1Protocol(PayloadProtocol):
     name = "v1"
 
     def decode_request(self, body: bytes, inputs: Sequence[TensorSpec]) -> Decoded:
-        value = self._parse(body)
-        if not isinstance(value, dict):
-            raise PayloadError(
-                f"body: expected an object, got {arrays.json_type(value)}", "bad_body"
-            )
+        value = self._parse_object(body)
         if ("instances" in value) == ("inputs" in value):
             raise PayloadError('body: expected exactly one of "instances" or "inputs"', "bad_body")
         if "instances" in value:

@@ -37,11 +37,7 @@ class V2Protocol(PayloadProtocol):
     name = "v2"
 
     def decode_request(self, body: bytes, inputs: Sequence[TensorSpec]) -> Decoded:
-        value = self._parse(body)
-        if not isinstance(value, dict):
-            raise PayloadError(
-                f"body: expected an object, got {arrays.json_type(value)}", "bad_body"
-            )
+        value = self._parse_object(body)
         request_id = value.get("id")
         if request_id is not None and not isinstance(request_id, str):
             raise PayloadError("id: expected a string", "bad_body")

@@ -26,13 +26,12 @@ from shadowproxy.proxy.upstream import (
     UpstreamTarget,
     build_request,
 )
-from shadowproxy.shadow.breaker import BreakerState, CircuitBreaker
-from shadowproxy.shadow.sampling import is_sampled
+from shadowproxy.shadow.target import MirroredTarget
 
 SHADOW_HEADER = b"X-Shadow-Request: 1\r\n"
 
 
-class ShadowTarget:
+class ShadowTarget(MirroredTarget):
     """One mirrored upstream with its budget, breaker and counters."""
 
     def __init__(
@@ -45,11 +44,8 @@ class ShadowTarget:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         assert config.url is not None, "HTTP shadow targets need a url"
-        self.config = config
-        self.name = config.name
-        self.version = config.version
-        self.role = role
-        self.loop = loop
+        self.calls: set[ShadowCall] = set()
+        super().__init__(config, role, metrics=metrics, loop=loop)
         self.upstream = UpstreamTarget(config.url, config.headers)
         self.pool = UpstreamPool(
             config.name,
@@ -58,26 +54,13 @@ class ShadowTarget:
             max_idle=config.max_in_flight,
             loop=loop,
         )
-        self.methods = frozenset(m.encode() for m in config.methods)
-        self.sample_rate = config.sample_rate
-        self.timeout_s = config.timeout_ms / 1000
         self.max_response_bytes = limits.shadow_max_response_bytes
-        self.breaker = CircuitBreaker(config.breaker.failures, config.breaker.reset_s)
-        self.calls: set[ShadowCall] = set()
         # The model's footprint for pair records; set when its metrics_url is scraped.
         self.cost: Callable[[], Cost | None] = no_cost
         self.deadlines = DeadlineQueue(loop, self.timeout_s)
-        # Bound children: label look-ups stay off the per-request path.
-        self.stats = metrics.hot.add(role, self.name, self.version)
-        # Gauges are read at scrape time instead of being updated per request.
-        metrics.in_flight.labels(role, self.name).set_function(lambda: len(self.calls))
-        metrics.breaker_open.labels(self.name, self.version).set_function(
-            lambda: 0 if self.breaker.state is BreakerState.CLOSED else 1
-        )
 
-    def wants(self, method: bytes, request_id: str) -> bool:
-        """Whether this request is mirrored to this target."""
-        return method in self.methods and is_sampled(request_id, self.sample_rate)
+    def outstanding(self) -> int:
+        return len(self.calls)
 
     def mirror(self, request: Request, added: bytes, join: PairJoin, too_large: bool) -> None:
         """Send a copy of ``request``, or record why not. Never raises, never blocks.
@@ -102,16 +85,6 @@ class ShadowTarget:
                 request.body,
             )  # fmt: skip
             ShadowCall(self, join).start(data, request.method == b"HEAD")
-
-    def drop(self, join: PairJoin, reason: str) -> None:
-        self.stats.dropped(reason)
-        join.shadow_done(
-            self.name,
-            Exchange(
-                role=self.role, name=self.name, version=self.version,
-                outcome="dropped", detail=reason,
-            ),
-        )  # fmt: skip
 
     def finished(self, call: ShadowCall, outcome: Outcome, latency: float) -> None:
         self.calls.discard(call)

@@ -30,8 +30,7 @@ from shadowproxy.pairing.join import PairJoin
 from shadowproxy.pairing.record import Cost, Exchange, Outcome, Role
 from shadowproxy.protocols import PayloadProtocol
 from shadowproxy.proxy.connection import Request
-from shadowproxy.shadow.breaker import BreakerState, CircuitBreaker
-from shadowproxy.shadow.sampling import is_sampled
+from shadowproxy.shadow.target import MirroredTarget
 
 JSON = "application/json"
 
@@ -74,7 +73,7 @@ class Footprint:
         )
 
 
-class LocalShadowTarget:
+class LocalShadowTarget(MirroredTarget):
     """A candidate that is a local model: budget, breaker and counters, like an HTTP one."""
 
     def __init__(
@@ -87,28 +86,15 @@ class LocalShadowTarget:
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.config = config
-        self.name = config.name
-        self.version = config.version
-        self.role = role
-        self.loop = loop
+        self.in_flight = 0
+        super().__init__(config, role, metrics=metrics, loop=loop)
         self.executor = executor
         self.footprint = Footprint(executor)
         self.protocol = protocol
-        self.methods = frozenset(m.encode() for m in config.methods)
-        self.sample_rate = config.sample_rate
-        self.timeout_s = config.timeout_ms / 1000
-        self.breaker = CircuitBreaker(config.breaker.failures, config.breaker.reset_s)
-        self.in_flight = 0
-        self.stats = metrics.hot.add(role, self.name, self.version)
         self.input_invalid = metrics.input_invalid
-        metrics.in_flight.labels(role, self.name).set_function(lambda: self.in_flight)
-        metrics.breaker_open.labels(self.name, self.version).set_function(
-            lambda: 0 if self.breaker.state is BreakerState.CLOSED else 1
-        )
 
-    def wants(self, method: bytes, request_id: str) -> bool:
-        return method in self.methods and is_sampled(request_id, self.sample_rate)
+    def outstanding(self) -> int:
+        return self.in_flight
 
     def mirror(self, request: Request, added: bytes, join: PairJoin, too_large: bool) -> None:
         """Hand the request to the model, or record why not. Never raises, never blocks."""
@@ -211,16 +197,6 @@ class LocalShadowTarget:
         self._publish(
             join, "ok", started, status=200, body=answer.body,
             cost=self.footprint.cost(answer),
-        )  # fmt: skip
-
-    def drop(self, join: PairJoin, reason: str) -> None:
-        self.stats.dropped(reason)
-        join.shadow_done(
-            self.name,
-            Exchange(
-                role=self.role, name=self.name, version=self.version,
-                outcome="dropped", detail=reason,
-            ),
         )  # fmt: skip
 
     def _publish(

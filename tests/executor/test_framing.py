@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -202,3 +205,133 @@ def test_huge_declared_bytes_shape_is_refused() -> None:
     body[offset : offset + 8] = (2**40).to_bytes(8, "little")
     with pytest.raises(FrameError):
         framing.decode(body)
+
+
+# -- request bodies and their answers ----------------------------------------------------
+
+BODIES = st.lists(st.binary(max_size=64), max_size=8)
+ANSWERS = st.lists(st.tuples(st.sampled_from([0, 1]), st.binary(max_size=64)), max_size=8)
+TIMES = st.floats(allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bodies=BODIES, batch_id=st.integers(0, 2**64 - 1))
+def test_bodies_round_trip(bodies: list[bytes], batch_id: int) -> None:
+    message = framing.decode(body_of(framing.encode_bodies(batch_id, bodies)))
+    assert message.kind is Kind.BODIES and message.batch_id == batch_id
+    assert message.items == tuple(bodies)
+    assert message.tensors == {} and message.answers == ()
+
+
+@settings(max_examples=200, deadline=None)
+@given(answers=ANSWERS, batch_id=st.integers(0, 2**64 - 1), compute=TIMES, cpu=TIMES)
+def test_answers_round_trip_keeps_statuses_and_times(
+    answers: list[tuple[int, bytes]], batch_id: int, compute: float, cpu: float
+) -> None:
+    buffers = framing.encode_answers(batch_id, answers, compute, cpu)
+    message = framing.decode(body_of(buffers))
+    assert message.kind is Kind.ANSWERS and message.batch_id == batch_id
+    assert message.answers == tuple(answers)
+    assert (message.compute_s, message.cpu_s) == (compute, cpu)
+    assert message.items == () and message.tensors == {}
+
+
+def test_empty_bodies_and_answers_are_kept_apart() -> None:
+    bodies = [b"", b"{}", b"", b"\0"]
+    assert framing.decode(body_of(framing.encode_bodies(1, bodies))).items == tuple(bodies)
+    answers = [(framing.ANSWER_OK, b""), (framing.ANSWER_INVALID, b"bad_json\0no"), (0, b"")]
+    message = framing.decode(body_of(framing.encode_answers(2, answers, 0.5, 0.25)))
+    assert message.answers == tuple(answers)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    frames=st.lists(st.one_of(BODIES, ANSWERS), min_size=1, max_size=4),
+    cuts=st.lists(st.integers(0, 10_000), max_size=8),
+)
+def test_assembler_cuts_bodies_and_answers_at_any_chunking(
+    frames: list[list[Any]], cuts: list[int]
+) -> None:
+    def encode(i: int, frame: list[Any]) -> bytes:
+        if frame and isinstance(frame[0], tuple):
+            return joined(framing.encode_answers(i, frame, 1.0, 2.0))
+        return joined(framing.encode_bodies(i, frame))
+
+    stream = b"".join(encode(i, f) for i, f in enumerate(frames))
+    assembler = FrameAssembler(max_frame=1 << 20, direct_min=16)
+    bodies: list[bytearray] = []
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        chunk = memoryview(stream)[start:end]
+        while len(chunk):
+            target = assembler.receive_buffer()
+            if target is None:
+                bodies += assembler.feed(chunk)
+                break
+            take = min(len(target), len(chunk))
+            target[:take] = chunk[:take]
+            bodies += assembler.received(take)
+            chunk = chunk[take:]
+    assert [framing.decode(b).batch_id for b in bodies] == list(range(len(frames)))
+    for body, frame in zip(bodies, frames, strict=True):
+        message = framing.decode(body)
+        got = message.answers if message.kind is Kind.ANSWERS else message.items
+        assert got == tuple(frame)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    frame=st.one_of(
+        BODIES.map(lambda b: framing.encode_bodies(4, b)),
+        ANSWERS.map(lambda a: framing.encode_answers(4, a, 0.1, 0.2)),
+    ),
+    data=st.data(),
+)
+def test_every_truncation_of_bodies_and_answers_is_a_frame_error(
+    frame: list[framing.Buffer], data: st.DataObject
+) -> None:
+    body = body_of(frame)
+    cut = data.draw(st.integers(0, len(body) - 1))
+    # No padding in these frames: every byte counts, so any cut is detected.
+    with pytest.raises(FrameError):
+        framing.decode(body[:cut])
+    extra = data.draw(st.binary(min_size=1, max_size=8))
+    with pytest.raises(FrameError):
+        framing.decode(body + extra)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    kind=st.sampled_from([Kind.BODIES, Kind.ANSWERS]),
+    tensors=st.sampled_from([0, 0, 0, 1, 0xFFFF]),
+    count=st.one_of(st.integers(0, 12), st.just(2**32 - 1)),
+    garbage=st.binary(max_size=200),
+)
+def test_garbage_bodies_and_answers_are_a_frame_error_or_a_message(
+    kind: Kind, tensors: int, count: int, garbage: bytes
+) -> None:
+    head = struct.pack("<BBHIQ", kind, 0, tensors, count, 5)
+    try:
+        message = framing.decode(bytearray(head + garbage))
+    except FrameError:
+        return
+    assert message.kind is kind and tensors == 0
+    assert len(message.items if kind is Kind.BODIES else message.answers) == count
+
+
+def test_an_unknown_answer_status_is_a_frame_error() -> None:
+    body = body_of(framing.encode_answers(1, [(0, b"ok"), (1, b"r\0m")], 0.0, 0.0))
+    status_at = 16 + 16 + 5 + 2  # fixed part, times, first item, second item's status
+    assert body[status_at] == framing.ANSWER_INVALID
+    body[status_at] = 2
+    with pytest.raises(FrameError, match="unknown answer status 2"):
+        framing.decode(body)
+
+
+def test_a_large_payload_of_odd_length_keeps_the_next_tensor_aligned() -> None:
+    """A payload sent as its own buffer ends off the 8-byte grid; what follows must not."""
+    odd = np.arange(2049, dtype=np.int16)  # 4098 bytes: sent uncopied, not a multiple of 8
+    tensors = {"odd": odd, "after": np.arange(3.0), "last": np.array([True, False, True])}
+    message = framing.decode(body_of(framing.encode_batch(5, tensors)))
+    assert_same(tensors, message.tensors)
+    assert message.tensors["after"].ctypes.data % 8 == 0

@@ -121,3 +121,22 @@ async def test_a_v2_request_can_ask_for_some_outputs_and_gets_its_id_back(
         async with session.post(url, data=orjson.dumps(unknown)) as resp:
             assert resp.status == 400
             assert "nope" in orjson.loads(await resp.read())["error"]
+
+
+async def test_a_v1_production_model_answers_predictions_per_row(
+    logreg_model: BuiltModel,
+) -> None:
+    config = local_production(logreg_model, protocol="v1")
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{rt.traffic_port}/v1/models/prod:predict"
+        body = orjson.dumps({"instances": ROWS.tolist()})
+        async with session.post(url, data=body) as resp:
+            assert resp.status == 200, await resp.text()
+            predictions = orjson.loads(await resp.read())["predictions"]
+        expected = ort.InferenceSession(str(logreg_model.path)).run(None, {"X": ROWS})
+        assert [p["label"] for p in predictions] == expected[0].tolist()
+        np.testing.assert_array_equal(
+            np.array([p["probabilities"] for p in predictions], dtype=np.float32), expected[1]
+        )
+        async with session.get(f"http://127.0.0.1:{rt.traffic_port}/v1/models/prod") as resp:
+            assert resp.status == 200 and orjson.loads(await resp.read())["ready"] is True

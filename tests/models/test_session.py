@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from shadowproxy.config.model import ModelFile
 from shadowproxy.errors import ModelError
 from shadowproxy.models import (
     CheckedModel,
@@ -181,3 +182,17 @@ def test_thread_environment_takes_effect_in_a_new_process() -> None:
     if not counts:
         pytest.skip(f"no BLAS/OpenMP pool visible to threadpoolctl {threadpoolctl.__version__}")
     assert set(counts) == {2}
+
+
+def test_outputs_come_back_in_the_tables_dtypes(logreg_model: models.BuiltModel) -> None:
+    """onnxruntime's ``longlong`` labels become ``int64``, which JSON encoders accept."""
+    import orjson
+
+    checked = check_model(ModelFile(path=logreg_model.path, sha256=logreg_model.sha256))
+    session = build_session(checked, threads=1)
+    outputs = run_model(session, checked.signature, warmup_inputs(checked.signature, rows=3))
+    label = outputs["label"]
+    assert label.dtype.char == np.dtype(np.int64).char
+    assert orjson.loads(orjson.dumps([label[0]], option=orjson.OPT_SERIALIZE_NUMPY)) == [
+        int(label[0])
+    ]
