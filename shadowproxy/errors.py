@@ -78,3 +78,8 @@ class ExecutorError(ShadowProxyError):
     def __init__(self, message: str, outcome: FailureOutcome = "error") -> None:
         super().__init__(message)
         self.outcome = outcome
+
+
+class StateError(ShadowProxyError):
+    """Comparator state that cannot be used: an incompatible snapshot or reference (a
+    different bin layout, schema or seed), or a merge of states that do not match."""
