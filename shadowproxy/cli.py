@@ -16,7 +16,7 @@ from pathlib import Path
 from shadowproxy import __version__
 from shadowproxy.config import load_config
 from shadowproxy.config.model import Config
-from shadowproxy.errors import ConfigError, ModelError, Problem, ShadowProxyError
+from shadowproxy.errors import ConfigError, ModelError, Problem, ShadowProxyError, StateError
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -40,6 +40,19 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--log", required=True, type=Path, action="append", dest="logs")
     replay.add_argument("--target", required=True, help="base URL, e.g. http://127.0.0.1:8080")
     replay.add_argument("--concurrency", type=int, default=8)
+    report = sub.add_parser("report", help="evaluate the promotion gates and write the report")
+    report.add_argument("--config", required=True, type=Path)
+    report.add_argument(
+        "--source", required=True, action="append", dest="sources",
+        help="snapshot file, admin URL (http://host:9090) or prometheus+http://host:9090",
+    )  # fmt: skip
+    report.add_argument("--out", required=True, type=Path)
+    report.add_argument("--candidate", help="report on this candidate only")
+    reference = sub.add_parser("reference", help="build the input reference from training data")
+    reference.add_argument("--config", required=True, type=Path)
+    reference.add_argument("--data", required=True, type=Path, help="CSV with a header, or .npy")
+    reference.add_argument("--out", required=True, type=Path)
+    reference.add_argument("--bins", type=int, default=10)
     return parser
 
 
@@ -95,6 +108,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ModelError as exc:
         print(f"model refused: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except StateError as exc:
+        print(f"comparator state refused: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except OSError as exc:
         print(f"cannot listen: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -129,6 +145,62 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if summary.failed else EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Exit 0 promote, 1 reject, 3 insufficient data, 2 usage, config or source errors."""
+    from shadowproxy.compare.comparator import merge_snapshots
+    from shadowproxy.compare.decide import report_for
+    from shadowproxy.compare.reference import Reference
+    from shadowproxy.compare.sources import read_source
+    from shadowproxy.report.document import exit_code
+    from shadowproxy.report.writer import write_report
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_INVALID
+    try:
+        snapshots = [(source, read_source(source)) for source in args.sources]
+        targets = merge_snapshots(snapshots)
+        reference = None
+        if config.compare.reference is not None:
+            reference = Reference.load(config.compare.reference)
+    except StateError as exc:
+        print(f"--source: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.candidate is not None and args.candidate not in targets:
+        known = ", ".join(sorted(n for n, t in targets.items() if t.role == "candidate"))
+        print(f"--candidate: no candidate {args.candidate!r} in the sources ({known})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INVALID
+    report = report_for(config, targets, reference, only=args.candidate)
+    paths = write_report(report, args.out)
+    for candidate in report["candidates"]:
+        deciding = next((g for g in candidate["gates"] if g["passed"] is False), None)
+        if deciding is None:
+            deciding = next((g for g in candidate["gates"] if g["passed"] is None), None)
+        reason = "" if deciding is None else f"  ({deciding['reason']})"
+        print(f"{candidate['name']}: {candidate['decision']}{reason}")
+    print(f"decision: {report['decision']}; report: {paths[-1]}")
+    return exit_code(report["decision"])
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from shadowproxy.compare.reference import build_reference
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_INVALID
+    features = config.compare.features or None
+    try:
+        reference = build_reference(args.data, features, bins=args.bins)
+    except (StateError, ValueError, OSError) as exc:
+        print(f"--data: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    reference.save(args.out)
+    names = ", ".join(f.name for f in reference.features)
+    print(f"reference of {reference.rows} rows, features {names}: {args.out}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -136,7 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    commands = {"serve": cmd_serve, "validate": cmd_validate, "replay": cmd_replay}
+    commands = {
+        "serve": cmd_serve,
+        "validate": cmd_validate,
+        "replay": cmd_replay,
+        "report": cmd_report,
+        "reference": cmd_reference,
+    }
     try:
         return commands[args.command](args)
     except ShadowProxyError as exc:

@@ -29,9 +29,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from shadowproxy.admin.app import build_admin_app
+from shadowproxy.compare.comparator import Comparator, read_snapshot
+from shadowproxy.compare.decide import report_for
+from shadowproxy.compare.gauges import DecisionGauges
+from shadowproxy.compare.persist import read_snapshot_file, write_snapshot
+from shadowproxy.compare.reference import Reference
 from shadowproxy.config.loader import redact_url
 from shadowproxy.config.model import Candidate, Config, Executor, ModelFile
-from shadowproxy.errors import UpstreamError
+from shadowproxy.errors import ShadowProxyError, UpstreamError
 from shadowproxy.executor import LocalExecutor, create_executor
 from shadowproxy.models.check import check_model
 from shadowproxy.observability.metrics import ExchangeStats, Metrics
@@ -106,6 +111,9 @@ class Runtime:
         self.metrics.registry.register(self.catalog)
         self.local: dict[tuple[Role, str], LocalExecutor] = {}
         self.models_loading = True
+        self.comparator: Comparator | None = None
+        self.decisions = DecisionGauges()
+        self.metrics.registry.register(self.decisions)
 
     # -- readiness ------------------------------------------------------------------------
     def not_ready_reasons(self) -> list[str]:
@@ -137,8 +145,14 @@ class Runtime:
         # Every model file is checked before anything listens: a bad model exits 2 at once.
         for spec in local_models(cfg):
             check_model(spec.model, spec.where)
+        # So are the reference and a saved snapshot: a mismatch is never mixed in silently.
+        self.comparator = self._comparator()
+        self.stream.subscribe(self.comparator.submit)
+        self.comparator.start()
         self.admin_runner = web.AppRunner(
-            build_admin_app(cfg, self.metrics, self.not_ready_reasons, self.catalog),
+            build_admin_app(
+                cfg, self.metrics, self.not_ready_reasons, self.catalog, self.comparator
+            ),
             access_log=None,
             handle_signals=False,
         )
@@ -151,6 +165,7 @@ class Runtime:
             await self._start_local_models()
         except BaseException:
             await self.admin_runner.cleanup()
+            await asyncio.to_thread(self.comparator.stop, 1.0)
             raise
         self.proxy = Proxy(cfg, self.metrics, self.stream, loop, self.local)
         proxy = self.proxy
@@ -168,6 +183,7 @@ class Runtime:
         else:
             proxy.production_answered(200)  # served here, and warmed up above
         self.spawn(self._watch_loop_lag(), "loop-lag")
+        self.spawn(self._snapshots(), "snapshots")
         self.spawn(self._sweep_deadlines(), "client-deadlines")
         log.info(
             "serving traffic on %s:%d, admin on %s:%d",
@@ -266,6 +282,34 @@ class Runtime:
             if not proxy.has_answered:
                 await asyncio.sleep(READY_PROBE_INTERVAL_S)
 
+    def _comparator(self) -> Comparator:
+        compare = self.config.compare
+        reference = None if compare.reference is None else Reference.load(compare.reference)
+        comparator = Comparator(self.config, reference)
+        path = compare.snapshot.path
+        if path is not None and path.exists():
+            # A restart resumes where the last snapshot left off.
+            comparator.load(read_snapshot_file(path), str(path))
+        return comparator
+
+    def persist(self) -> None:
+        """Write the snapshot (when configured) and re-evaluate the gates; blocking."""
+        assert self.comparator is not None
+        snapshot = self.comparator.snapshot()
+        if self.config.compare.snapshot.path is not None:
+            write_snapshot(self.config.compare.snapshot.path, snapshot)
+        targets = read_snapshot(snapshot, None, "live state")
+        self.decisions.report = report_for(self.config, targets, self.comparator.reference)
+
+    async def _snapshots(self) -> None:
+        interval = self.config.compare.snapshot.interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.persist)
+            except (OSError, ShadowProxyError) as exc:
+                log.warning("comparator snapshot failed: %s", exc)
+
     async def _sweep_deadlines(self) -> None:
         assert self.proxy is not None
         while True:
@@ -330,6 +374,14 @@ class Runtime:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.comparator is not None:
+            # Everything paired so far is folded in before the last snapshot is written.
+            if not await asyncio.to_thread(self.comparator.stop, max(cfg.grace_s, 1.0)):
+                log.warning("comparator did not finish its queue before the deadline")
+            try:
+                await asyncio.to_thread(self.persist)
+            except (OSError, ShadowProxyError) as exc:
+                log.warning("final comparator snapshot failed: %s", exc)
         if self.pair_log is not None:
             flushed = await asyncio.to_thread(self.pair_log.close, max(cfg.grace_s, 1.0))
             if not flushed:

@@ -239,6 +239,11 @@ class Promotion:
     min_samples: int = spec(1000, "pairs needed before any gate can pass", ge=1)
     confidence: float = spec(0.95, "confidence level of every interval", gt=0, lt=1)
     gates: tuple[Gate, ...] = spec((), "the checks a candidate must pass")
+    anytime_valid: bool = spec(
+        False,
+        "rates use anytime-valid confidence sequences: safe to check the report as often "
+        "as you like, at the price of wider intervals",
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,196 @@
+"""The comparator's state for one mirrored target: counts, sketches and samples.
+
+Everything here is mergeable: counts and histograms over fixed bins add up, moments merge
+by the parallel formula, quantile sketches have fixed logarithmic buckets, the sample is a
+seeded bottom-k reservoir and the examples are the top-k by divergence. Merging the states
+of two replicas therefore gives what one process would have kept for all their traffic, and
+memory stays bounded however long it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shadowproxy.compare.bins import BinLayout, Histogram
+from shadowproxy.compare.moments import Moments
+from shadowproxy.compare.reservoir import Reservoir
+from shadowproxy.compare.sketch import QuantileSketch
+from shadowproxy.errors import StateError
+from shadowproxy.pairing.record import OUTCOMES
+
+# Scores are mostly probabilities; values outside [0, 1] land in the outer bins.
+SCORE_LAYOUT = BinLayout.uniform(0.0, 1.0, 20)
+ABS_DIFF_LAYOUT = BinLayout((0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5))
+MAX_LABELS = 32  # distinct labels in the flip matrix; more fold into "other"
+TOP_EXAMPLES = 10
+EXAMPLE_BYTES = 2048
+RESERVOIR_ROWS = 4096
+# Reservoir columns: production score, candidate score, |difference|, candidate - production.
+P_SCORE, C_SCORE, ABS_DIFF, DIFF = range(4)
+
+
+@dataclass
+class Example:
+    abs_diff: float
+    request_id: str
+    production: str
+    candidate: str
+
+    def key(self) -> tuple[float, str]:
+        return (-self.abs_diff, self.request_id)
+
+
+@dataclass
+class TargetState:
+    """What the comparator keeps for one candidate (or the baseline)."""
+
+    role: str
+    name: str
+    version: str
+    seed: int
+    feature_layouts: dict[str, BinLayout] = field(default_factory=dict)
+    requests: int = 0  # pair records that include this target
+    compared: int = 0  # of which both answers could be compared
+    rows: int = 0
+    candidate_outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    production_outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    label_rows: int = 0
+    agree: int = 0
+    flips: dict[str, int] = field(default_factory=dict)
+    diff: Moments = field(default_factory=Moments)
+    abs_diff: Moments = field(default_factory=Moments)
+    abs_sketch: QuantileSketch = field(default_factory=QuantileSketch)
+    production_hist: Histogram = field(default_factory=lambda: Histogram(SCORE_LAYOUT))
+    candidate_hist: Histogram = field(default_factory=lambda: Histogram(SCORE_LAYOUT))
+    abs_hist: Histogram = field(default_factory=lambda: Histogram(ABS_DIFF_LAYOUT))
+    reservoir: Reservoir | None = None
+    production_latency: QuantileSketch = field(default_factory=QuantileSketch)
+    candidate_latency: QuantileSketch = field(default_factory=QuantileSketch)
+    production_cpu_ms: Moments = field(default_factory=Moments)
+    candidate_cpu_ms: Moments = field(default_factory=Moments)
+    production_rss_mb: Moments = field(default_factory=Moments)
+    candidate_rss_mb: Moments = field(default_factory=Moments)
+    candidate_threads: Moments = field(default_factory=Moments)
+    candidate_children: Moments = field(default_factory=Moments)
+    production_threads: Moments = field(default_factory=Moments)
+    production_children: Moments = field(default_factory=Moments)
+    inputs: dict[str, Histogram] = field(default_factory=dict)
+    slice_rows: dict[str, list[int]] = field(default_factory=dict)  # "feature|bin" -> [rows, flips]
+    examples: list[Example] = field(default_factory=list)
+    feedback_rows: int = 0
+    production_correct: int = 0
+    candidate_correct: int = 0
+
+    def __post_init__(self) -> None:
+        if self.reservoir is None:
+            self.reservoir = Reservoir(RESERVOIR_ROWS, self.seed, 4)
+        for name, layout in self.feature_layouts.items():
+            self.inputs.setdefault(name, Histogram(layout))
+
+    # -- updates (called by the comparator thread) -----------------------------------
+    def add_example(self, example: Example) -> None:
+        self.examples.append(example)
+        self.examples.sort(key=Example.key)
+        del self.examples[TOP_EXAMPLES:]
+
+    def add_flips(self, production: np.ndarray, candidate: np.ndarray) -> None:
+        self.label_rows += int(production.shape[0])
+        same = production == candidate
+        self.agree += int(np.count_nonzero(same))
+        pairs, counts = np.unique(
+            np.char.add(np.char.add(production, "\x1f"), candidate), return_counts=True
+        )
+        for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
+            key = pair if pair in self.flips or len(self.flips) < MAX_LABELS**2 else "other"
+            self.flips[key] = self.flips.get(key, 0) + int(count)
+
+    # -- merging ---------------------------------------------------------------------
+    def merge(self, other: TargetState) -> None:
+        if (other.name, other.role, other.seed) != (self.name, self.role, self.seed):
+            raise StateError(
+                f"cannot merge state of {other.role} {other.name!r} (seed {other.seed}) "
+                f"into {self.role} {self.name!r} (seed {self.seed})"
+            )
+        if set(other.inputs) != set(self.inputs):
+            raise StateError(
+                f"{self.name}: input features differ: {sorted(self.inputs)} and "
+                f"{sorted(other.inputs)}"
+            )
+        for attr in ("requests", "compared", "rows", "label_rows", "agree", "feedback_rows",
+                     "production_correct", "candidate_correct"):  # fmt: skip
+            setattr(self, attr, getattr(self, attr) + getattr(other, attr))
+        for mine, theirs in (
+            (self.candidate_outcomes, other.candidate_outcomes),
+            (self.production_outcomes, other.production_outcomes),
+            (self.flips, other.flips),
+        ):
+            for key, value in theirs.items():
+                mine[key] = mine.get(key, 0) + value
+        for key, (rows, flips) in other.slice_rows.items():
+            mine_slice = self.slice_rows.setdefault(key, [0, 0])
+            mine_slice[0] += rows
+            mine_slice[1] += flips
+        for attr in _MERGEABLE:
+            getattr(self, attr).merge(getattr(other, attr))
+        for name, hist in other.inputs.items():
+            self.inputs[name].merge(hist)
+        for example in other.examples:
+            self.add_example(example)
+
+    # -- JSON ------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "role": self.role,
+            "name": self.name,
+            "version": self.version,
+            "seed": self.seed,
+            "feature_layouts": {k: v.to_json() for k, v in self.feature_layouts.items()},
+        }
+        for attr in _COUNTERS:
+            out[attr] = getattr(self, attr)
+        for attr in _MERGEABLE:
+            out[attr] = getattr(self, attr).to_json()
+        out["inputs"] = {k: v.to_json() for k, v in self.inputs.items()}
+        out["slice_rows"] = self.slice_rows
+        out["examples"] = [e.__dict__ for e in self.examples]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TargetState:
+        try:
+            state = cls(
+                role=data["role"],
+                name=data["name"],
+                version=data["version"],
+                seed=int(data["seed"]),
+                feature_layouts={
+                    k: BinLayout.from_json(v) for k, v in data["feature_layouts"].items()
+                },
+            )
+            for attr in _COUNTERS:
+                value = data[attr]
+                setattr(state, attr, dict(value) if isinstance(value, dict) else int(value))
+            for attr in _MERGEABLE:
+                kind = type(getattr(state, attr))
+                setattr(state, attr, kind.from_json(data[attr]))
+            state.inputs = {k: Histogram.from_json(v) for k, v in data["inputs"].items()}
+            state.slice_rows = {k: [int(a), int(b)] for k, (a, b) in data["slice_rows"].items()}
+            state.examples = [Example(**e) for e in data["examples"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"target state is malformed: {exc!r}") from exc
+        return state
+
+
+_COUNTERS = (
+    "requests", "compared", "rows", "candidate_outcomes", "production_outcomes", "label_rows",
+    "agree", "flips", "feedback_rows", "production_correct", "candidate_correct",
+)  # fmt: skip
+_MERGEABLE = (
+    "diff", "abs_diff", "abs_sketch", "production_hist", "candidate_hist", "abs_hist",
+    "reservoir", "production_latency", "candidate_latency", "production_cpu_ms",
+    "candidate_cpu_ms", "production_rss_mb", "candidate_rss_mb", "candidate_threads",
+    "candidate_children", "production_threads", "production_children",
+)  # fmt: skip

@@ -1,0 +1,190 @@
+"""The comparator on synthetic pair records: folding, merging, persistence, calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from shadowproxy.compare.comparator import Comparator, merge_snapshots
+from shadowproxy.compare.decide import report_for
+from shadowproxy.compare.persist import read_snapshot_file, write_snapshot
+from shadowproxy.config import config_from_dict
+from shadowproxy.config.model import Config
+from shadowproxy.errors import StateError
+from shadowproxy.pairing.record import Cost, Exchange, PairRecord
+
+
+def config(agreement: float = 0.98, **promotion: Any) -> Config:
+    return config_from_dict(
+        {
+            "production": {"name": "prod", "version": "1", "url": "http://127.0.0.1:9"},
+            "candidates": [{"name": "cand", "version": "2", "url": "http://127.0.0.1:10"}],
+            "compare": {"outputs": {"score": "probabilities", "label": "label"}, "seed": 7},
+            "promotion": {
+                "min_samples": 200,
+                "gates": [
+                    {"metric": "label_agreement", "min": agreement},
+                    {"metric": "score_mae", "max": 0.05},
+                ],
+                **promotion,
+            },
+        }
+    )
+
+
+def v2_answer(p1: float) -> bytes:
+    return orjson.dumps(
+        {"outputs": [
+            {"name": "label", "shape": [1], "datatype": "INT64", "data": [int(p1 >= 0.5)]},
+            {"name": "probabilities", "shape": [1, 2], "datatype": "FP32",
+             "data": [1 - p1, p1]},
+        ]}
+    )  # fmt: skip
+
+
+def record(i: int, p_score: float, c_score: float, outcome: str = "ok") -> PairRecord:
+    prod = Exchange(
+        "production", "prod", "1", "ok", 200, 0.010, v2_answer(p_score),
+        cost=Cost(cpu_s=0.001, rss_bytes=100e6, threads=4, child_processes=0),
+    )  # fmt: skip
+    cand = Exchange(
+        "candidate", "cand", "2", outcome, 200 if outcome == "ok" else None, 0.012,
+        v2_answer(c_score) if outcome == "ok" else b"",
+        cost=Cost(cpu_s=0.002, rss_bytes=150e6, threads=2, child_processes=0),
+    )  # fmt: skip
+    return PairRecord(
+        f"req-{i}", 0.0, "POST", "/v2/models/m/infer", b"{}", "", prod, {"cand": cand}
+    )
+
+
+def records(
+    n: int, seed: int, shift: float = 0.0, flip: float = 0.0, noise: float = 0.002
+) -> list[PairRecord]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        p = float(rng.uniform(0.02, 0.98))
+        c = float(np.clip(p + shift + rng.normal(0, noise), 0, 1))
+        if rng.random() < flip:
+            c = 1 - p
+        out.append(record(seed * 1_000_000 + i, p, c))
+    return out
+
+
+def fold(cfg: Config, recs: list[PairRecord]) -> Comparator:
+    comparator = Comparator(cfg)
+    for r in recs:
+        comparator.update(r)
+    return comparator
+
+
+def test_a_record_is_folded_into_counts_divergence_and_costs() -> None:
+    comparator = fold(
+        config(), [record(1, 0.8, 0.7), record(2, 0.3, 0.6), record(3, 0.5, 0.5, "timeout")]
+    )
+    st = comparator.targets["cand"]
+    assert st.requests == 3 and st.compared == 2
+    assert st.candidate_outcomes["timeout"] == 1
+    assert st.agree == 1 and st.label_rows == 2  # 0.3 -> 0.6 flips the label
+    assert st.abs_diff.mean == pytest.approx((0.1 + 0.3) / 2, abs=1e-6)
+    assert st.diff.mean == pytest.approx((-0.1 + 0.3) / 2, abs=1e-6)
+    assert st.candidate_cpu_ms.mean == pytest.approx(2.0)
+    assert st.examples[0].request_id == "req-2"  # the most divergent first
+
+
+def test_merging_two_replicas_equals_one_process_that_saw_everything() -> None:
+    cfg = config()
+    all_records = records(400, seed=1)
+    whole = fold(cfg, all_records).snapshot()
+    left = fold(cfg, all_records[::2]).snapshot()
+    right = fold(cfg, all_records[1::2]).snapshot()
+    merged = merge_snapshots([("a", left), ("b", right)])
+    expected = merge_snapshots([("whole", whole)])
+    a, b = merged["cand"].to_json(), expected["cand"].to_json()
+    for key in ("requests", "compared", "agree", "flips", "candidate_outcomes", "production_hist",
+                "candidate_hist", "abs_hist", "abs_sketch", "reservoir", "examples"):  # fmt: skip
+        assert a[key] == b[key], key
+    assert a["diff"]["count"] == b["diff"]["count"]
+    assert merged["cand"].diff.mean == pytest.approx(expected["cand"].diff.mean, abs=1e-12)
+    report_a = report_for(cfg, merged)
+    report_b = report_for(cfg, expected)
+    assert report_a["candidates"][0]["metrics"] == pytest.approx(
+        report_b["candidates"][0]["metrics"], rel=1e-9
+    )
+
+
+def test_snapshots_persist_and_an_incompatible_one_is_refused(tmp_path: Path) -> None:
+    cfg = config()
+    comparator = fold(cfg, records(50, seed=2))
+    path = tmp_path / "state" / "snapshot.json"
+    write_snapshot(path, comparator.snapshot())
+    assert [p.name for p in path.parent.iterdir()] == ["snapshot.json"]  # no temp file left
+    restarted = Comparator(cfg)
+    restarted.load(read_snapshot_file(path), str(path))
+    assert restarted.targets["cand"].to_json() == comparator.targets["cand"].to_json()
+    other_seed = config_from_dict({**_raw(cfg), "compare": {"seed": 8}})
+    with pytest.raises(StateError, match="another layout"):
+        Comparator(other_seed).load(read_snapshot_file(path), str(path))
+    path.write_text('{"schema": "something/v9"}')
+    with pytest.raises(StateError, match="not a shadowproxy.snapshot/v1"):
+        Comparator(cfg).load(read_snapshot_file(path), str(path))
+
+
+def _raw(cfg: Config) -> dict[str, Any]:
+    return {
+        "production": {"name": "prod", "version": "1", "url": "http://127.0.0.1:9"},
+        "candidates": [{"name": "cand", "version": "2", "url": "http://127.0.0.1:10"}],
+    }
+
+
+def decision(cfg: Config, recs: list[PairRecord]) -> str:
+    comparator = fold(cfg, recs)
+    report = report_for(cfg, merge_snapshots([("x", comparator.snapshot())]))
+    return str(report["candidates"][0]["decision"])
+
+
+def test_too_few_samples_is_insufficient_data() -> None:
+    assert decision(config(), records(50, seed=3)) == "insufficient_data"
+
+
+def test_an_identical_candidate_is_promoted_and_never_rejected() -> None:
+    cfg = config()
+    outcomes = [decision(cfg, records(500, seed=s)) for s in range(20)]
+    assert "reject" not in outcomes
+    assert outcomes.count("promote") >= 19
+
+
+def test_anytime_valid_intervals_are_wider_but_still_decide_with_more_data() -> None:
+    fixed, anytime = config(0.95), config(0.95, anytime_valid=True)
+    recs = records(300, seed=5)
+    assert decision(fixed, recs) == "promote"
+    assert decision(anytime, recs) == "insufficient_data"  # the same data, not yet conclusive
+    assert decision(anytime, records(3000, seed=99)) == "promote"
+
+
+def test_a_score_shift_and_a_label_flip_are_rejected() -> None:
+    cfg = config()
+    assert all(decision(cfg, records(300, seed=s, shift=0.1)) == "reject" for s in range(5))
+    assert all(decision(cfg, records(500, seed=s, flip=0.05)) == "reject" for s in range(5))
+
+
+def test_reports_are_reproducible_from_the_seed() -> None:
+    cfg = config()
+    recs = records(300, seed=4)
+    first = report_for(cfg, merge_snapshots([("x", fold(cfg, recs).snapshot())]))
+    again = report_for(cfg, merge_snapshots([("x", fold(cfg, recs).snapshot())]))
+    assert first["candidates"][0]["gates"] == again["candidates"][0]["gates"]
+
+
+def test_late_ground_truth_gives_accuracy_for_each_side() -> None:
+    cfg = config()
+    comparator = fold(cfg, [record(1, 0.9, 0.2), record(2, 0.1, 0.1)])
+    assert comparator.feedback("req-1", 1) is True  # production right, candidate wrong
+    assert comparator.feedback("req-2", 0) is True  # both right
+    assert comparator.feedback("unknown", 1) is False
+    st = comparator.targets["cand"]
+    assert (st.feedback_rows, st.production_correct, st.candidate_correct) == (2, 2, 1)
