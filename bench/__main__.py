@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from . import executor, report
+from . import comparator, executor, report
 from .load import LoadError
 from .runner import MODES, run
 from .targets import REPO, TARGETS, StartError
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ep = sub.add_parser("executor", help="the process executor's throughput with batching")
     executor.add_arguments(ep)
+    cp = sub.add_parser("comparator", help="what comparing one pair costs")
+    cp.add_argument("--pairs", type=int, default=20_000)
     rp = sub.add_parser("report", help="print the tables of an earlier run's JSON")
     rp.add_argument("json", type=Path)
     rp.add_argument("--write-docs", action="store_true", help="also rewrite docs/benchmarks.md")
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "executor":
         signal.signal(signal.SIGTERM, _terminate)
         return executor.main(args)
+    if args.command == "comparator":
+        return comparator.main(["--pairs", str(args.pairs)])
     if args.command == "report":
         md = report.markdown(json.loads(args.json.read_text()))
         print(md)

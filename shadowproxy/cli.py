@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def model_problems(config: Config) -> list[Problem]:
-    """Every local model file's checks (hash, format, operators), one problem per model."""
+    """Checks of the files a config names: every local model (hash, format, operators) and
+    the input reference; one problem per file."""
     from shadowproxy.models.check import check_model
     from shadowproxy.runtime import local_models
 
@@ -67,6 +68,13 @@ def model_problems(config: Config) -> list[Problem]:
             check_model(spec.model, spec.where)
         except ModelError as exc:
             problems.append(Problem(spec.where, str(exc)))
+    if config.compare.reference is not None:
+        from shadowproxy.compare.reference import Reference
+
+        try:
+            Reference.load(config.compare.reference)
+        except StateError as exc:
+            problems.append(Problem("compare.reference", str(exc)))
     return problems
 
 

@@ -215,3 +215,27 @@ def test_console_script_is_installed_and_runs(tmp_path: Path) -> None:
         timeout=20,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_validate_refuses_an_unreadable_reference(tmp_path: Path) -> None:
+    (tmp_path / "reference.json").write_text('{"schema": "not-a-reference"}')
+    text = GOOD + "compare: {reference: reference.json}\n"
+    result = _run("validate", "--config", str(_write(tmp_path, "ref.yaml", text)))
+    assert result.returncode == 2
+    assert result.stderr.startswith("compare.reference:")
+
+
+def test_reference_builds_from_a_csv_and_validate_accepts_it(tmp_path: Path) -> None:
+    rows = ["age,balance,plan"] + [f"{20 + i % 50},{i * 10.5},{'ab'[i % 2]}" for i in range(200)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    config = _write(tmp_path, "c.yaml", GOOD + "compare: {features: [age, balance, plan]}\n")
+    out = tmp_path / "reference.json"
+    result = _run("reference", "--config", str(config), "--data", str(tmp_path / "train.csv"),
+                  "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "200 rows" in result.stdout and out.exists()
+    text = GOOD + "compare: {features: [age, balance, plan], reference: reference.json}\n"
+    assert _run("validate", "--config", str(_write(tmp_path, "v.yaml", text))).returncode == 0
+    bad = _run("reference", "--config", str(config), "--data", str(tmp_path / "nope.csv"),
+               "--out", str(out))  # fmt: skip
+    assert bad.returncode == 2 and "--data" in bad.stderr

@@ -79,6 +79,7 @@ def fold(cfg: Config, recs: list[PairRecord]) -> Comparator:
     comparator = Comparator(cfg)
     for r in recs:
         comparator.update(r)
+    comparator.flush()  # what the comparator thread does after each micro-batch
     return comparator
 
 
@@ -188,3 +189,14 @@ def test_late_ground_truth_gives_accuracy_for_each_side() -> None:
     assert comparator.feedback("unknown", 1) is False
     st = comparator.targets["cand"]
     assert (st.feedback_rows, st.production_correct, st.candidate_correct) == (2, 2, 1)
+
+
+def test_the_thread_folds_what_is_queued_and_a_full_queue_drops_and_counts() -> None:
+    comparator = Comparator(config(), queue_size=10)
+    for r in records(25, seed=6):
+        comparator.submit(r)  # nothing consumes yet: 10 fit, 15 are dropped
+    assert comparator.dropped == 15
+    comparator.start()
+    assert comparator.stop(5.0) is True  # drains the queue before stopping
+    assert comparator.processed == 10
+    assert comparator.snapshot()["targets"]["cand"]["requests"] == 10
