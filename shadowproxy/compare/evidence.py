@@ -72,6 +72,12 @@ class Evaluator:
         else:
             m["noise_adjusted_flip_rate"] = m["label_flip_rate"]
         m.update(self._scores(st))
+        if "score_mae" in m:
+            # Diffy's idea: what production disagrees with itself is noise, not the candidate.
+            noise_mae = _metric(0.0, (0.0, 0.0))
+            if baseline is not None and baseline.abs_diff.count:
+                noise_mae = _metric(baseline.abs_diff.mean, (baseline.abs_diff.mean,) * 2)
+            m["noise_adjusted_score_mae"] = _difference(m["score_mae"], noise_mae)
         m.update(self._resources(st))
         m.update(self._errors(st))
         if st.feedback_rows:
@@ -91,6 +97,9 @@ class Evaluator:
             out["score_bias"] = _metric(
                 st.diff.mean, self.bootstrap(sample[:, DIFF], lambda x: x.mean(axis=-1), 2)
             )
+            for q, name in ((0.5, "score_p50_abs_diff"), (0.95, "score_p95_abs_diff")):
+                out[name] = _metric(float(st.abs_sketch.quantile(q)))
+            out["score_max_abs_diff"] = _metric(st.abs_diff.max)
             out["score_p99_abs_diff"] = _metric(
                 float(st.abs_sketch.quantile(0.99)),
                 self.bootstrap(sample[:, ABS_DIFF], lambda x: np.quantile(x, 0.99, axis=-1), 3),
@@ -147,6 +156,7 @@ class Evaluator:
         return {
             "error_rate": error_rate,
             "timeout_rate": self.rate(c.get("timeout", 0), sent),
+            "invalid_rate": self.rate(c.get("invalid", 0), sent),
             "error_rate_delta": _difference(error_rate, prod_rate),
         }
 
@@ -168,16 +178,28 @@ def _difference(a: dict[str, float | None], b: dict[str, float | None]) -> dict[
     return _metric(a["value"] - b["value"], (low, high))
 
 
-def input_drift(st: TargetState, reference: Reference | None) -> dict[str, float]:
-    """PSI of each numeric feature's live histogram against the reference."""
+def input_drift(st: TargetState, reference: Reference | None) -> list[dict[str, Any]]:
+    """Per numeric feature: PSI and binned KS against the reference, and missing rates."""
     if reference is None:
-        return {}
-    out = {}
+        return []
+    out = []
     for feature in reference.features:
         hist = st.inputs.get(feature.name)
         if hist is None or feature.layout is None or hist.total == 0:
             continue
-        out[feature.name] = float(stats.psi(np.asarray(feature.counts), hist.counts))
+        expected = np.asarray(feature.counts)
+        ks, pvalue = stats.binned_ks(expected, hist.counts)
+        seen = hist.total  # NaN values included
+        out.append(
+            {
+                "feature": feature.name,
+                "psi": float(stats.psi(expected, hist.counts)),
+                "ks": ks,
+                "ks_pvalue": pvalue,
+                "nan_rate": hist.nan / seen if seen else 0.0,
+                "reference_nan_rate": feature.nan_rate,
+            }
+        )
     return out
 
 
@@ -193,7 +215,7 @@ def evidence(
     metrics = evaluator.metrics(st, baseline)
     drift = input_drift(st, reference)
     if drift:
-        metrics["input_psi_max"] = _metric(max(drift.values()))
+        metrics["input_psi_max"] = _metric(max(d["psi"] for d in drift))
     plots: dict[str, Any] = {
         "score_hist": {
             "edges": list(st.production_hist.layout.edges),
@@ -204,7 +226,7 @@ def evidence(
             "edges": list(st.abs_hist.layout.edges),
             "counts": st.abs_hist.counts.tolist(),
         },
-        "input_psi": drift,
+        "input_psi": {d["feature"]: d["psi"] for d in drift},
         "resources": {
             "production": _resource_bars(st, "production"),
             "candidate": _resource_bars(st, "candidate"),
@@ -223,6 +245,7 @@ def evidence(
         "samples": st.compared,
         "metrics": metrics,
         "plots": plots,
+        "input_drift": drift,
         "flip_matrix": _flip_matrix(st),
         "slices": _slices(st, reference),
         "examples": [

@@ -32,7 +32,7 @@ SCHEMA = "shadowproxy.report/v1"
 EXIT_CODES: Mapping[str, int] = {"promote": 0, "reject": 1, "insufficient_data": 3}
 """Exit code of ``shadowproxy report`` per top-level decision."""
 
-_EVIDENCE_KEYS = ("plots", "flip_matrix", "slices", "examples")
+_EVIDENCE_KEYS = ("plots", "flip_matrix", "slices", "examples", "input_drift")
 _CI_KEYS = ("value", "ci_low", "ci_high")
 
 

@@ -200,3 +200,42 @@ def test_the_thread_folds_what_is_queued_and_a_full_queue_drops_and_counts() -> 
     assert comparator.stop(5.0) is True  # drains the queue before stopping
     assert comparator.processed == 10
     assert comparator.snapshot()["targets"]["cand"]["requests"] == 10
+
+
+def _with_inputs(recs: list[PairRecord], rows: np.ndarray) -> list[PairRecord]:
+    for r, row in zip(recs, rows, strict=True):
+        r.request_body = orjson.dumps(
+            {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": row.tolist()}]}
+        )
+    return recs
+
+
+def test_input_drift_against_the_reference_and_slices(tmp_path: Path) -> None:
+    from shadowproxy.compare.evidence import Evaluator, evidence
+    from shadowproxy.compare.reference import build_reference
+
+    rng = np.random.default_rng(11)
+    train = rng.normal(size=(2000, 2))
+    np.save(tmp_path / "train.npy", train)
+    reference = build_reference(tmp_path / "train.npy", ["age", "balance"], bins=10)
+    cfg = config_from_dict(
+        {**_raw(config()), "compare": {"features": ["age", "balance"], "seed": 7,
+                                       "outputs": {"score": "probabilities", "label": "label"}}}
+    )  # fmt: skip
+    same = Comparator(cfg, reference)
+    shifted = Comparator(cfg, reference)
+    for r in _with_inputs(records(600, seed=1), rng.normal(size=(600, 2))):
+        same.update(r)
+    moved = rng.normal(size=(600, 2)) + np.array([1.5, 0.0])
+    for r in _with_inputs(records(600, seed=1, flip=0.2), moved):
+        shifted.update(r)
+    same.flush()
+    shifted.flush()
+    evaluator = Evaluator(cfg.promotion, cfg.compare.seed)
+    ev_same = evidence(same.targets["cand"], evaluator, reference=reference)
+    ev_moved = evidence(shifted.targets["cand"], evaluator, reference=reference)
+    assert ev_same["metrics"]["input_psi_max"]["value"] < 0.1
+    assert ev_moved["metrics"]["input_psi_max"]["value"] > 0.5
+    drift = {d["feature"]: d for d in ev_moved["input_drift"]}
+    assert drift["age"]["ks_pvalue"] < 1e-6 and drift["balance"]["ks_pvalue"] > 1e-3
+    assert ev_moved["slices"] and all(0 <= s["flip_rate"] <= 1 for s in ev_moved["slices"])

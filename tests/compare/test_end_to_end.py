@@ -149,3 +149,33 @@ async def test_traffic_to_a_report_with_a_promoted_and_a_rejected_candidate(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "Prometheus" in bad.stderr
+
+
+async def test_a_restart_resumes_from_the_snapshot_and_refuses_a_foreign_one(
+    backend: Backend, candidate_backend: Backend, tmp_path: Path
+) -> None:
+    from shadowproxy.errors import StateError
+    from tests.support.proxy import running_proxy as run
+
+    snap = tmp_path / "snapshot.json"
+    config = make_config(
+        backend.url,
+        candidates=[{"name": "c", "url": candidate_backend.url, "timeout_ms": 2000}],
+        compare={"seed": 1, "snapshot": {"path": str(snap), "interval_s": 60}},
+    )
+    for expected in (5, 10):  # the second run starts from the first run's 5
+        async with run(config) as rt, aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{rt.traffic_port}/v2/models/m/infer"
+            for _ in range(5):
+                async with session.post(url, data=body(np.zeros(4))) as r:
+                    assert r.status == 200
+            assert rt.comparator is not None
+            folded = rt.comparator
+            await wait_for(lambda c=folded: c.processed >= 5, what="five pairs folded")
+        assert json.loads(snap.read_text())["targets"]["c"]["requests"] == expected
+    config["compare"]["seed"] = 2  # another layout: never mixed in silently
+    try:
+        async with run(config):
+            raise AssertionError("a snapshot of another layout was accepted")
+    except StateError as exc:
+        assert "another layout" in str(exc)
