@@ -218,12 +218,12 @@ def evidence(
         metrics["input_psi_max"] = _metric(max(d["psi"] for d in drift))
     plots: dict[str, Any] = {
         "score_hist": {
-            "edges": list(st.production_hist.layout.edges),
+            "edges": plot_edges(st.production_hist.layout.edges),
             "production": st.production_hist.counts.tolist(),
             "candidate": st.candidate_hist.counts.tolist(),
         },
         "abs_diff_hist": {
-            "edges": list(st.abs_hist.layout.edges),
+            "edges": plot_edges(st.abs_hist.layout.edges),
             "counts": st.abs_hist.counts.tolist(),
         },
         "input_psi": {d["feature"]: d["psi"] for d in drift},
@@ -262,6 +262,18 @@ def evidence(
             for e in st.examples
         ],
     }
+
+
+def plot_edges(edges: tuple[float, ...]) -> list[float]:
+    """Finite edges for all ``len(edges) + 1`` bins, the open outer ones closed for a plot.
+
+    The lower outer bin starts at 0 for non-negative layouts (scores, differences), else one
+    bin width below; the upper one ends one bin width above the last edge.
+    """
+    width_low = edges[1] - edges[0] if len(edges) > 1 else 1.0
+    width_high = edges[-1] - edges[-2] if len(edges) > 1 else 1.0
+    low = 0.0 if edges[0] > 0 else edges[0] - width_low
+    return [low, *edges, edges[-1] + width_high]
 
 
 def _resource_bars(st: TargetState, side: str) -> dict[str, float | None]:

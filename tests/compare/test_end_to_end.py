@@ -127,7 +127,8 @@ async def test_traffic_to_a_report_with_a_promoted_and_a_rejected_candidate(
     assert by_name["constant"]["decision"] == "reject"
     failed = {g["metric"] for g in by_name["constant"]["gates"] if g["passed"] is False}
     assert "score_mae" in failed
-    assert (out / "report.html").read_text().count("<img") >= 2
+    # score histograms, latency CDF, divergence histogram and resource bars
+    assert (out / "report.html").read_text().count("<img") >= 4
     assert "twin" in result.stdout and "decision: promote" in result.stdout
 
     # The snapshot written at shutdown merges with itself into twice the counts, and the
