@@ -34,7 +34,7 @@ run: $(STAMP)
 
 # The same, with 500 requests replayed through the proxy; stops by itself.
 demo: $(STAMP)
-	$(PY) -m shadowproxy.devtools.run_local --config configs/local-dev.yaml --traffic 500
+	$(PY) -m shadowproxy demo
 
 bench: $(STAMP) system-deps
 	$(PY) -m bench run --write-docs

@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     reference.add_argument("--data", required=True, type=Path, help="CSV with a header, or .npy")
     reference.add_argument("--out", required=True, type=Path)
     reference.add_argument("--bins", type=int, default=10)
+    demo = sub.add_parser("demo", help="run production and candidates locally and write a report")
+    from shadowproxy.demo import add_arguments
+
+    add_arguments(demo)
     return parser
 
 
@@ -209,6 +213,17 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Exit 0 when the demo ran, whatever its decisions."""
+    from shadowproxy.demo import run
+
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("demo interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -222,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": cmd_replay,
         "report": cmd_report,
         "reference": cmd_reference,
+        "demo": cmd_demo,
     }
     try:
         return commands[args.command](args)
