@@ -55,6 +55,9 @@ log = logging.getLogger("shadowproxy.executor")
 
 MiB = 1024 * 1024
 SAMPLE_INTERVAL_S = 0.25
+# Descendants are looked for on every this-many samples (every 2 s): the search walks all of
+# /proc and would hold the event loop for about half a millisecond each time.
+CHILD_SCAN_EVERY = 8
 LOAD_TIMEOUT_S = 120.0  # check, build and warm-up of one worker
 HANG_GRACE_MIN_S = 1.0
 HANG_GRACE_FACTOR = 10.0
@@ -599,17 +602,23 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
     # -- resources -------------------------------------------------------------------
 
     async def _sample_loop(self) -> None:
+        rounds = 0
         while True:
+            scan = rounds % CHILD_SCAN_EVERY == 0
             for worker in list(self._all):
-                self._refresh(worker)
+                self._refresh(worker, scan_children=scan)
+            rounds += 1
             await asyncio.sleep(SAMPLE_INTERVAL_S)
 
-    def _refresh(self, worker: _Worker) -> None:
+    def _refresh(self, worker: _Worker, *, scan_children: bool = True) -> None:
         """Read one worker's process tree; kill it when above the memory cap."""
         if worker.ps is None or worker.exited:
             return
+        known = None
+        if not scan_children:
+            known = tuple(c for c in worker.sample.children if c.is_running())
         try:
-            sample = sample_tree(worker.ps)
+            sample = sample_tree(worker.ps, children=known)
         except psutil.Error:
             return  # exiting; its supervisor accounts for it
         worker.sample = sample
