@@ -260,7 +260,7 @@ class PairLog:
         64 * 1024, "bodies are truncated to this many bytes in the log", ge=0
     )
     redact: tuple[str, ...] = spec(
-        (), 'header names and dotted JSON body fields replaced by "[redacted]"'
+        (), 'dotted JSON body fields replaced by "[redacted]" (request and answers)'
     )
     queue_size: int = spec(10000, "records buffered for the writer; more are dropped", ge=1)
 
