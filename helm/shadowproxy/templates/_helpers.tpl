@@ -1,0 +1,90 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "shadowproxy.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Name of the namespaced objects of this release. */}}
+{{- define "shadowproxy.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The traffic Service may take over the name clients already call. */}}
+{{- define "shadowproxy.serviceName" -}}
+{{- default (include "shadowproxy.fullname" .) .Values.service.name -}}
+{{- end -}}
+
+{{- define "shadowproxy.adminServiceName" -}}
+{{- printf "%s-admin" (include "shadowproxy.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "shadowproxy.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "shadowproxy.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "shadowproxy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "shadowproxy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "shadowproxy.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "shadowproxy.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: proxy
+{{- end -}}
+
+{{- define "shadowproxy.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Ports come from the rendered config so the container, the probes and the Services
+     can never disagree with what `serve` binds. */}}
+{{- define "shadowproxy.trafficPort" -}}
+{{- $l := .Values.config.listen | default dict -}}
+{{- $l.port | default 8080 | int -}}
+{{- end -}}
+
+{{- define "shadowproxy.adminPort" -}}
+{{- $a := .Values.config.admin | default dict -}}
+{{- $a.port | default 9090 | int -}}
+{{- end -}}
+
+{{/* Seconds the pod may take to stop: preStop sleep, then the proxy's own drain
+     (drain_delay_s + grace_s), then the longest shadow exchange still in flight, plus a margin.
+     Kubernetes kills the pod at the end of it, so it must cover every phase. */}}
+{{- define "shadowproxy.terminationGrace" -}}
+{{- $s := .Values.config.shutdown | default dict -}}
+{{- $drain := 5.0 -}}
+{{- if hasKey $s "drain_delay_s" }}{{ $drain = $s.drain_delay_s | float64 }}{{ end -}}
+{{- $grace := 25.0 -}}
+{{- if hasKey $s "grace_s" }}{{ $grace = $s.grace_s | float64 }}{{ end -}}
+{{- $shadowMs := 0.0 -}}
+{{- range (.Values.config.candidates | default list) -}}
+{{- $t := 50.0 -}}
+{{- if hasKey . "timeout_ms" }}{{ $t = .timeout_ms | float64 }}{{ end -}}
+{{- if gt $t $shadowMs }}{{ $shadowMs = $t }}{{ end -}}
+{{- end -}}
+{{- $shadow := ceil (divf $shadowMs 1000.0) -}}
+{{- $total := addf (.Values.lifecycle.preStopSleepSeconds | float64) $drain $grace $shadow (.Values.lifecycle.extraGraceSeconds | float64) -}}
+{{- ceil $total | int -}}
+{{- end -}}
+
+{{- define "shadowproxy.modelsVolumeName" -}}models{{- end -}}
