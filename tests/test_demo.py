@@ -43,3 +43,33 @@ def test_the_demo_promotes_the_retrain_and_rejects_the_shifted_model_and_the_hog
         if p.pid not in before and any("shadowproxy" in part for part in (p.info["cmdline"] or []))
     ]  # fmt: skip
     assert not leftovers, [p.info["cmdline"] for p in leftovers]
+
+
+def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    before = {p.pid for p in psutil.process_iter()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shadowproxy", "demo", "--out", str(tmp_path / "r")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    started: list[psutil.Process] = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # wait until the servers and the proxy are up
+        if "mirrors every request" in line:
+            break
+        assert time.monotonic() < deadline, "the demo never started its proxy"
+    me = psutil.Process()
+    started = [p for p in me.children(recursive=True) if p.pid != proc.pid]
+    assert len(started) >= 3  # two model servers and the proxy (and its workers)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130
+    gone, alive = psutil.wait_procs(started, timeout=15)
+    assert not alive, [p.pid for p in alive]
+    leftovers = [
+        p for p in psutil.process_iter(["pid", "cmdline"])
+        if p.pid not in before and any("shadowproxy" in part for part in (p.info["cmdline"] or []))
+    ]  # fmt: skip
+    assert not leftovers, [p.info["cmdline"] for p in leftovers]
