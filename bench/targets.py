@@ -370,6 +370,9 @@ def shadowproxy_config(
         lines.append("candidates: []")
     else:
         raise ValueError(f"unknown candidate kind {candidate!r}")
+    # The proxy path is measured alone: the comparator costs the proxy process CPU per pair
+    # of its own (``python -m bench comparator``), which these targets leave out.
+    lines.append("compare: {enabled: false}")
     lines.append("shutdown: {drain_delay_s: 0, grace_s: 2}")
     return "\n".join(lines) + "\n"
 

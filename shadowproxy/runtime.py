@@ -146,9 +146,10 @@ class Runtime:
         for spec in local_models(cfg):
             check_model(spec.model, spec.where)
         # So are the reference and a saved snapshot: a mismatch is never mixed in silently.
-        self.comparator = self._comparator()
-        self.stream.subscribe(self.comparator.submit)
-        self.comparator.start()
+        if cfg.compare.enabled:
+            self.comparator = self._comparator()
+            self.stream.subscribe(self.comparator.submit)
+            self.comparator.start()
         self.admin_runner = web.AppRunner(
             build_admin_app(
                 cfg, self.metrics, self.not_ready_reasons, self.catalog, self.comparator
@@ -165,7 +166,8 @@ class Runtime:
             await self._start_local_models()
         except BaseException:
             await self.admin_runner.cleanup()
-            await asyncio.to_thread(self.comparator.stop, 1.0)
+            if self.comparator is not None:
+                await asyncio.to_thread(self.comparator.stop, 1.0)
             raise
         self.proxy = Proxy(cfg, self.metrics, self.stream, loop, self.local)
         proxy = self.proxy
@@ -183,7 +185,8 @@ class Runtime:
         else:
             proxy.production_answered(200)  # served here, and warmed up above
         self.spawn(self._watch_loop_lag(), "loop-lag")
-        self.spawn(self._snapshots(), "snapshots")
+        if self.comparator is not None:
+            self.spawn(self._snapshots(), "snapshots")
         self.spawn(self._sweep_deadlines(), "client-deadlines")
         log.info(
             "serving traffic on %s:%d, admin on %s:%d",

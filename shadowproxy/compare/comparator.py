@@ -27,6 +27,7 @@ from shadowproxy.config.model import Config
 from shadowproxy.errors import StateError
 from shadowproxy.pairing.record import Cost, PairRecord
 from shadowproxy.protocols import PayloadProtocol, protocol_for
+from shadowproxy.shadow.sampling import is_sampled
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Comparator:
     ) -> None:
         self.config = config
         self.seed = config.compare.seed
+        self.sample_rate = config.compare.sample_rate
         self.outputs = config.compare.outputs
         self.protocol = protocol or protocol_for(config)
         self.reference = reference
@@ -74,6 +76,8 @@ class Comparator:
     # -- the event-loop side ---------------------------------------------------------
     def submit(self, record: PairRecord) -> None:
         """Queue a record; never blocks (a full queue drops it, counted)."""
+        if self.sample_rate < 1.0 and not is_sampled(record.request_id, self.sample_rate):
+            return
         try:
             self.queue.put_nowait(record)
         except queue.Full:

@@ -222,6 +222,14 @@ class Compare:
     reference: Path | None = spec(None, "input reference made by `shadowproxy reference`")
     seed: int = spec(0, "seed of every random draw (reservoirs, bootstrap)", ge=0)
     snapshot: Snapshot = spec(Snapshot(), "comparator state persistence")
+    enabled: bool = spec(True, "run the comparator in this process (off: pair log only)")
+    sample_rate: float = spec(
+        1.0,
+        "share of pairs compared, decided from the request id (every replica compares the "
+        "same ones); the comparator costs CPU in the proxy process for each pair",
+        ge=0,
+        le=1,
+    )
 
 
 GateOp = Literal["min", "max"]

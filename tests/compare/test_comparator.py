@@ -239,3 +239,14 @@ def test_input_drift_against_the_reference_and_slices(tmp_path: Path) -> None:
     drift = {d["feature"]: d for d in ev_moved["input_drift"]}
     assert drift["age"]["ks_pvalue"] < 1e-6 and drift["balance"]["ks_pvalue"] > 1e-3
     assert ev_moved["slices"] and all(0 <= s["flip_rate"] <= 1 for s in ev_moved["slices"])
+
+
+def test_a_sample_rate_compares_the_same_share_on_every_replica() -> None:
+    cfg = config_from_dict({**_raw(config()), "compare": {"sample_rate": 0.25, "seed": 7}})
+    replicas = [Comparator(cfg, queue_size=1000), Comparator(cfg, queue_size=1000)]
+    recs = records(400, seed=8)
+    for comparator in replicas:
+        for r in recs:
+            comparator.submit(r)
+    queued = [c.queue.qsize() for c in replicas]
+    assert queued[0] == queued[1] and 60 <= queued[0] <= 140  # about a quarter, the same ones

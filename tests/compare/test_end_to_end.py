@@ -180,3 +180,11 @@ async def test_a_restart_resumes_from_the_snapshot_and_refuses_a_foreign_one(
             raise AssertionError("a snapshot of another layout was accepted")
     except StateError as exc:
         assert "another layout" in str(exc)
+
+
+async def test_the_comparator_can_be_left_out_of_a_process(backend: Backend) -> None:
+    config = make_config(backend.url, compare={"enabled": False})
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        assert rt.comparator is None
+        async with session.get(f"http://127.0.0.1:{rt.admin_port}/admin/snapshot") as r:
+            assert r.status == 404
