@@ -12,13 +12,14 @@ import http.client
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shadowproxy.devtools.ports import free_ports
 
 from . import nginx
 from .cpu import descendants, process_start
@@ -54,20 +55,6 @@ NEEDS_MODEL = frozenset({"shadowproxy_onnx"})  # started with the run's ONNX mod
 
 class StartError(RuntimeError):
     pass
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (held open together, so no duplicates)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # ---------------------------------------------------------------------------------------------

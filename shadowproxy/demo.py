@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ import numpy as np
 import orjson
 import yaml
 
+from shadowproxy.devtools.ports import free_ports
+
 ASSETS = Path(__file__).resolve().parent.parent / "configs" / "demo"
 GATES = [
     {"metric": "label_agreement", "min": 0.97},
@@ -47,19 +48,6 @@ GATES = [
     {"metric": "rss_delta_mb", "max": 150},
     {"metric": "error_rate", "max": 0.01},
 ]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def model_server_config(
