@@ -97,8 +97,15 @@ class Evaluator:
             out["score_bias"] = _metric(
                 st.diff.mean, self.bootstrap(sample[:, DIFF], lambda x: x.mean(axis=-1), 2)
             )
-            for q, name in ((0.5, "score_p50_abs_diff"), (0.95, "score_p95_abs_diff")):
-                out[name] = _metric(float(st.abs_sketch.quantile(q)))
+            for stream, (q, name) in enumerate(
+                ((0.5, "score_p50_abs_diff"), (0.95, "score_p95_abs_diff")), start=4
+            ):
+                out[name] = _metric(
+                    float(st.abs_sketch.quantile(q)),
+                    self.bootstrap(
+                        sample[:, ABS_DIFF], lambda x, q=q: np.quantile(x, q, axis=-1), stream
+                    ),
+                )
             out["score_max_abs_diff"] = _metric(st.abs_diff.max)
             out["score_p99_abs_diff"] = _metric(
                 float(st.abs_sketch.quantile(0.99)),

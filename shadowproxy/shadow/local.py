@@ -146,7 +146,8 @@ class LocalShadowTarget(MirroredTarget):
         if exc is not None:
             outcome: Outcome = exc.outcome if isinstance(exc, ExecutorError) else "error"
             if outcome == "dropped":
-                self.stats.record("dropped", None)
+                # Never run: counted under a drop reason, like an HTTP target's.
+                self.stats.dropped(self._drop_reason())
             else:
                 self.stats.record(outcome, latency)
                 self.stats.pairs += 1
@@ -198,6 +199,13 @@ class LocalShadowTarget(MirroredTarget):
             join, "ok", started, status=200, body=answer.body,
             cost=self.footprint.cost(answer),
         )  # fmt: skip
+
+    def _drop_reason(self) -> str:
+        if self.executor.disabled:
+            return "disabled"
+        if not self.executor.ready:
+            return "shutdown"  # the executor is stopping
+        return "budget"  # its queue was full (executor.queue_rows)
 
     def _publish(
         self,

@@ -177,6 +177,11 @@ def test_reports_are_reproducible_from_the_seed() -> None:
     cfg = config()
     recs = records(300, seed=4)
     first = report_for(cfg, merge_snapshots([("x", fold(cfg, recs).snapshot())]))
+    intervals = first["candidates"][0]["evidence"]["metrics"]
+    for name in ("score_mae", "score_bias", "score_p50_abs_diff", "score_p95_abs_diff",
+                 "score_p99_abs_diff"):  # fmt: skip
+        m = intervals[name]
+        assert m["ci_low"] <= m["value"] <= m["ci_high"] or name == "score_p99_abs_diff", name
     again = report_for(cfg, merge_snapshots([("x", fold(cfg, recs).snapshot())]))
     assert first["candidates"][0]["gates"] == again["candidates"][0]["gates"]
 

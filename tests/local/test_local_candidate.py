@@ -149,3 +149,31 @@ async def test_a_crashing_candidate_never_reaches_production(
         assert rt.not_ready_reasons() == []  # production carries on, the replica stays in
         status, body = await post(session, rt.traffic_port, v2_request())
         assert status == 200 and from_backend(body)
+
+
+async def test_a_full_executor_queue_is_a_counted_drop_with_its_reason(
+    backend: Backend, slow_model: BuiltModel
+) -> None:
+    import asyncio
+
+    config = make_config(
+        backend.url,
+        candidates=[{
+            "name": "local", "version": "2", "model": slow_model.config(), "timeout_ms": 5000,
+            "executor": {"kind": "process", "warmup_runs": 0, "max_wait_ms": 0, "max_batch": 1,
+                         "queue_rows": 1},
+        }],
+    )  # fmt: skip
+    records: list[PairRecord] = []
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        rt.stream.subscribe(records.append)
+        answers = await asyncio.gather(
+            *(post(session, rt.traffic_port, v2_request(name="x")) for _ in range(12))
+        )
+        assert all(status == 200 and from_backend(body) for status, body in answers)
+        await wait_for(lambda: len(records) == 12, timeout=20, what="twelve pair records")
+        dropped = [r for r in records if r.shadows["local"].outcome == "dropped"]
+        assert dropped, [r.shadows["local"].outcome for r in records]
+        assert metric_value(
+            rt, "shadowproxy_shadow_dropped_total", model="local", version="2", reason="budget"
+        ) == len(dropped)  # fmt: skip
