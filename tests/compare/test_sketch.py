@@ -12,19 +12,9 @@ from hypothesis import strategies as st
 
 from shadowproxy.compare.sketch import QuantileSketch
 from shadowproxy.errors import StateError
+from tests.compare.strategies import partitions
 
 QS = np.array([0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0])
-
-
-@st.composite
-def partitions(draw: st.DrawFn, elements: st.SearchStrategy[float]) -> tuple[list, list[list]]:
-    """Data, and the same data cut at random points into 2-4 parts in a random order."""
-    data = draw(st.lists(elements, max_size=200))
-    k = draw(st.integers(2, 4))
-    cuts = sorted(draw(st.lists(st.integers(0, len(data)), min_size=k - 1, max_size=k - 1)))
-    parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
-    order = draw(st.permutations(range(k)))
-    return data, [parts[i] for i in order]
 
 
 def assert_within(sketch: QuantileSketch, data: np.ndarray, qs: np.ndarray = QS) -> None:

@@ -136,17 +136,8 @@ def test_large_payloads_are_sent_without_a_copy() -> None:
     assert np.array_equal(framing.decode(body_of(buffers)).tensors["x"], big)
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    frames=st.lists(TENSORS, min_size=1, max_size=4),
-    cuts=st.lists(st.integers(0, 10_000), max_size=8),
-    direct_min=st.sampled_from([1, 16, 1 << 30]),
-)
-def test_assembler_cuts_a_stream_at_any_chunking(
-    frames: list[dict[str, np.ndarray]], cuts: list[int], direct_min: int
-) -> None:
-    stream = b"".join(joined(framing.encode_batch(i, t)) for i, t in enumerate(frames))
-    assembler = FrameAssembler(max_frame=1 << 30, direct_min=direct_min)
+def reassemble(assembler: FrameAssembler, stream: bytes, cuts: list[int]) -> list[bytearray]:
+    """Feed ``stream`` cut at ``cuts``, through both of the assembler's entry points."""
     bodies: list[bytearray] = []
     bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
     for start, end in zip(bounds, bounds[1:], strict=False):
@@ -160,6 +151,21 @@ def test_assembler_cuts_a_stream_at_any_chunking(
             target[:take] = chunk[:take]
             bodies += assembler.received(take)
             chunk = chunk[take:]
+    return bodies
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    frames=st.lists(TENSORS, min_size=1, max_size=4),
+    cuts=st.lists(st.integers(0, 10_000), max_size=8),
+    direct_min=st.sampled_from([1, 16, 1 << 30]),
+)
+def test_assembler_cuts_a_stream_at_any_chunking(
+    frames: list[dict[str, np.ndarray]], cuts: list[int], direct_min: int
+) -> None:
+    stream = b"".join(joined(framing.encode_batch(i, t)) for i, t in enumerate(frames))
+    assembler = FrameAssembler(max_frame=1 << 30, direct_min=direct_min)
+    bodies = reassemble(assembler, stream, cuts)
     assert len(bodies) == len(frames)
     for i, (body, sent) in enumerate(zip(bodies, frames, strict=True)):
         message = framing.decode(body)
@@ -259,19 +265,7 @@ def test_assembler_cuts_bodies_and_answers_at_any_chunking(
 
     stream = b"".join(encode(i, f) for i, f in enumerate(frames))
     assembler = FrameAssembler(max_frame=1 << 20, direct_min=16)
-    bodies: list[bytearray] = []
-    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
-    for start, end in zip(bounds, bounds[1:], strict=False):
-        chunk = memoryview(stream)[start:end]
-        while len(chunk):
-            target = assembler.receive_buffer()
-            if target is None:
-                bodies += assembler.feed(chunk)
-                break
-            take = min(len(target), len(chunk))
-            target[:take] = chunk[:take]
-            bodies += assembler.received(take)
-            chunk = chunk[take:]
+    bodies = reassemble(assembler, stream, cuts)
     assert [framing.decode(b).batch_id for b in bodies] == list(range(len(frames)))
     for body, frame in zip(bodies, frames, strict=True):
         message = framing.decode(body)
