@@ -61,6 +61,16 @@ class Comparator:
             if reference is not None
             else {}
         )
+        # Categorical features: counted over the reference's categories, for chi-square.
+        self.category_layouts = (
+            {
+                f.name: tuple(sorted(f.categories))
+                for f in reference.features
+                if f.kind == "categorical" and f.name in self.features
+            }
+            if reference is not None
+            else {}
+        )
         self.targets: dict[str, TargetState] = {}
         self.lock = threading.Lock()
         self.queue: queue.Queue[PairRecord | None] = queue.Queue(queue_size)
@@ -129,7 +139,7 @@ class Comparator:
         state = self.targets.get(name)
         if state is None:
             state = self.targets[name] = TargetState(
-                role, name, version, self.seed, dict(self.layouts)
+                role, name, version, self.seed, dict(self.layouts), dict(self.category_layouts)
             )
         return state
 
@@ -141,8 +151,10 @@ class Comparator:
             return
         p_out = extract(self.protocol, self.outputs, production)
         rows = None
-        if self.layouts:
-            rows = feature_rows(self.protocol, record.request_body, self.features)
+        if self.layouts or self.category_layouts:
+            rows = feature_rows(
+                self.protocol, record.request_body, self.features, self.category_layouts
+            )
         for name, shadow in record.shadows.items():
             st = self.state(name, shadow.role, shadow.version)
             st.requests += 1
@@ -152,6 +164,9 @@ class Comparator:
                 for feature, hist in st.inputs.items():
                     if feature in rows:
                         hist.add(rows[feature])
+                for feature, counts in st.categorical.items():
+                    if feature in rows:
+                        counts.add(rows[feature].tolist())
             if shadow.outcome == "dropped":
                 continue
             buf = self._pending.setdefault(name, _Pending())
@@ -272,7 +287,7 @@ class Comparator:
         return {
             "seed": self.seed,
             "reference": None if self.reference is None else self.reference.fingerprint(),
-            "features": sorted(self.layouts),
+            "features": sorted([*self.layouts, *self.category_layouts]),
         }
 
     def snapshot(self) -> dict[str, Any]:

@@ -106,7 +106,9 @@ class Evaluator:
                         sample[:, ABS_DIFF], lambda x, q=q: np.quantile(x, q, axis=-1), stream
                     ),
                 )
-            out["score_max_abs_diff"] = _metric(st.abs_diff.max)
+            # Not estimated from a sample: the largest difference over every compared row,
+            # exact (also across merged replicas), so its interval is the value itself.
+            out["score_max_abs_diff"] = _metric(st.abs_diff.max, (st.abs_diff.max,) * 2)
             out["score_p99_abs_diff"] = _metric(
                 float(st.abs_sketch.quantile(0.99)),
                 self.bootstrap(sample[:, ABS_DIFF], lambda x: np.quantile(x, 0.99, axis=-1), 3),
@@ -186,27 +188,49 @@ def _difference(a: dict[str, float | None], b: dict[str, float | None]) -> dict[
 
 
 def input_drift(st: TargetState, reference: Reference | None) -> list[dict[str, Any]]:
-    """Per numeric feature: PSI and binned KS against the reference, and missing rates."""
+    """Per feature, live traffic against the reference, and missing-value rates.
+
+    Numeric features get PSI and the binned KS test over the reference's bins; categorical
+    ones get PSI and the chi-square goodness-of-fit test over the reference's categories
+    (values the reference never saw pooled into one cell, see :func:`stats.chi_square`).
+    """
     if reference is None:
         return []
     out = []
     for feature in reference.features:
         hist = st.inputs.get(feature.name)
-        if hist is None or feature.layout is None or hist.total == 0:
-            continue
-        expected = np.asarray(feature.counts)
-        ks, pvalue = stats.binned_ks(expected, hist.counts)
-        seen = hist.total  # NaN values included
-        out.append(
-            {
-                "feature": feature.name,
-                "psi": float(stats.psi(expected, hist.counts)),
-                "ks": ks,
-                "ks_pvalue": pvalue,
-                "nan_rate": hist.nan / seen if seen else 0.0,
-                "reference_nan_rate": feature.nan_rate,
-            }
-        )
+        counts = st.categorical.get(feature.name)
+        if feature.layout is not None and hist is not None and hist.total:
+            expected = np.asarray(feature.counts)
+            ks, pvalue = stats.binned_ks(expected, hist.counts)
+            seen = hist.total  # NaN values included
+            out.append(
+                {
+                    "feature": feature.name,
+                    "kind": "numeric",
+                    "psi": float(stats.psi(expected, hist.counts)),
+                    "ks": ks,
+                    "ks_pvalue": pvalue,
+                    "nan_rate": hist.nan / seen,
+                    "reference_nan_rate": feature.nan_rate,
+                }
+            )
+        elif feature.kind == "categorical" and counts is not None and counts.total:
+            # The reference's counts in the live layout's order, 0 for the unseen cell.
+            expected = np.asarray([feature.categories.get(c, 0) for c in counts.categories] + [0])
+            chi2, pvalue = stats.chi_square(expected, counts.counts)
+            out.append(
+                {
+                    "feature": feature.name,
+                    "kind": "categorical",
+                    "psi": float(stats.psi(expected, counts.counts)),
+                    "chi2": chi2,
+                    "chi2_pvalue": pvalue,
+                    "unseen_rate": counts.unseen / counts.total,
+                    "nan_rate": counts.missing / counts.total,
+                    "reference_nan_rate": feature.nan_rate,
+                }
+            )
     return out
 
 
@@ -221,8 +245,9 @@ def evidence(
     """The report's evidence for one candidate (see :mod:`shadowproxy.report`)."""
     metrics = evaluator.metrics(st, baseline)
     drift = input_drift(st, reference)
-    if drift:
-        metrics["input_psi_max"] = _metric(max(d["psi"] for d in drift))
+    psis = [d["psi"] for d in drift if not math.isnan(d["psi"])]
+    if psis:
+        metrics["input_psi_max"] = _metric(max(psis))
     plots: dict[str, Any] = {
         "score_hist": {
             "edges": plot_edges(st.production_hist.layout.edges),
@@ -233,7 +258,7 @@ def evidence(
             "edges": plot_edges(st.abs_hist.layout.edges),
             "counts": st.abs_hist.counts.tolist(),
         },
-        "input_psi": {d["feature"]: d["psi"] for d in drift},
+        "input_psi": {d["feature"]: d["psi"] for d in drift if not math.isnan(d["psi"])},
         "resources": {
             "production": _resource_bars(st, "production"),
             "candidate": _resource_bars(st, "candidate"),

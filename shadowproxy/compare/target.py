@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from shadowproxy.compare.bins import BinLayout, Histogram
+from shadowproxy.compare.categories import CategoryCounts
 from shadowproxy.compare.moments import Moments
 from shadowproxy.compare.reservoir import Reservoir
 from shadowproxy.compare.sketch import QuantileSketch
@@ -52,6 +53,7 @@ class TargetState:
     version: str
     seed: int
     feature_layouts: dict[str, BinLayout] = field(default_factory=dict)
+    category_layouts: dict[str, tuple[str, ...]] = field(default_factory=dict)
     requests: int = 0  # pair records that include this target
     compared: int = 0  # of which both answers could be compared
     rows: int = 0
@@ -78,6 +80,7 @@ class TargetState:
     production_threads: Moments = field(default_factory=Moments)
     production_children: Moments = field(default_factory=Moments)
     inputs: dict[str, Histogram] = field(default_factory=dict)
+    categorical: dict[str, CategoryCounts] = field(default_factory=dict)
     slice_rows: dict[str, list[int]] = field(default_factory=dict)  # "feature|bin" -> [rows, flips]
     examples: list[Example] = field(default_factory=list)
     feedback_rows: int = 0
@@ -89,6 +92,8 @@ class TargetState:
             self.reservoir = Reservoir(RESERVOIR_ROWS, self.seed, 4)
         for name, layout in self.feature_layouts.items():
             self.inputs.setdefault(name, Histogram(layout))
+        for name, categories in self.category_layouts.items():
+            self.categorical.setdefault(name, CategoryCounts(categories))
 
     # -- updates (called by the comparator thread) -----------------------------------
     def add_example(self, example: Example) -> None:
@@ -114,10 +119,11 @@ class TargetState:
                 f"cannot merge state of {other.role} {other.name!r} (seed {other.seed}) "
                 f"into {self.role} {self.name!r} (seed {self.seed})"
             )
-        if set(other.inputs) != set(self.inputs):
+        mine_features = sorted([*self.inputs, *self.categorical])
+        their_features = sorted([*other.inputs, *other.categorical])
+        if mine_features != their_features:
             raise StateError(
-                f"{self.name}: input features differ: {sorted(self.inputs)} and "
-                f"{sorted(other.inputs)}"
+                f"{self.name}: input features differ: {mine_features} and {their_features}"
             )
         for attr in ("requests", "compared", "rows", "label_rows", "agree", "feedback_rows",
                      "production_correct", "candidate_correct"):  # fmt: skip
@@ -137,6 +143,8 @@ class TargetState:
             getattr(self, attr).merge(getattr(other, attr))
         for name, hist in other.inputs.items():
             self.inputs[name].merge(hist)
+        for name, counts in other.categorical.items():
+            self.categorical[name].merge(counts)
         for example in other.examples:
             self.add_example(example)
 
@@ -148,12 +156,14 @@ class TargetState:
             "version": self.version,
             "seed": self.seed,
             "feature_layouts": {k: v.to_json() for k, v in self.feature_layouts.items()},
+            "category_layouts": {k: list(v) for k, v in self.category_layouts.items()},
         }
         for attr in _COUNTERS:
             out[attr] = getattr(self, attr)
         for attr in _MERGEABLE:
             out[attr] = getattr(self, attr).to_json()
         out["inputs"] = {k: v.to_json() for k, v in self.inputs.items()}
+        out["categorical"] = {k: v.to_json() for k, v in self.categorical.items()}
         out["slice_rows"] = self.slice_rows
         out["examples"] = [e.__dict__ for e in self.examples]
         return out
@@ -169,6 +179,10 @@ class TargetState:
                 feature_layouts={
                     k: BinLayout.from_json(v) for k, v in data["feature_layouts"].items()
                 },
+                # Absent from snapshots written before categorical inputs were counted.
+                category_layouts={
+                    k: tuple(str(c) for c in v) for k, v in data.get("category_layouts", {}).items()
+                },
             )
             for attr in _COUNTERS:
                 value = data[attr]
@@ -177,6 +191,15 @@ class TargetState:
                 kind = type(getattr(state, attr))
                 setattr(state, attr, kind.from_json(data[attr]))
             state.inputs = {k: Histogram.from_json(v) for k, v in data["inputs"].items()}
+            categorical = {
+                k: CategoryCounts.from_json(v) for k, v in data.get("categorical", {}).items()
+            }
+            if any(
+                categorical.get(k, state.categorical[k]).categories != categories
+                for k, categories in state.category_layouts.items()
+            ) or set(categorical) - set(state.category_layouts):
+                raise StateError("categorical input counts do not match their category lists")
+            state.categorical.update(categorical)
             state.slice_rows = {k: [int(a), int(b)] for k, (a, b) in data["slice_rows"].items()}
             state.examples = [Example(**e) for e in data["examples"]]
         except (KeyError, TypeError, ValueError) as exc:

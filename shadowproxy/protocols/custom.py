@@ -77,9 +77,7 @@ class JsonProtocol(PayloadProtocol):
             )
         spec = inputs[0]
         where = self.payload.rows or "body"
-        rows = _rows(self._parse(body), self.payload.rows, where, "bad_body")
-        arrays.check_rows(len(rows), self.payload.max_rows, where)
-        matrix = [self._row(row, index, where) for index, row in enumerate(rows)]
+        matrix = self.feature_table(body)
         allow_nonfinite = self.payload.nonfinite == "allow"
         bools_seen = b"true" in body or b"false" in body
         try:
@@ -97,7 +95,14 @@ class JsonProtocol(PayloadProtocol):
             self._blame_column(matrix, spec.datatype, where, allow_nonfinite)
             raise PayloadError(f"{where}: each feature must be a single value", "bad_shape")
         arrays.check_shape(array.shape, spec, where)
-        return Decoded(arrays={spec.name: array}, rows=len(rows))
+        return Decoded(arrays={spec.name: array}, rows=len(matrix))
+
+    def feature_table(self, body: bytes) -> list[Sequence[Any]]:
+        """The request's rows as raw JSON values, one per feature, in feature order."""
+        where = self.payload.rows or "body"
+        rows = _rows(self._parse(body), self.payload.rows, where, "bad_body")
+        arrays.check_rows(len(rows), self.payload.max_rows, where)
+        return [self._row(row, index, where) for index, row in enumerate(rows)]
 
     def _blame_column(
         self, matrix: list[Sequence[Any]], datatype: str, where: str, allow_nonfinite: bool
