@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SCHEMA = "shadowproxy.snapshot/v1"
 BATCH = 256
 FLUSH_EVERY = 256  # pairs buffered per target before they are folded in
+FLUSH_INTERVAL_S = 1.0  # ... or at the latest this long after the last fold
 FEEDBACK_WINDOW = 100_000  # request ids remembered for late ground truth
 MiB = 1024 * 1024
 
@@ -113,8 +114,16 @@ class Comparator:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        flushed_at = time.monotonic()
         while True:
-            item = self.queue.get()
+            try:
+                item = self.queue.get(timeout=FLUSH_INTERVAL_S)
+            except queue.Empty:
+                # Idle: fold what is buffered, so the gauges catch up with the traffic.
+                with self.lock:
+                    self.flush()
+                flushed_at = time.monotonic()
+                continue
             batch = [item]
             while len(batch) < BATCH:
                 try:
@@ -129,7 +138,11 @@ class Comparator:
                         self.update(record)
                     except Exception:  # one odd record must not stop the comparator
                         log.exception("comparator failed on record %s", record.request_id)
-                self.flush()
+                # Folding costs the same for 1 pair as for 256: at low rates, waiting for a
+                # full buffer (or the interval) keeps the cost per pair low.
+                if time.monotonic() - flushed_at >= FLUSH_INTERVAL_S or None in batch:
+                    self.flush()
+                    flushed_at = time.monotonic()
                 self.busy_s += time.thread_time() - started
             if None in batch:
                 return
