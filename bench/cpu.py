@@ -4,7 +4,8 @@ The figure for a tree is utime+stime of the root and of every live descendant, p
 cutime+cstime (children already reaped). For nginx that is master + worker; for shadowproxy
 the server process plus any executor worker it spawned. The figure for the root process
 alone leaves its children out, live or reaped: for shadowproxy with a local candidate, that
-is what the proxy itself spends, apart from the model's workers.
+is what the proxy itself spends, apart from the model's workers. Resident memory is read
+the same way, per process and per tree.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 _PROC = Path("/proc")
 
 
@@ -71,6 +73,21 @@ def descendants(root: int) -> list[int]:
 def tree_ticks(root: int) -> int:
     """CPU ticks used so far by ``root`` and its whole process tree."""
     return sum(process_ticks(pid) for pid in [root, *descendants(root)])
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process (``/proc/<pid>/statm``); 0 if it is gone."""
+    try:
+        resident_pages = int((_PROC / str(pid) / "statm").read_text().split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0
+    return resident_pages * PAGE_BYTES
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of ``root`` and every live descendant, summed: pages the processes
+    share count once per process, so this is an upper bound of what the tree holds."""
+    return sum(rss_bytes(pid) for pid in [root, *descendants(root)])
 
 
 def ticks_to_us(ticks: int) -> float:

@@ -298,10 +298,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result: dict[str, Any]) -> None:
-    from .report import compute_ratios, summarize_executor
+    from .report import compute_ratios, summarize_section
     from .tables import executor_table
 
-    summarize_executor(result)
+    summarize_section("executor", result)
     speedup = compute_ratios({}, result)["batching_speedup"]
     print("\n" + "\n".join(executor_table(result)))
     if speedup["value"] is not None:

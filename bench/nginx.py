@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# The body a KServe v2 model would answer with; both stub backends return it.
+# The body a KServe v2 classifier would answer with; every stub backend returns it. Its two
+# outputs have the names and types of the benchmark's ONNX model's, so the comparator of
+# ``shadowproxy_both`` compares labels and scores of both kinds of candidate.
 STUB_RESPONSE = (
-    '{"outputs":[{"name":"probabilities","shape":[1,2],"datatype":"FP32","data":[0.2,0.8]}]}'
+    '{"outputs":[{"name":"label","shape":[1],"datatype":"INT64","data":[1]},'
+    '{"name":"probabilities","shape":[1,2],"datatype":"FP32","data":[0.2,0.8]}]}'
 )
 
 # Keep-alive connections are never recycled during a run: churn would dominate the figures.

@@ -27,28 +27,18 @@ import json
 import os
 import select
 import socket
-import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import httptools
 
-from .load import (
-    LOAD_CPU,
-    LoadError,
-    die_with_parent,
-    gc_paused,
-    percentile,
-    request_bytes,
-    require_binary,
-)
+from .load import LOAD_CPU, LoadError, gc_paused, percentile, request_bytes
+from .procs import run_module_pinned
 
 Clock = Callable[[], int]
-_REPO = Path(__file__).resolve().parent.parent
 _RECV_BYTES = 65536
 SPIN_US = 150.0  # poll, rather than sleep, this close to a due time
 
@@ -126,7 +116,7 @@ class _Conn:
         self.sock.close()
 
 
-def _lower_timer_slack() -> None:
+def lower_timer_slack() -> None:
     """Ask the kernel to wake this process on time (default slack is 50 µs)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(29, 1)  # PR_SET_TIMERSLACK, 1 ns
@@ -366,12 +356,7 @@ def run_pinned(
     host: str = "127.0.0.1",
 ) -> OpenLoopResult:
     """One open-loop run in its own process pinned to ``cpu``, as wrk is; bounded in time."""
-    cmd = [
-        require_binary("taskset"),
-        "-c",
-        str(cpu),
-        sys.executable,
-        "-m",
+    args = [
         "bench.openloop",
         f"--host={host}",
         f"--port={port}",
@@ -381,26 +366,13 @@ def run_pinned(
         f"--drain={drain_s}",
     ]
     limit = duration_s + drain_s + 30
+    stdout = run_module_pinned(args, cpu=cpu, timeout_s=limit, what="the open-loop generator")
     try:
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=limit,
-            check=False,
-            cwd=_REPO,
-            preexec_fn=die_with_parent,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise LoadError(f"the open-loop generator did not finish within {limit:.0f}s") from exc
-    if proc.returncode != 0:
-        raise LoadError(f"the open-loop generator exited {proc.returncode}: {proc.stderr}")
-    try:
-        fields = json.loads(proc.stdout)
+        fields = json.loads(stdout)
         fields.pop("errors", None)  # derived
         return OpenLoopResult(**fields)
     except (ValueError, TypeError) as exc:
-        raise LoadError(f"cannot parse the open-loop result: {proc.stdout!r}") from exc
+        raise LoadError(f"cannot parse the open-loop result: {stdout!r}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         "--spin-us", type=float, default=SPIN_US, help="poll instead of sleeping this close"
     )
     args = parser.parse_args(argv)
-    _lower_timer_slack()
+    lower_timer_slack()
     try:
         result = open_loop(
             args.host,

@@ -14,31 +14,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import faults
 from .tables import markdown as markdown  # the tables of a document, re-exported here
 from .targets import REPO
 
 DOCS = REPO / "docs" / "benchmarks.md"
 RESULTS_BEGIN = "<!-- results:begin -->"
 RESULTS_END = "<!-- results:end -->"
+SCALE_OUT_DOCS = REPO / "docs" / "scale-out.md"
+CAPACITY_BEGIN = "<!-- capacity:begin -->"
+CAPACITY_END = "<!-- capacity:end -->"
 
 
 @dataclass(frozen=True)
 class Ratio:
-    """A per-round comparison of two figures: their quotient, or for ``difference`` a − b.
+    """A per-round comparison of two figures: their quotient, or for ``difference`` a − b;
+    without a ``denominator``, the numerator's figure itself, summarised the same way.
 
-    Each side is (source, per-round metric), the source being a target or ``executor``.
+    Each side is (source, per-round metric); a source is a target, a faulty-candidate target,
+    or a section: ``executor``, ``comparator``, ``memory``.
     """
 
     name: str
     numerator: tuple[str, str]
-    denominator: tuple[str, str]
+    denominator: tuple[str, str] | None
     goal: str | None = None  # e.g. "<= 3"
     meaning: str = ""
     difference: bool = False
 
     def of(self, a: float | None, b: float | None) -> float | None:
-        if a is None or b is None:
+        if a is None or (b is None and self.denominator is not None):
             return None
+        if b is None:
+            return a
         if self.difference:
             return a - b
         return a / b if b > 0 else None
@@ -48,6 +56,28 @@ class Ratio:
             return None
         op, bound = self.goal.split()
         return value <= float(bound) if op == "<=" else value >= float(bound)
+
+    @property
+    def definition(self) -> str:
+        num = ".".join(self.numerator)
+        if self.denominator is None:
+            return num
+        return f"{num} {'-' if self.difference else '/'} {'.'.join(self.denominator)}"
+
+
+def _isolation_ratios(family: str, goal: str | None) -> tuple[Ratio, ...]:
+    prefix = "" if family == "shadowproxy" else "nginx_"
+    return tuple(
+        Ratio(
+            f"{prefix}isolation_p99_inflation_{fault}",
+            (faults.target_name(family, fault), "half_p99_us"),
+            (faults.BASELINE[family], "half_p99_us"),
+            goal,
+            f"production p99 at half load (open loop) with a candidate that is {fault} "
+            f"({faults.FAULTS[fault]}) vs {faults.BASELINE[family]}",
+        )
+        for fault in faults.FAMILY_FAULTS[family]
+    )
 
 
 RATIOS = (
@@ -96,6 +126,23 @@ RATIOS = (
         ">= 5",
         "rows/s through a process executor, max_batch 32 vs 1, many 1-row requests in flight",
     ),
+    *_isolation_ratios("shadowproxy", "<= 1.1"),
+    Ratio(
+        "comparator_us_per_pair",
+        ("comparator", "us_per_pair"),
+        None,
+        "<= 2",
+        "CPU µs the comparator costs the proxy process per pair: hand-over plus fold "
+        "(python -m bench comparator, on the proxy CPU)",
+    ),
+    Ratio(
+        "rss_growth_mb",
+        ("memory", "rss_growth_mb"),
+        None,
+        "<= 20",
+        "resident memory the proxy process gains between the small and the large request "
+        "count (f')",
+    ),
     Ratio(
         "onnx_tree_cpu_added_us",
         ("shadowproxy_onnx", "cpu_us_per_req"),
@@ -118,10 +165,29 @@ RATIOS = (
         None,
         "closed-loop req/s without candidates, shadowproxy vs nginx",
     ),
+    Ratio(
+        "both_throughput_ratio_vs_http",
+        ("shadowproxy_both", "rps"),
+        ("shadowproxy_http", "rps"),
+        None,
+        "closed-loop req/s with the HTTP and the local candidate and the comparator, vs the "
+        "HTTP candidate alone",
+    ),
+    Ratio(
+        "rss_growth_tree_mb",
+        ("memory", "tree_rss_growth_mb"),
+        None,
+        None,
+        "as rss_growth_mb, for the whole process tree (executor workers included)",
+    ),
+    *_isolation_ratios("nginx_mirror", None),
 )
 
+# How to read one figure from a round's record; None when the record lacks it.
+Metrics = dict[str, Callable[[dict[str, Any]], float | None]]
+
 # Per-round figures summarised as median and range over rounds.
-METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
+METRICS: Metrics = {
     "rps": lambda r: r["rps"],
     "wrk_p50_us": lambda r: r["latency_us"]["p50"],
     "wrk_p99_us": lambda r: r["latency_us"]["p99"],
@@ -140,10 +206,16 @@ METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "half_max_us": lambda r: _half(r, "latency_us", "max"),
     "half_errors": lambda r: _half(r, "errors"),
     "half_mirrored_fraction": lambda r: _half(r, "mirror", "mirrored_fraction"),
+    "rss_mb": lambda r: _get(r, "memory", "rss_mb"),
+    "tree_rss_mb": lambda r: _get(r, "memory", "tree_rss_mb"),
+    "compared_fraction": lambda r: _get(r, "mirror", "compare", "compared_fraction"),
+    "compare_thread_us_per_pair": lambda r: _get(r, "mirror", "compare", "thread_us_per_pair"),
 }
+# A faulty-candidate target is only measured at half load: its rounds hold ``half_load``.
+HALF_METRICS = {k: v for k, v in METRICS.items() if k.startswith("half_")}
 
 # Per-round figures of the executor section.
-EXECUTOR_METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
+EXECUTOR_METRICS: Metrics = {
     "rows_per_s_batch_1": lambda r: r["throughput"]["1"]["rows_per_s"],
     "rows_per_s_batch_32": lambda r: r["throughput"]["32"]["rows_per_s"],
     "mean_batch_rows_32": lambda r: r["throughput"]["32"]["mean_batch_rows"],
@@ -157,16 +229,37 @@ EXECUTOR_METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "round_trip_ipc_us": lambda r: r["round_trip"]["ipc_mean_us"],
     "round_trip_queue_us": lambda r: r["round_trip"]["queue_mean_us"],
 }
+# Per-round figures of ``bench comparator`` (comparator) and of the memory growth (one round).
+COMPARATOR_METRICS: Metrics = {
+    "us_per_pair": lambda r: r["us_per_pair"],
+    "handoff_us_per_pair": lambda r: r["handoff_us_per_pair"],
+    "fold_us_per_pair": lambda r: r["fold_us_per_pair"],
+}
+MEMORY_METRICS: Metrics = {
+    "rss_growth_mb": lambda r: r["rss_growth_mb"],
+    "tree_rss_growth_mb": lambda r: r["tree_rss_growth_mb"],
+}
+# The sections of a run besides its targets, each with rounds of its own.
+SECTION_METRICS = {
+    "executor": EXECUTOR_METRICS,
+    "comparator": COMPARATOR_METRICS,
+    "memory": MEMORY_METRICS,
+}
 
 
-def _half(r: dict[str, Any], *keys: str) -> float | None:
-    """A figure of the round's open-loop run at half load, None if there was none."""
-    value: Any = r.get("half_load")
+def _get(record: dict[str, Any], *keys: str) -> Any:
+    """``record[k1][k2]…``, None where a key is missing (older runs, targets without it)."""
+    value: Any = record
     for key in keys:
         if not isinstance(value, dict) or key not in value:
             return None
         value = value[key]
     return value
+
+
+def _half(r: dict[str, Any], *keys: str) -> float | None:
+    """A figure of the round's open-loop run at half load, None if there was none."""
+    return _get(r, "half_load", *keys)
 
 
 def spread(values: list[float]) -> dict[str, float] | None:
@@ -191,18 +284,16 @@ def add_latency_deltas(targets: dict[str, dict[str, Any]]) -> None:
             r["added_p99_us"] = r["single"]["p99_us"] - d["single"]["p99_us"]
 
 
-def _summary(
-    rounds: list[dict[str, Any]], metrics: dict[str, Callable[[dict[str, Any]], float | None]]
-) -> dict[str, Any]:
+def _summary(rounds: list[dict[str, Any]], metrics: Metrics) -> dict[str, Any]:
     out = {}
     for metric, get in metrics.items():
         out[metric] = spread([v for r in rounds if (v := get(r)) is not None])
     return out
 
 
-def summarize(targets: dict[str, dict[str, Any]]) -> None:
+def summarize(targets: dict[str, dict[str, Any]], metrics: Metrics = METRICS) -> None:
     for t in targets.values():
-        t["summary"] = _summary(t["rounds"], METRICS)
+        t["summary"] = _summary(t["rounds"], metrics)
         mirrors = [r["mirror"] for r in t["rounds"] if "mirror" in r]
         if mirrors:
             t["summary"]["mirror_totals"] = mirror_totals(t["rounds"], mirrors)
@@ -234,19 +325,34 @@ def fixed_rate_summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]
 
 
 def _outcome_totals(mirrors: list[dict[str, Any]]) -> dict[str, Any]:
-    outcomes: dict[str, float] = {}
+    """Per candidate, each outcome summed over runs; and production's requests served."""
+    by_candidate: dict[str, dict[str, float]] = {}
     for m in mirrors:
-        for outcome, n in m.get("candidate_outcomes", {}).items():
-            outcomes[outcome] = outcomes.get(outcome, 0.0) + n
-    return {
-        "candidate_outcomes": outcomes,
+        for name, c in m.get("candidates", {}).items():
+            totals = by_candidate.setdefault(name, {})
+            for outcome, n in c["outcomes"].items():
+                totals[outcome] = totals.get(outcome, 0.0) + n
+    out: dict[str, Any] = {
+        "by_candidate": by_candidate,
         "production_served": sum(m.get("production_served", 0.0) for m in mirrors),
     }
+    compares = [m["compare"] for m in mirrors if "compare" in m]
+    if compares:
+        out["compare"] = {
+            "processed": sum(c["processed"] for c in compares),
+            "dropped": sum(c["dropped"] for c in compares),
+            "compared": {
+                name: sum(c["candidates"][name]["compared"] for c in compares)
+                for name in compares[0]["candidates"]
+            },
+        }
+    return out
 
 
-def summarize_executor(section: dict[str, Any] | None) -> None:
+def summarize_section(name: str, section: dict[str, Any] | None) -> None:
+    """The summary of a section (``executor``, ``comparator``, ``memory``) from its rounds."""
     if section is not None:
-        section["summary"] = _summary(section.get("rounds", []), EXECUTOR_METRICS)
+        section["summary"] = _summary(section.get("rounds", []), SECTION_METRICS[name])
 
 
 def mirror_totals(rounds: list[dict[str, Any]], mirrors: list[dict[str, Any]]) -> dict[str, Any]:
@@ -256,37 +362,46 @@ def mirror_totals(rounds: list[dict[str, Any]], mirrors: list[dict[str, Any]]) -
         out["candidate_backend_received"] = sum(
             m.get("candidate_backend_received", 0) for m in mirrors
         )
-    if any("candidate_outcomes" in m for m in mirrors):
+    if any("candidates" in m for m in mirrors):
         out.update(_outcome_totals(mirrors))
     return out
 
 
-def _rounds_of(
-    source: str, targets: dict[str, dict[str, Any]], executor: dict[str, Any] | None
-) -> list[dict[str, Any]]:
-    if source == "executor":
-        return (executor or {}).get("rounds", [])
-    return targets.get(source, {}).get("rounds", [])
+def _source(source: str, doc: dict[str, Any]) -> tuple[list[dict[str, Any]], Metrics]:
+    """The rounds of a ratio's source in a run document, and how to read its figures."""
+    if source in SECTION_METRICS:
+        return (doc.get(source) or {}).get("rounds", []), SECTION_METRICS[source]
+    faulty = (doc.get("isolation") or {}).get("targets", {})
+    if source in faulty:
+        return faulty[source]["rounds"], HALF_METRICS
+    return doc.get("targets", {}).get(source, {}).get("rounds", []), METRICS
 
 
 def compute_ratios(
-    targets: dict[str, dict[str, Any]], executor: dict[str, Any] | None = None
+    targets: dict[str, dict[str, Any]],
+    executor: dict[str, Any] | None = None,
+    **sections: dict[str, Any] | None,
 ) -> dict[str, dict[str, Any]]:
     """Each ratio per round (numerator and denominator from the same round), then summarised.
 
-    A round whose denominator is not positive gives no ratio for that round (differences
-    only need both figures).
+    ``sections`` are the run's other sources: ``isolation`` (its faulty-candidate targets),
+    ``comparator``, ``memory``. A round whose denominator is not positive gives no ratio for
+    that round (differences only need both figures).
     """
+    doc = {"targets": targets, "executor": executor, **sections}
     out: dict[str, dict[str, Any]] = {}
     for ratio in RATIOS:
-        (nt, nm), (dt_, dm) = ratio.numerator, ratio.denominator
-        num = _by_round(_rounds_of(nt, targets, executor))
-        den = _by_round(_rounds_of(dt_, targets, executor))
-        get_num = (EXECUTOR_METRICS if nt == "executor" else METRICS)[nm]
-        get_den = (EXECUTOR_METRICS if dt_ == "executor" else METRICS)[dm]
+        num_rounds, num_metrics = _source(ratio.numerator[0], doc)
+        get_num = num_metrics[ratio.numerator[1]]
+        num = _by_round(num_rounds)
+        den, get_den = num, None
+        if ratio.denominator is not None:
+            den_rounds, den_metrics = _source(ratio.denominator[0], doc)
+            den, get_den = _by_round(den_rounds), den_metrics[ratio.denominator[1]]
         per_round = []
         for rnd in sorted(num.keys() & den.keys()):
-            value = ratio.of(get_num(num[rnd]), get_den(den[rnd]))
+            b = get_den(den[rnd]) if get_den is not None else None
+            value = ratio.of(get_num(num[rnd]), b)
             if value is not None:
                 per_round.append(value)
         s = spread(per_round)
@@ -298,8 +413,37 @@ def compute_ratios(
             "per_round": per_round,
             "goal": ratio.goal,
             "met": ratio.met(value),
-            "definition": f"{nt}.{nm} {'-' if ratio.difference else '/'} {dt_}.{dm}",
+            "definition": ratio.definition,
             "meaning": ratio.meaning,
+        }
+    return out
+
+
+CAPACITY_TARGETS = ("shadowproxy_http", "shadowproxy_both")
+
+
+def capacity(targets: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """What one replica serves, for sizing: from the closed-loop runs on the proxy's one core.
+
+    ``rps`` is its req/s at saturation, ``cores_per_1k_rps`` the CPU it spends per 1,000
+    req/s (µs per request × 1,000 req/s, in cores), ``rss_mb`` / ``tree_rss_mb`` what the
+    process and its tree hold while serving (medians over rounds).
+    """
+    out: dict[str, dict[str, float | None]] = {}
+    for name in CAPACITY_TARGETS:
+        sm = targets.get(name, {}).get("summary")
+        if not sm or not sm.get("rps"):
+            continue
+
+        def median(metric: str, sm: dict[str, Any] = sm) -> float | None:
+            return sm[metric]["median"] if sm.get(metric) else None
+
+        cpu = median("cpu_us_per_req")
+        out[name] = {
+            "rps": median("rps"),
+            "cores_per_1k_rps": cpu / 1000 if cpu is not None else None,
+            "rss_mb": median("rss_mb"),
+            "tree_rss_mb": median("tree_rss_mb"),
         }
     return out
 
@@ -350,19 +494,28 @@ def versions() -> dict[str, Any]:
 def build(raw: dict[str, Any]) -> dict[str, Any]:
     """The full JSON document from a raw run."""
     targets = raw["targets"]
-    executor = raw.get("executor")
+    isolation = raw.get("isolation")
     add_latency_deltas(targets)
     summarize(targets)
-    summarize_executor(executor)
+    if isolation is not None:
+        summarize(isolation["targets"], HALF_METRICS)
+    sections = {name: raw.get(name) for name in SECTION_METRICS}
+    for name, section in sections.items():
+        summarize_section(name, section)
     return {
-        "schema": 2,
+        "schema": 3,
         **{k: raw[k] for k in ("started_at", "wall_s", "settings", "loadavg") if k in raw},
         "machine": machine(),
         "versions": versions(),
-        "pinning": {"load_generator_and_backends": "CPU 0", "proxy_under_test": "CPU 1"},
-        "ratios": compute_ratios(targets, executor),
+        "pinning": {
+            "load_generator_backends_and_faulty_candidates": "CPU 0",
+            "proxy_under_test": "CPU 1",
+        },
+        "ratios": compute_ratios(targets, isolation=isolation, **sections),
+        "capacity": capacity(targets),
         "targets": targets,
-        "executor": executor,
+        "isolation": isolation,
+        **sections,
     }
 
 
@@ -383,11 +536,38 @@ def write_json(doc: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
+def between_markers(text: str, begin: str, end: str, md: str) -> str | None:
+    """``text`` with what lies between the ``begin`` and ``end`` lines replaced by ``md``;
+    None when the markers are missing or out of order."""
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        return None
+    return text[: start + len(begin)] + "\n\n" + md.rstrip("\n") + "\n\n" + text[stop:]
+
+
 def write_docs(md: str, path: Path = DOCS) -> None:
     """Replace the results section of ``docs/benchmarks.md`` (between the markers)."""
-    text = path.read_text()
-    begin, end = text.find(RESULTS_BEGIN), text.find(RESULTS_END)
-    if begin < 0 or end < begin:
+    new = between_markers(path.read_text(), RESULTS_BEGIN, RESULTS_END, md)
+    if new is None:
         raise ValueError(f"{path} lacks the {RESULTS_BEGIN} … {RESULTS_END} markers")
-    new = text[: begin + len(RESULTS_BEGIN)] + "\n\n" + md + "\n" + text[end:]
     path.write_text(new)
+
+
+def write_capacity_docs(md: str, path: Path = SCALE_OUT_DOCS) -> str | None:
+    """Replace the capacity figures of the scale-out guide (between its markers).
+
+    That page is written by hand around the markers: a page or markers not there (yet) are
+    left alone, and the warning is returned for the caller to show.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return f"{path} does not exist; the capacity figures were not written there"
+    new = between_markers(text, CAPACITY_BEGIN, CAPACITY_END, md)
+    if new is None:
+        return (
+            f"{path} lacks the {CAPACITY_BEGIN} … {CAPACITY_END} markers; "
+            "the capacity figures were not written there"
+        )
+    path.write_text(new)
+    return None

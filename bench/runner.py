@@ -13,8 +13,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import comparator as comparator_bench
 from . import executor as executor_bench
+from . import faults as ft
+from . import memory as memory_bench
 from . import targets as tg
+from .backends import backends
+from .counting import MirrorCount
 from .cpu import CpuMeter
 from .load import (
     LOAD_CPU,
@@ -43,10 +48,18 @@ class Settings:
     threads: int = 1
     settle_s: float = 0.3  # after a mirroring run, let in-flight shadow requests finish
     idle_qos: bool = True  # no deep idle states while measuring latency (1-conn, open loop)
-    open_loop_s: float = 5.0  # open-loop run at half the lower max of the compared targets
+    open_loop_s: float = 2.0  # (e): runs at half load, with and without (faulty) candidates
+    # After an open-loop schedule, wait this long for answers; only a target that leaves
+    # requests unanswered (nginx with a hanging mirror) takes that long.
+    drain_s: float = 2.0
     fixed_rates: tuple[int, ...] = ()  # open-loop runs at these req/s, every target (info)
     fixed_rate_s: float = 1.0
     executor: bool = True  # the executor batching section (python -m bench executor)
+    profile: str = "nginx"  # the backends (bench.backends.PROFILES)
+    faults: tuple[str, ...] = tuple(ft.FAULTS)  # faulty candidates of the isolation runs
+    comparator_pairs: int = 20_000  # per round, ``bench comparator`` (0: left out)
+    # (f') a fresh process's memory after this many requests and after that many (None: off)
+    memory_requests: tuple[int, int] | None = (10_000, 1_000_000)
 
 
 MODES = {
@@ -66,7 +79,9 @@ MODES = {
         warmup_s=1,
         latency_requests=1000,
         latency_warmup=100,
-        open_loop_s=2.0,
+        open_loop_s=1.5,
+        comparator_pairs=10_000,
+        memory_requests=(10_000, 100_000),
     ),
     "smoke": Settings(
         "smoke",
@@ -79,12 +94,15 @@ MODES = {
         open_loop_s=0.5,
         fixed_rates=(500,),  # one short rate, so the path is exercised
         fixed_rate_s=0.3,
+        comparator_pairs=2_000,
+        memory_requests=(1_000, 10_000),
     ),
 }
 
 # Production latency at half load: the rate is half the lower of what the targets below
 # sustained under wrk in the same round (the capacity of the configuration under test, the
-# one with a local candidate), and that same rate goes to each of them.
+# one with a local candidate), and that same rate goes to each of them, to the baselines
+# of the faulty candidates and to every faulty-candidate target.
 HALF_LOAD_FRACTION = 0.5
 HALF_LOAD_TARGETS = ("shadowproxy_off", "shadowproxy_onnx")
 
@@ -93,63 +111,12 @@ T = TypeVar("T")
 MAX_RESTARTS = 3  # per target and run, for a proxy stopped from outside
 
 
-def _delta(after: dict[Any, float], before: dict[Any, float]) -> dict[Any, float]:
-    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
-
-
-def mirror_figures(
-    requests: int,
-    backend_received: int | None,
-    counts: dict[tuple[str, str], float] | None,
-    candidate: str | None,
-) -> dict[str, Any]:
-    """How many of the requests served in a run reached the candidate.
-
-    ``backend_received`` is what the candidate backend counted (None for a local candidate);
-    ``counts`` are shadowproxy's counters per (model, outcome), None for nginx.
-    """
-    out: dict[str, Any] = {}
-    if backend_received is not None:
-        out["candidate_backend_received"] = backend_received
-    if counts is None or candidate is None:  # nginx: count what the candidate backend saw
-        received = backend_received or 0
-        out["mirrored_fraction"] = received / requests if requests else 0.0
-        return out
-    cand = {o: v for (m, o), v in counts.items() if m == candidate}
-    prod_total = sum(v for (m, _), v in counts.items() if m == tg.PRODUCTION_NAME)
-    out["candidate_outcomes"] = cand
-    out["production_served"] = prod_total
-    served = prod_total or requests
-    out["mirrored_fraction"] = cand.get("ok", 0.0) / served if served else 0.0
-    out["dropped_fraction"] = cand.get("dropped", 0.0) / served if served else 0.0
-    return out
-
-
-class _MirrorCount:
-    """Brackets a run on a mirroring target: what reached its candidate meanwhile."""
-
-    def __init__(self, target: tg.Target, be: tg.Backends) -> None:
-        self.target, self.be = target, be
-        self.backend_before = be.candidate_requests() if target.to_candidate_backend else 0
-        self.counts_before = target.proxy_counts()
-
-    def figures(self, requests: int, settle_s: float) -> dict[str, Any]:
-        time.sleep(settle_s)  # let in-flight shadow requests finish
-        received = None
-        if self.target.to_candidate_backend:
-            received = self.be.candidate_requests() - self.backend_before
-        after = self.target.proxy_counts()
-        counts = _delta(after, self.counts_before or {}) if after is not None else None
-        return mirror_figures(requests, received, counts, self.target.candidate_name)
-
-
-def measure_load(
-    target: tg.Target, be: tg.Backends, settings: Settings, script: Path
-) -> dict[str, Any]:
-    """(a) wrk closed-loop throughput and (d) proxy CPU per request, plus mirror counts."""
+def measure_load(target: tg.Target, settings: Settings, script: Path) -> dict[str, Any]:
+    """(a) wrk closed-loop throughput and (d) proxy CPU per request, plus mirror counts and
+    the proxy's resident memory."""
     target.check_alive()
     meter = CpuMeter(target.proxy_pid) if target.proxy_pid is not None else None
-    mirror = _MirrorCount(target, be) if target.mirrors else None
+    mirror = MirrorCount(target) if target.mirrors else None
     if meter:
         meter.start()
     wrk = run_wrk(
@@ -173,18 +140,25 @@ def measure_load(
         result["proxy_cpu_us_per_req"] = per_req(cpu.own_us)
     if mirror:
         result["mirror"] = mirror.figures(wrk.requests, settings.settle_s)
+    rss = target.rss()
+    if rss is not None:  # after the load: what a replica holds while serving
+        result["memory"] = rss
     return result
 
 
 def measure_open_loop(
-    target: tg.Target, be: tg.Backends, settings: Settings, rate: float, duration_s: float
+    target: tg.Target, settings: Settings, rate: float, duration_s: float
 ) -> dict[str, Any]:
     """One open-loop run at ``rate`` req/s (latency from the scheduled send times)."""
     target.check_alive()
-    mirror = _MirrorCount(target, be) if target.mirrors else None
+    mirror = MirrorCount(target) if target.mirrors else None
     with no_deep_idle(settings.idle_qos) as qos:
         res = run_open_loop(
-            target.port, rate=rate, duration_s=duration_s, connections=settings.connections
+            target.port,
+            rate=rate,
+            duration_s=duration_s,
+            connections=settings.connections,
+            drain_s=settings.drain_s,
         )
     result: dict[str, Any] = {**res.to_json(), "idle_qos": qos}
     if mirror:
@@ -247,21 +221,55 @@ class _Run:
         self.model, self.model_error = model, model_error
         self.script = workdir / "infer.lua"
         self.script.write_text(wrk_script())
-        self.be = stack.enter_context(tg.backends(workdir))
+        self.be = stack.enter_context(backends(workdir, settings.profile))
+        self.faulty = {spec.name: spec for spec in ft.plan(settings.faults, names)}
+        self.servers = stack.enter_context(
+            ft.fault_servers(
+                workdir,
+                sorted({spec.fault for spec in self.faulty.values()}),
+                self.be.production_port,
+                idle_qos=settings.idle_qos,
+                # Production's p50 as the single-connection latency (c) would measure it.
+                probe_requests=min(settings.latency_requests, 1000),
+            )
+        )
         self.running: dict[str, tg.Target] = {}
         self.results: dict[str, dict[str, Any]] = {
             n: {"description": tg.TARGETS[n], "error": None, "restarts": 0, "rounds": []}
             for n in names
         }
+        for name, spec in self.faulty.items():
+            self.results[name] = {
+                "description": spec.description,
+                "family": spec.family,
+                "fault": spec.fault,
+                "baseline": spec.baseline,
+                "error": None,
+                "restarts": 0,
+                "rounds": [],
+            }
+        self.comparator: dict[str, Any] = {"error": None, "rounds": []}
 
     def start(self, name: str) -> bool:
-        if name in tg.NEEDS_MODEL and self.model is None:
+        spec = self.faulty.get(name)
+        needs_model = spec.needs_model if spec is not None else name in tg.NEEDS_MODEL
+        if needs_model and self.model is None:
             self.fail(name, f"failed to start: {self.model_error or 'no ONNX model'}")
             return False
         try:
-            self.running[name] = tg.start_target(
-                self.stack, name, self.be, self.workdir, self.model
-            )
+            if spec is not None:
+                self.running[name] = ft.start_fault_target(
+                    self.stack,
+                    spec,
+                    self.servers,
+                    self.be.production_port,
+                    self.workdir,
+                    self.model,
+                )
+            else:
+                self.running[name] = tg.start_target(
+                    self.stack, name, self.be, self.workdir, self.model
+                )
         except (tg.StartError, LoadError, OSError) as exc:
             self.fail(name, f"failed to start: {exc}")
             return False
@@ -319,11 +327,11 @@ class _Run:
 
     def run_round(self, r: int) -> None:
         """Every running target once: load (a, d) one after another, latency (c), then the
-        open-loop runs (e, f)."""
+        open-loop runs (e, f) and the comparator's cost."""
         loads: dict[str, dict[str, Any]] = {}
         for name in _rotated([n for n in self.names if n in self.running], r):
             res = self._with_restarts(
-                name, r, lambda t: measure_load(t, self.be, self.settings, self.script)
+                name, r, lambda t: measure_load(t, self.settings, self.script)
             )
             if res is not None:
                 loads[name] = res
@@ -343,19 +351,29 @@ class _Run:
         # The round's records are already kept: these runs add to them.
         self._half_load(r, kept)
         self._fixed_rates(r, kept)
+        self._comparator_cost(r)
 
     def _half_load(self, r: int, loads: dict[str, dict[str, Any]]) -> None:
-        """(e) Open loop at half the lower wrk req/s of the compared targets, same rate for all."""
-        names = [n for n in _rotated(list(HALF_LOAD_TARGETS), r) if n in loads]
-        capacity = min((loads[n]["rps"] for n in names), default=0.0)
+        """(e) Open loop at half the lower wrk req/s of the compared targets, same rate for
+        all of them, for the baselines of the faulty candidates and for each faulty one."""
+        capacity = min((loads[n]["rps"] for n in HALF_LOAD_TARGETS if n in loads), default=0.0)
         if capacity <= 0:
             return
         rate = HALF_LOAD_FRACTION * capacity
-        for name in names:
+        faulty = [n for n in self.faulty if n in self.running]
+        baselines = {self.faulty[n].baseline for n in faulty}
+        regular = [n for n in loads if n in HALF_LOAD_TARGETS or n in baselines]
+        for name in _rotated(regular + faulty, r):
+            if name not in self.running:
+                continue
             res = self._with_restarts(name, r, self._open_loop(rate, self.settings.open_loop_s))
-            if res is not None:
+            if res is None:
+                continue
+            if name in loads:
                 loads[name]["half_load"] = res
-                self._log_open_loop(name, r, "half load", res)
+            else:
+                self.results[name]["rounds"].append({"round": r, "half_load": res})
+            self._log_open_loop(name, r, "half load", res)
 
     def _fixed_rates(self, r: int, loads: dict[str, dict[str, Any]]) -> None:
         """(f) Open loop at each fixed rate of the mode, every target (for information)."""
@@ -369,8 +387,24 @@ class _Run:
                     loads[name].setdefault("fixed_rate", {})[str(rate)] = res
                     self._log_open_loop(name, r, f"{rate} req/s", res)
 
+    def _comparator_cost(self, r: int) -> None:
+        """What a pair costs the comparator (``bench comparator``), on the proxy's CPU."""
+        if not self.settings.comparator_pairs or self.comparator["error"]:
+            return
+        try:
+            res = comparator_bench.run_pinned(self.settings.comparator_pairs)
+        except LoadError as exc:
+            self.comparator["error"] = str(exc)
+            self.log(f"!! comparator: {exc}")
+            return
+        self.comparator["rounds"].append({"round": r, **res})
+        self.log(
+            f"round {r + 1}/{self.settings.rounds} comparator {res['us_per_pair']:.1f} µs/pair "
+            f"(hand-over {res['handoff_us_per_pair']:.2f}, fold {res['fold_us_per_pair']:.1f})"
+        )
+
     def _open_loop(self, rate: float, duration_s: float) -> Callable[[tg.Target], dict[str, Any]]:
-        return lambda t: measure_open_loop(t, self.be, self.settings, rate, duration_s)
+        return lambda t: measure_open_loop(t, self.settings, rate, duration_s)
 
     def _log_open_loop(self, name: str, r: int, what: str, res: dict[str, Any]) -> None:
         lat = res["latency_us"]
@@ -389,13 +423,46 @@ class _Run:
 
     def _log_round(self, name: str, r: int, res: dict[str, Any]) -> None:
         cpu, mirror = res["cpu_us_per_req"], res.get("mirror")
+        compare = (mirror or {}).get("compare")
         self.log(
             f"round {r + 1}/{self.settings.rounds} {name:17s} {res['rps']:>9.0f} req/s, "
             f"1-conn p50 {res['single']['p50_us']:.0f} µs"
             + (f", {cpu:.1f} CPU µs/req" if cpu is not None else "")
             + (f", {res['errors']} errors" if res["errors"] else "")
             + (f", mirrored {mirror['mirrored_fraction']:.3f}" if mirror else "")
+            + (f", compared {compare['compared_fraction']:.3f}" if compare else "")
         )
+
+    def memory(self) -> dict[str, Any] | None:
+        """(f') Memory growth of a fresh process of the first of MEMORY_TARGETS measured."""
+        requests = self.settings.memory_requests
+        name = next((n for n in memory_bench.MEMORY_TARGETS if n in self.names), None)
+        if requests is None or name is None:
+            return None
+        if name in tg.NEEDS_MODEL and self.model is None:
+            return {"error": self.model_error or "no ONNX model", "target": name, "rounds": []}
+        self.log(f"memory: a fresh {name}, after {requests[0]:,} and {requests[1]:,} requests")
+        try:
+            return memory_bench.measure(
+                name,
+                self.be,
+                self.workdir,
+                self.model,
+                requests,
+                script=self.script,
+                connections=self.settings.connections,
+                settle_s=self.settings.settle_s,
+                log=self.log,
+            )
+        except (LoadError, tg.StartError, OSError) as exc:
+            self.log(f"!! memory: {exc}")
+            return {"error": str(exc), "target": name, "rounds": []}
+
+    def raw_targets(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The results of the regular targets, and of the faulty-candidate targets."""
+        regular = {n: self.results[n] for n in self.names}
+        faulty = {n: self.results[n] for n in self.faulty}
+        return regular, faulty
 
 
 def run(
@@ -416,7 +483,12 @@ def run(
         else:  # registered first, so it runs after every process has stopped
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         model, model_error = None, None
-        if "shadowproxy_onnx" in names or settings.executor:
+        needs_model = (
+            settings.executor
+            or any(n in tg.NEEDS_MODEL for n in names)
+            or any(spec.needs_model for spec in ft.plan(settings.faults, names))
+        )
+        if needs_model:
             try:
                 model = build_logistic_regression(workdir / "model")
                 log(f"built the ONNX model {model.path.name} (sha256 {model.sha256[:12]}…)")
@@ -424,7 +496,13 @@ def run(
                 model_error = f"the ONNX model could not be built: {exc!r}"
                 log(f"!! {model_error}")
         bench = _Run(stack, workdir, settings, names, log, model, model_error)
-        for name in names:
+        if bench.servers.calibration:
+            cal = bench.servers.calibration
+            log(
+                f"production p50 {cal['production_p50_us']:.0f} µs; the slow candidate answers "
+                f"after {cal['slow_delay_us']:.0f} µs (its p50 {cal['slow_p50_us']:.0f} µs)"
+            )
+        for name in [*names, *bench.faulty]:
             bench.start(name)
         if settings.warmup_s:
             for name in list(bench.running):
@@ -439,13 +517,22 @@ def run(
                 if model is not None
                 else {"error": model_error, "rounds": []}
             )
+        memory = bench.memory()
+    regular, faulty = bench.raw_targets()
     return {
         "started_at": started.isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - t0, 1),
         "settings": asdict(settings),
         "loadavg": {"start": load_start, "end": os.getloadavg()[0]},
-        "targets": bench.results,
+        "targets": regular,
+        "isolation": {
+            "faults": {f: ft.FAULTS[f] for f in settings.faults},
+            "calibration": bench.servers.calibration,
+            "targets": faulty,
+        },
         "executor": executor,
+        "comparator": bench.comparator if settings.comparator_pairs else None,
+        "memory": memory,
     }
 
 

@@ -1,50 +1,17 @@
 """The Markdown tables of a run's JSON document (see :func:`bench.report.build`).
 
-Documents of earlier runs lack the later sections (open loop, executor); those sections are
-then left out rather than shown empty.
+Documents of earlier runs lack the later sections (open loop, executor, isolation,
+comparator, memory, capacity); those sections are then left out rather than shown empty.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-Summary = dict[str, float] | None
-
-
-def _num(x: float | None, digits: int = 0) -> str:
-    return "–" if x is None else f"{x:,.{digits}f}"
-
-
-def _cell(s: Summary, digits: int = 0, scale: float = 1.0) -> str:
-    if s is None:
-        return "–"
-    med, lo, hi = (s[k] * scale for k in ("median", "min", "max"))
-    if lo == hi:
-        return _num(med, digits)
-    return f"{_num(med, digits)} ({_num(lo, digits)} … {_num(hi, digits)})"
-
-
-def _median(s: Summary, digits: int = 0, scale: float = 1.0) -> str:
-    return _num(s["median"] * scale, digits) if s else "–"
-
-
-def _pair(a: Summary, b: Summary, digits: int = 0, scale: float = 1.0) -> str:
-    return f"{_median(a, digits, scale)} / {_median(b, digits, scale)}"
-
-
-def _percent(s: Summary) -> str:
-    return _cell(s, 1, 100.0) + " %" if s else "–"
-
-
-def _short(text: str | None, n: int = 160) -> str:
-    line = (text or "").strip().splitlines()[0] if text else ""
-    line = line.replace("|", "\\|")
-    return line if len(line) <= n else line[: n - 1] + "…"
-
-
-def _measured(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n: t for n, t in doc["targets"].items() if t["rounds"]}
-
+from .backends import PROFILES
+from .cells import cell, commit_label, measured, median, pair, percent, short, without_figures
+from .tables_isolation import isolation_table
+from .tables_resources import capacity_table, comparator_table, memory_table
 
 # ---------------------------------------------------------------------------------------------
 # Sections
@@ -52,14 +19,12 @@ def _measured(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _header(doc: dict[str, Any]) -> list[str]:
     s, m, v = doc["settings"], doc["machine"], doc["versions"]
-    commit = v["git_commit"] or "uncommitted"
-    if v["git_commit"] and v["git_dirty"]:
-        commit += "+dirty"
     open_loop = ""
     if "open_loop_s" in s:
+        faulty = ", faulty-candidate targets included" if _faulty(doc) else ""
         open_loop = (
             "; open loop at half the lower req/s of `shadowproxy_off` and `shadowproxy_onnx` "
-            f"for {s['open_loop_s']:g} s"
+            f"for {s['open_loop_s']:g} s per target{faulty}"
             + (
                 f" and at {', '.join(map(str, s['fixed_rates']))} req/s for "
                 f"{s['fixed_rate_s']:g} s each"
@@ -71,8 +36,10 @@ def _header(doc: dict[str, Any]) -> list[str]:
     if "loadavg" in doc:
         start, end = doc["loadavg"]["start"], doc["loadavg"]["end"]
         load = f", load average {start:.2f} at the start and {end:.2f} at the end (1 min)"
+    profile = s.get("profile", "nginx")
     return [
-        f"Run `{s['mode']}` of {doc['started_at']} ({doc['wall_s']:.0f} s): {s['rounds']} "
+        f"Run `{s['mode']}` of {doc['started_at']} ({doc['wall_s']:.0f} s) with the `{profile}` "
+        f"backend profile ({PROFILES.get(profile, profile)}): {s['rounds']} "
         f"interleaved round{'' if s['rounds'] == 1 else 's'}; per target and round, "
         f"wrk `-t{s['threads']} -c{s['connections']} "
         f"-d{s['wrk_duration_s']}s` and {s['latency_requests']:,} sequential requests on one "
@@ -80,7 +47,7 @@ def _header(doc: dict[str, Any]) -> list[str]:
         "",
         f"Machine: {m['nproc']} × {m['cpu_model']}, Linux {m['kernel']}{load}; "
         f"nginx {v['nginx']}, wrk {v['wrk']}, Python {v['python']}, "
-        f"shadowproxy {v['shadowproxy']} ({commit}).",
+        f"shadowproxy {v['shadowproxy']} ({commit_label(v)}).",
     ]
 
 
@@ -95,7 +62,7 @@ def _ratios(doc: dict[str, Any]) -> list[str]:
     ]
     for name, r in doc["ratios"].items():
         val = (
-            _cell({"median": r["value"], "min": r["min"], "max": r["max"]}, 2)
+            cell({"median": r["value"], "min": r["min"], "max": r["max"]}, 2)
             if r["value"] is not None
             else "–"
         )
@@ -114,24 +81,43 @@ def _targets(doc: dict[str, Any]) -> list[str]:
     ]
     for name, t in doc["targets"].items():
         if not t["rounds"]:
-            lines.append(f"| `{name}` | not measured: {_short(t['error'])} | | | | | | |")
+            lines.append(f"| `{name}` | not measured: {short(t['error'])} | | | | | | |")
             continue
         sm = t["summary"]
         errors = int(sum(r["errors"] for r in t["rounds"]))
-        added = _pair(sm["added_p50_us"], sm["added_p99_us"]) if name != "direct" else "–"
+        added = pair(sm["added_p50_us"], sm["added_p99_us"]) if name != "direct" else "–"
         lines.append(
-            f"| `{name}` | {_cell(sm['rps'])} "
-            f"| {_pair(sm['wrk_p50_us'], sm['wrk_p99_us'], 2, 1e-3)} "
-            f"| {_pair(sm['single_p50_us'], sm['single_p99_us'])} "
-            f"| {added} | {_cell(sm['cpu_us_per_req'], 1)} "
-            f"| {_percent(sm['mirrored_fraction'])} | {errors} |"
+            f"| `{name}` | {cell(sm['rps'])} "
+            f"| {pair(sm['wrk_p50_us'], sm['wrk_p99_us'], 2, 1e-3)} "
+            f"| {pair(sm['single_p50_us'], sm['single_p99_us'])} "
+            f"| {added} | {cell(sm['cpu_us_per_req'], 1)} "
+            f"| {percent(sm['mirrored_fraction'])} | {errors} |"
         )
     return lines
 
 
 def _outcomes(totals: dict[str, Any]) -> str:
-    text = ", ".join(f"{o} {int(n):,}" for o, n in sorted(totals["candidate_outcomes"].items()))
-    return text or "none"
+    """Each candidate's outcomes; runs of schema 2 and older counted one candidate."""
+
+    def text(outcomes: dict[str, float]) -> str:
+        return ", ".join(f"{o} {int(n):,}" for o, n in sorted(outcomes.items())) or "none"
+
+    if "by_candidate" not in totals:
+        return "candidate outcomes: " + text(totals["candidate_outcomes"])
+    return "; ".join(
+        f"candidate `{name}`: {text(outcomes)}" for name, outcomes in totals["by_candidate"].items()
+    )
+
+
+def _compared(totals: dict[str, Any]) -> str:
+    c = totals.get("compare")
+    if not c:
+        return ""
+    pairs = ", ".join(f"`{name}` {int(n):,}" for name, n in c["compared"].items())
+    return (
+        f"; the comparator folded {int(c['processed']):,} records (its full queue refused "
+        f"{int(c['dropped']):,}) and compared pairs: {pairs}"
+    )
 
 
 def _mirror_notes(doc: dict[str, Any]) -> list[str]:
@@ -142,10 +128,10 @@ def _mirror_notes(doc: dict[str, Any]) -> list[str]:
         if not totals:
             continue
         backend = totals.get("candidate_backend_received")
-        if "candidate_outcomes" in totals:
+        if "production_served" in totals:
             note = (
                 f"- `{name}`: production served {int(totals['production_served']):,} requests "
-                f"during the wrk runs; candidate outcomes: {_outcomes(totals)}"
+                f"during the wrk runs; {_outcomes(totals)}{_compared(totals)}"
             )
             if backend is not None:
                 note += f"; the candidate backend received {backend:,}"
@@ -153,7 +139,7 @@ def _mirror_notes(doc: dict[str, Any]) -> list[str]:
             if half:
                 note += (
                     f". During the open-loop runs at half load: production served "
-                    f"{int(half['production_served']):,}; candidate outcomes: {_outcomes(half)}"
+                    f"{int(half['production_served']):,}; {_outcomes(half)}"
                 )
             notes.append(note + ".")
         else:
@@ -166,9 +152,9 @@ def _mirror_notes(doc: dict[str, Any]) -> list[str]:
 
 def _cpu_split(doc: dict[str, Any]) -> list[str]:
     rows = [
-        f"| `{name}` | {_cell(t['summary']['proxy_cpu_us_per_req'], 1)} "
-        f"| {_cell(t['summary']['cpu_us_per_req'], 1)} |"
-        for name, t in _measured(doc).items()
+        f"| `{name}` | {cell(t['summary']['proxy_cpu_us_per_req'], 1)} "
+        f"| {cell(t['summary']['cpu_us_per_req'], 1)} |"
+        for name, t in measured(doc).items()
         if t["summary"].get("proxy_cpu_us_per_req")
     ]
     if not rows:
@@ -186,15 +172,15 @@ def _cpu_split(doc: dict[str, Any]) -> list[str]:
 
 def _half_load(doc: dict[str, Any]) -> list[str]:
     rows = []
-    for name, t in _measured(doc).items():
+    for name, t in measured(doc).items():
         sm = t["summary"]
         if not sm.get("half_rate"):
             continue
         errors = int(sum(r["half_load"]["errors"] for r in t["rounds"] if "half_load" in r))
         rows.append(
-            f"| `{name}` | {_cell(sm['half_rate'])} | {_cell(sm['half_achieved_rps'])} "
-            f"| {_median(sm['half_p50_us'])} | {_cell(sm['half_p99_us'])} "
-            f"| {_median(sm['half_max_us'])} | {_percent(sm.get('half_mirrored_fraction'))} "
+            f"| `{name}` | {cell(sm['half_rate'])} | {cell(sm['half_achieved_rps'])} "
+            f"| {median(sm['half_p50_us'])} | {cell(sm['half_p99_us'])} "
+            f"| {median(sm['half_max_us'])} | {percent(sm.get('half_mirrored_fraction'))} "
             f"| {errors} |"
         )
     if not rows:
@@ -215,12 +201,12 @@ def _half_load(doc: dict[str, Any]) -> list[str]:
 
 
 def _fixed_rates(doc: dict[str, Any]) -> list[str]:
-    measured = {
+    by_target = {
         n: t["summary"]["fixed_rate"]
-        for n, t in _measured(doc).items()
+        for n, t in measured(doc).items()
         if t["summary"].get("fixed_rate")
     }
-    rates = sorted({rate for f in measured.values() for rate in f}, key=float)
+    rates = sorted({rate for f in by_target.values() for rate in f}, key=float)
     if not rates:
         return []
     lines = [
@@ -232,14 +218,14 @@ def _fixed_rates(doc: dict[str, Any]) -> list[str]:
         "| target | " + " | ".join(f"{float(r):,.0f} req/s" for r in rates) + " |",
         "|---|" + "---|" * len(rates),
     ]
-    for name, fixed in measured.items():
+    for name, fixed in by_target.items():
         cells = []
         for rate in rates:
             f = fixed.get(rate)
             if f is None:
                 cells.append("–")
                 continue
-            cell = _pair(f["p50_us"], f["p99_us"])
+            cell = pair(f["p50_us"], f["p99_us"])
             cells.append(cell + (f" ({f['errors']} errors)" if f["errors"] else ""))
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return lines
@@ -247,16 +233,14 @@ def _fixed_rates(doc: dict[str, Any]) -> list[str]:
 
 def executor_table(ex: dict[str, Any] | None) -> list[str]:
     """The executor section (see :mod:`bench.executor`), once summarised by the report."""
-    if not ex:
-        return []
-    head = ["### Executor batching", ""]
-    if not ex.get("rounds"):
-        return [*head, f"Not measured: {_short(ex.get('error'))}"]
+    if not ex or not ex.get("rounds"):
+        return without_figures("Executor batching", ex)
     sm = ex["summary"]
     settings = ex["settings"]
     failures = sum(t["failures"] for r in ex["rounds"] for t in r["throughput"].values())
     return [
-        *head,
+        "### Executor batching",
+        "",
         f"One process executor per `max_batch` (other settings at their defaults, all on the "
         f"proxy CPU), {settings['concurrency']} 1-row requests in flight for "
         f"{settings['duration_s']:g} s each, {settings['rounds']} round(s); then "
@@ -264,24 +248,28 @@ def executor_table(ex: dict[str, Any] | None) -> list[str]:
         "",
         "| figure | value |",
         "|---|---|",
-        f"| rows/s at `max_batch: 1` | {_cell(sm['rows_per_s_batch_1'])} |",
-        f"| rows/s at `max_batch: 32` | {_cell(sm['rows_per_s_batch_32'])} |",
-        f"| mean rows per batch at `max_batch: 32` | {_median(sm['mean_batch_rows_32'], 1)} |",
+        f"| rows/s at `max_batch: 1` | {cell(sm['rows_per_s_batch_1'])} |",
+        f"| rows/s at `max_batch: 32` | {cell(sm['rows_per_s_batch_32'])} |",
+        f"| mean rows per batch at `max_batch: 32` | {median(sm['mean_batch_rows_32'], 1)} |",
         f"| proxy-side CPU µs per row, `max_batch` 1 / 32 "
-        f"| {_pair(sm['proxy_cpu_us_per_row_batch_1'], sm['proxy_cpu_us_per_row_batch_32'], 1)} |",
+        f"| {pair(sm['proxy_cpu_us_per_row_batch_1'], sm['proxy_cpu_us_per_row_batch_32'], 1)} |",
         f"| round trip at `max_batch: 1`, p50 / p99 / mean (µs) "
-        f"| {_median(sm['round_trip_p50_us'])} / {_median(sm['round_trip_p99_us'])} "
-        f"/ {_median(sm['round_trip_mean_us'])} |",
+        f"| {median(sm['round_trip_p50_us'])} / {median(sm['round_trip_p99_us'])} "
+        f"/ {median(sm['round_trip_mean_us'])} |",
         f"| of which model run / transfer / queue, mean (µs) "
-        f"| {_median(sm['round_trip_compute_us'])} / {_median(sm['round_trip_ipc_us'])} "
-        f"/ {_median(sm['round_trip_queue_us'])} |",
+        f"| {median(sm['round_trip_compute_us'])} / {median(sm['round_trip_ipc_us'])} "
+        f"/ {median(sm['round_trip_queue_us'])} |",
         f"| failed requests | {failures} |",
     ]
 
 
+def _faulty(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return (doc.get("isolation") or {}).get("targets", {})
+
+
 def _incidents(doc: dict[str, Any]) -> list[str]:
     lines = []
-    for name, t in doc["targets"].items():
+    for name, t in {**doc["targets"], **_faulty(doc)}.items():
         if t.get("restarts"):
             lines.append(
                 f"\n`{name}` was stopped from outside during the run and started again "
@@ -289,7 +277,7 @@ def _incidents(doc: dict[str, Any]) -> list[str]:
                 "a warm-up."
             )
         if t["error"] and t["rounds"]:
-            lines.append(f"\n`{name}` stopped early: {_short(t['error'])}")
+            lines.append(f"\n`{name}` stopped early: {short(t['error'])}")
     return lines
 
 
@@ -301,8 +289,12 @@ def markdown(doc: dict[str, Any]) -> str:
         _mirror_notes(doc),
         _cpu_split(doc),
         _half_load(doc),
+        isolation_table(doc),
         _fixed_rates(doc),
         executor_table(doc.get("executor")),
+        comparator_table(doc),
+        memory_table(doc),
+        capacity_table(doc),
     ]
     lines: list[str] = []
     for section in filter(None, sections):

@@ -1,40 +1,43 @@
-"""Start and stop everything the benchmark talks to, each as a context manager.
+"""The targets of a run: direct access, nginx and shadowproxy in front of the backends.
 
-Every child runs in its own session with ``PR_SET_PDEATHSIG`` so it dies with the harness even
-on SIGKILL; on a normal exit, an exception or Ctrl-C it gets its stop signal, a grace period,
-then SIGKILL for its whole process group.
+Each target is started as a context manager on the proxy CPU (``direct`` has nothing to
+start) and described by a :class:`Target`: where to send requests, which process tree to
+charge CPU time to, and how to count what reached its candidates.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shadowproxy.devtools.ports import free_ports
 
 from . import nginx
-from .cpu import descendants, process_start
-from .load import (
-    BODY,
-    LOAD_CPU,
-    PATH,
-    PROXY_CPU,
-    LoadError,
-    die_with_parent,
-    require_binary,
-)
+from .backends import Backends, nginx_instance
+from .cpu import rss_bytes, tree_rss_bytes
+from .load import PATH, PROXY_CPU, LoadError
 from .model import BuiltModel
+from .procs import (
+    REPO,
+    StartError,
+    fresh_dir,
+    http_call,
+    infer_once,
+    log_tail,
+    managed_process,
+    wait_until,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 CANDIDATE_TIMEOUT_MS = 100
 
 TARGETS: dict[str, str] = {
@@ -44,51 +47,18 @@ TARGETS: dict[str, str] = {
     "shadowproxy_off": "wrk → shadowproxy (no candidates) → backend",
     "shadowproxy_http": "shadowproxy + 1 HTTP candidate at sample_rate 1.0",
     "shadowproxy_onnx": "shadowproxy + 1 local ONNX candidate (process executor), sample_rate 1.0",
+    "shadowproxy_both": "shadowproxy + the HTTP and the local ONNX candidate, comparator on",
 }
-# Targets whose mirrors go to the candidate backend, which counts what it receives.
-TO_CANDIDATE_BACKEND = frozenset({"nginx_mirror", "shadowproxy_http"})
-# The candidate's model label in shadowproxy's /metrics, per target that has one.
-CANDIDATE_NAME = {"shadowproxy_http": "cand", "shadowproxy_onnx": "onnx"}
 PRODUCTION_NAME = "prod"
-NEEDS_MODEL = frozenset({"shadowproxy_onnx"})  # started with the run's ONNX model
-
-
-class StartError(RuntimeError):
-    pass
+HTTP_CANDIDATE = "cand"  # the candidates' model labels in shadowproxy's /metrics
+LOCAL_CANDIDATE = "onnx"
+NEEDS_MODEL = frozenset({"shadowproxy_onnx", "shadowproxy_both"})  # run the ONNX model
+# What the comparator reads in both the stub backends' answers and the ONNX model's outputs.
+COMPARE_OUTPUTS = "{score: probabilities, label: label}"
 
 
 # ---------------------------------------------------------------------------------------------
-# Small HTTP helpers for control traffic (readiness, counters)
-
-
-def http_call(
-    port: int,
-    method: str = "GET",
-    path: str = "/",
-    body: bytes | None = None,
-    timeout: float = 2.0,
-) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-def infer_once(port: int, timeout: float = 2.0) -> int:
-    return http_call(port, "POST", PATH, BODY, timeout)[0]
-
-
-def backend_requests(status_port: int) -> int:
-    """Requests handled so far by a stub backend, from its ``stub_status`` page."""
-    status, text = http_call(status_port, "GET", "/_status")
-    m = re.search(rb"\n\s*(\d+)\s+(\d+)\s+(\d+)\s*\n", text)
-    if status != 200 or m is None:
-        raise LoadError(f"unexpected stub_status answer ({status}): {text!r}")
-    return int(m.group(3)) - 1  # not counting this status request itself
+# What shadowproxy reports
 
 
 _RE_SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)\{([^}]*)\}\s+(\S+)", re.M)
@@ -107,153 +77,26 @@ def requests_by_outcome(metrics_text: str) -> dict[tuple[str, str], float]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Child processes
+def compare_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The comparator's counters from an ``/admin/snapshot`` document.
 
-
-@contextlib.contextmanager
-def managed_process(
-    cmd: list[str],
-    *,
-    cpu: int,
-    log: Path,
-    stop_signal: int = signal.SIGTERM,
-    grace_s: float = 10.0,
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``cmd`` pinned to ``cpu``; always stopped (then killed) on exit."""
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            ["taskset", "-c", str(cpu), *cmd],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-            cwd=cwd,
-            env=env,
-        )
-        try:
-            yield proc
-        finally:
-            _stop(proc, stop_signal, grace_s)
-
-
-def _stop(proc: subprocess.Popen[bytes], stop_signal: int, grace_s: float) -> None:
-    # Children that lead their own session (shadowproxy's executor workers) are out of reach
-    # of the group kill below; note them now, while their parent still links them to us.
-    spawned = [(pid, process_start(pid)) for pid in descendants(proc.pid)]
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(stop_signal)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    # Whatever is left in the group (nginx workers, executors) goes too.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
-    for pid, started in spawned:
-        if started is not None and process_start(pid) == started:  # alive, not a reused pid
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _log_tail(path: Path, n: int = 2000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
-def _wait_until(
-    check: Callable[[], bool],
-    proc: subprocess.Popen[bytes],
-    what: str,
-    logs: list[Path],
-    timeout_s: float,
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tails = "\n".join(_log_tail(p) for p in logs)
-            raise StartError(f"{what} exited with {proc.returncode}:\n{tails}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            if check():
-                return
-        time.sleep(0.05)
-    tails = "\n".join(_log_tail(p) for p in logs)
-    raise StartError(f"{what} not ready after {timeout_s:.0f}s:\n{tails}")
-
-
-# ---------------------------------------------------------------------------------------------
-# nginx instances
-
-
-@contextlib.contextmanager
-def nginx_instance(
-    name: str, conf: str, prefix: Path, *, port: int, cpu: int
-) -> Iterator[subprocess.Popen[bytes]]:
-    """An nginx master (+1 worker) running ``conf`` in the foreground from ``prefix``."""
-    nginx.prepare_prefix(prefix)
-    conf_path = prefix / "nginx.conf"
-    conf_path.write_text(conf)
-    cmd = [require_binary("nginx"), "-p", str(prefix), "-c", str(conf_path), "-g", "daemon off;"]
-    log = prefix / "stdout.log"
-    with managed_process(cmd, cpu=cpu, log=log, grace_s=5.0) as proc:
-        _wait_until(
-            lambda: infer_once(port, timeout=1.0) == 200,
-            proc,
-            f"nginx {name}",
-            [log, prefix / "error.log"],
-            timeout_s=10,
-        )
-        yield proc
-
-
-@dataclass(frozen=True)
-class Backends:
-    production_port: int
-    candidate_port: int
-
-    def candidate_requests(self) -> int:
-        return backend_requests(self.candidate_port)
-
-
-@contextlib.contextmanager
-def backends(workdir: Path) -> Iterator[Backends]:
-    """The production and candidate stub backends, on the load-generator CPU."""
-    prod_port, cand_port = free_ports(2)
-    with contextlib.ExitStack() as stack:
-        for role, port in (("production", prod_port), ("candidate", cand_port)):
-            prefix = workdir / f"backend_{role}"
-            stack.enter_context(
-                nginx_instance(
-                    f"{role} backend",
-                    nginx.render_backend(prefix, port),
-                    prefix,
-                    port=port,
-                    cpu=LOAD_CPU,
-                )
-            )
-        yield Backends(prod_port, cand_port)
+    ``processed`` records folded, ``dropped`` records refused by its full queue, ``busy_s``
+    the comparator thread's CPU time, and per target the pairs it saw (``requests``) and
+    the pairs whose answers it could compare (``compared``).
+    """
+    state = snapshot["comparator"]
+    targets = snapshot.get("targets", {})
+    return {
+        "processed": state["processed"],
+        "dropped": state["dropped"],
+        "busy_s": state["busy_s"],
+        "requests": {name: t["requests"] for name, t in targets.items()},
+        "compared": {name: t["compared"] for name, t in targets.items()},
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Targets
-
-
-def _fresh_dir(workdir: Path, name: str) -> Path:
-    """``workdir/name``, or ``name.2``, ``name.3``… when a target is started again."""
-    path, n = workdir / name, 1
-    while path.exists():
-        n += 1
-        path = workdir / f"{name}.{n}"
-    path.mkdir(parents=True)
-    return path
 
 
 @dataclass(frozen=True)
@@ -261,13 +104,13 @@ class Target:
     name: str
     port: int
     proxy_pid: int | None = None  # process tree whose CPU time is charged to this target
-    admin_port: int | None = None  # shadowproxy only: /metrics
+    admin_port: int | None = None  # shadowproxy only: /metrics, /admin/snapshot
     proc: subprocess.Popen[bytes] | None = field(default=None, compare=False, repr=False)
     log: Path | None = None
-
-    @property
-    def description(self) -> str:
-        return TARGETS[self.name]
+    candidates: tuple[str, ...] = ()  # shadowproxy: its candidates' model labels in /metrics
+    # Requests the candidate's own server has received so far, where it counts them.
+    candidate_received: Callable[[], int] | None = field(default=None, compare=False, repr=False)
+    compares: bool = False  # shadowproxy with the comparator on
 
     @property
     def url(self) -> str:
@@ -275,29 +118,59 @@ class Target:
 
     @property
     def mirrors(self) -> bool:
-        return self.name in TO_CANDIDATE_BACKEND or self.name in CANDIDATE_NAME
-
-    @property
-    def to_candidate_backend(self) -> bool:
-        return self.name in TO_CANDIDATE_BACKEND
-
-    @property
-    def candidate_name(self) -> str | None:
-        """The candidate's model label in /metrics (shadowproxy targets with one)."""
-        return CANDIDATE_NAME.get(self.name)
+        return bool(self.candidates) or self.candidate_received is not None
 
     @property
     def is_shadowproxy(self) -> bool:
         return self.admin_port is not None
 
+    def _admin(self, path: str) -> bytes:
+        assert self.admin_port is not None
+        status, body = http_call(self.admin_port, "GET", path, timeout=10.0)
+        if status != 200:
+            raise LoadError(f"{self.name}: GET {path} answered {status}")
+        return body
+
     def proxy_counts(self) -> dict[tuple[str, str], float] | None:
         """shadowproxy's request counters per (model, outcome) from /metrics, if it has any."""
         if self.admin_port is None:
             return None
-        status, text = http_call(self.admin_port, "GET", "/metrics")
-        if status != 200:
-            raise LoadError(f"{self.name}: GET /metrics answered {status}")
-        return requests_by_outcome(text.decode())
+        return requests_by_outcome(self._admin("/metrics").decode())
+
+    def production_served(self) -> float:
+        counts = self.proxy_counts() or {}
+        return sum(v for (m, _), v in counts.items() if m == PRODUCTION_NAME)
+
+    def compare_state(self) -> dict[str, Any] | None:
+        """The comparator's counters (see :func:`compare_summary`), if it runs."""
+        if not self.compares:
+            return None
+        return compare_summary(json.loads(self._admin("/admin/snapshot")))
+
+    def settled_compare_state(
+        self, timeout_s: float = 5.0, quiet_s: float = 0.2
+    ) -> dict[str, Any] | None:
+        """:meth:`compare_state` once the comparator has folded what was queued: when its
+        ``processed`` count stops moving for ``quiet_s`` (or after ``timeout_s``)."""
+        state = self.compare_state()
+        deadline = time.monotonic() + timeout_s
+        while state is not None and time.monotonic() < deadline:
+            time.sleep(quiet_s)
+            again = self.compare_state()
+            assert again is not None
+            if again["processed"] == state["processed"]:
+                return again
+            state = again
+        return state
+
+    def rss(self) -> dict[str, float] | None:
+        """Resident memory in MB of the proxy process and of its whole tree."""
+        if self.proxy_pid is None:
+            return None
+        return {
+            "rss_mb": rss_bytes(self.proxy_pid) / 1e6,
+            "tree_rss_mb": tree_rss_bytes(self.proxy_pid) / 1e6,
+        }
 
     def is_alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
@@ -308,58 +181,89 @@ class Target:
             return
         code = self.proc.returncode
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        tail = _log_tail(self.log) if self.log else ""
+        tail = log_tail(self.log) if self.log else ""
         raise StartError(f"{self.name}: the proxy process {how}\n{tail}".rstrip())
 
 
 @contextlib.contextmanager
-def nginx_target(name: str, be: Backends, workdir: Path, *, mirror: bool) -> Iterator[Target]:
+def nginx_target(
+    name: str,
+    production_port: int,
+    workdir: Path,
+    *,
+    candidate_port: int | None = None,
+    candidate_received: Callable[[], int] | None = None,
+) -> Iterator[Target]:
+    """nginx as a reverse proxy; with ``candidate_port``, every request is mirrored there."""
     (port,) = free_ports(1)
-    prefix = _fresh_dir(workdir, name)
+    prefix = fresh_dir(workdir, name)
     conf = nginx.render_proxy(
         prefix,
         port,
-        be.production_port,
-        be.candidate_port if mirror else None,
+        production_port,
+        candidate_port,
         candidate_timeout_ms=CANDIDATE_TIMEOUT_MS,
     )
     with nginx_instance(name, conf, prefix, port=port, cpu=PROXY_CPU) as proc:
-        yield Target(name, port, proxy_pid=proc.pid, proc=proc, log=prefix / "error.log")
+        yield Target(
+            name,
+            port,
+            proxy_pid=proc.pid,
+            proc=proc,
+            log=prefix / "error.log",
+            candidate_received=candidate_received,
+        )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate of a shadowproxy target: over HTTP at ``port``, or the local ONNX model."""
+
+    name: str
+    port: int | None = None  # None: the run's ONNX model, run by a process executor
+    executor: str = "{kind: process}"  # YAML flow mapping; the defaults are what is measured
+
+    def yaml(self, model: BuiltModel | None) -> str:
+        common = f"sample_rate: 1.0, timeout_ms: {CANDIDATE_TIMEOUT_MS}"
+        if self.port is not None:
+            return (
+                f'  - {{name: {self.name}, version: "2", '
+                f'url: "http://127.0.0.1:{self.port}", {common}}}'
+            )
+        if model is None:
+            raise ValueError("a local ONNX candidate needs the benchmark model")
+        return (
+            f'  - {{name: {self.name}, version: "2", model: {model.yaml()}, '
+            f"executor: {self.executor}, {common}}}"
+        )
 
 
 def shadowproxy_config(
-    port: int, admin_port: int, be: Backends, *, candidate: str | None, model: BuiltModel | None
+    port: int,
+    admin_port: int,
+    production_port: int,
+    candidates: Sequence[Candidate] = (),
+    *,
+    model: BuiltModel | None = None,
+    compare: bool = False,
 ) -> str:
-    """The YAML of one shadowproxy target; ``candidate`` is None, "http" or "onnx"."""
+    """The YAML of one shadowproxy target."""
     lines = [
         f"listen: {{host: 127.0.0.1, port: {port}}}",
         f"admin: {{host: 127.0.0.1, port: {admin_port}}}",
         f'production: {{name: {PRODUCTION_NAME}, version: "1", '
-        f'url: "http://127.0.0.1:{be.production_port}", timeout_ms: 2000}}',
+        f'url: "http://127.0.0.1:{production_port}", timeout_ms: 2000}}',
     ]
-    if candidate == "http":
-        lines += [
-            "candidates:",
-            '  - {name: cand, version: "2", '
-            f'url: "http://127.0.0.1:{be.candidate_port}", sample_rate: 1.0, '
-            f"timeout_ms: {CANDIDATE_TIMEOUT_MS}}}",
-        ]
-    elif candidate == "onnx":
-        if model is None:
-            raise ValueError("a local ONNX candidate needs the benchmark model")
-        # The executor's own defaults (max_batch, max_wait_ms, workers…) are what is measured.
-        lines += [
-            "candidates:",
-            f'  - {{name: onnx, version: "2", model: {model.yaml()}, '
-            f"executor: {{kind: process}}, sample_rate: 1.0, timeout_ms: {CANDIDATE_TIMEOUT_MS}}}",
-        ]
-    elif candidate is None:
-        lines.append("candidates: []")
+    if candidates:
+        lines += ["candidates:", *(c.yaml(model) for c in candidates)]
     else:
-        raise ValueError(f"unknown candidate kind {candidate!r}")
-    # The proxy path is measured alone: the comparator costs the proxy process CPU per pair
-    # of its own (``python -m bench comparator``), which these targets leave out.
-    lines.append("compare: {enabled: false}")
+        lines.append("candidates: []")
+    if compare:
+        lines.append(f"compare: {{enabled: true, outputs: {COMPARE_OUTPUTS}}}")
+    else:
+        # The proxy path alone: the comparator costs the proxy process CPU per pair of its
+        # own, measured by shadowproxy_both and by ``python -m bench comparator``.
+        lines.append("compare: {enabled: false}")
     lines.append("shutdown: {drain_delay_s: 0, grace_s: 2}")
     return "\n".join(lines) + "\n"
 
@@ -367,21 +271,32 @@ def shadowproxy_config(
 @contextlib.contextmanager
 def shadowproxy_target(
     name: str,
-    be: Backends,
+    production_port: int,
     workdir: Path,
     *,
-    candidate: str | None,
+    candidates: Sequence[Candidate] = (),
     model: BuiltModel | None = None,
-    python: str = sys.executable,
+    compare: bool = False,
+    env: dict[str, str] | None = None,
+    candidate_received: Callable[[], int] | None = None,
 ) -> Iterator[Target]:
-    """``python -m shadowproxy serve`` on the proxy CPU; ready once /healthz/ready is 200."""
+    """``python -m shadowproxy serve`` on the proxy CPU; ready once /healthz/ready is 200.
+
+    ``env`` is added to the harness's environment (the executor passes it on to its workers).
+    """
     port, admin_port = free_ports(2)
-    home = _fresh_dir(workdir, name)
+    home = fresh_dir(workdir, name)
     config = home / "shadowproxy.yaml"
-    config.write_text(shadowproxy_config(port, admin_port, be, candidate=candidate, model=model))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    cmd = [python, "-m", "shadowproxy", "serve", "--config", str(config)]
+    config.write_text(
+        shadowproxy_config(
+            port, admin_port, production_port, candidates, model=model, compare=compare
+        )
+    )
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
+    )
+    cmd = [sys.executable, "-m", "shadowproxy", "serve", "--config", str(config)]
     log = home / "shadowproxy.log"
 
     def ready() -> bool:
@@ -390,18 +305,21 @@ def shadowproxy_target(
             infer_once(port, timeout=1.0)
         return http_call(admin_port, "GET", "/healthz/ready", timeout=1.0)[0] == 200
 
-    with managed_process(cmd, cpu=PROXY_CPU, log=log, grace_s=10.0, cwd=REPO, env=env) as proc:
-        _wait_until(ready, proc, f"shadowproxy ({name})", [log], timeout_s=60)
+    with managed_process(cmd, cpu=PROXY_CPU, log=log, grace_s=10.0, cwd=REPO, env=full_env) as proc:
+        wait_until(ready, proc, f"shadowproxy ({name})", [log], timeout_s=60)
         if infer_once(port) != 200:
             raise StartError(f"shadowproxy ({name}) is ready but does not answer 200")
-        yield Target(name, port, proxy_pid=proc.pid, admin_port=admin_port, proc=proc, log=log)
-
-
-SHADOWPROXY_CANDIDATE = {
-    "shadowproxy_off": None,
-    "shadowproxy_http": "http",
-    "shadowproxy_onnx": "onnx",
-}
+        yield Target(
+            name,
+            port,
+            proxy_pid=proc.pid,
+            admin_port=admin_port,
+            proc=proc,
+            log=log,
+            candidates=tuple(c.name for c in candidates),
+            candidate_received=candidate_received,
+            compares=compare,
+        )
 
 
 def start_target(
@@ -411,14 +329,38 @@ def start_target(
     workdir: Path,
     model: BuiltModel | None = None,
 ) -> Target:
-    """Start target ``name``; ``model`` is the ONNX file of ``shadowproxy_onnx``."""
+    """Start target ``name``; ``model`` is the ONNX file of the local candidates."""
     if name == "direct":
         return Target(name, be.production_port)
     if name in ("nginx", "nginx_mirror"):
-        return stack.enter_context(nginx_target(name, be, workdir, mirror=name == "nginx_mirror"))
-    if name in SHADOWPROXY_CANDIDATE:
-        kind = SHADOWPROXY_CANDIDATE[name]
+        mirror = name == "nginx_mirror"
         return stack.enter_context(
-            shadowproxy_target(name, be, workdir, candidate=kind, model=model)
+            nginx_target(
+                name,
+                be.production_port,
+                workdir,
+                candidate_port=be.candidate_port if mirror else None,
+                candidate_received=be.candidate_requests if mirror else None,
+            )
         )
-    raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+    http = Candidate(HTTP_CANDIDATE, be.candidate_port)
+    local = Candidate(LOCAL_CANDIDATE)
+    candidates = {
+        "shadowproxy_off": (),
+        "shadowproxy_http": (http,),
+        "shadowproxy_onnx": (local,),
+        "shadowproxy_both": (http, local),
+    }.get(name)
+    if candidates is None:
+        raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+    return stack.enter_context(
+        shadowproxy_target(
+            name,
+            be.production_port,
+            workdir,
+            candidates=candidates,
+            model=model,
+            compare=name == "shadowproxy_both",
+            candidate_received=be.candidate_requests if http in candidates else None,
+        )
+    )

@@ -15,9 +15,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench import report  # noqa: E402
+from bench.faults import FAMILY_FAULTS, FAULTS, SLOW_FACTOR, target_name  # noqa: E402
 from bench.load import BODY, parse_wrk, percentile, wrk_script  # noqa: E402
-from bench.runner import mirror_figures  # noqa: E402
-from bench.targets import TARGETS, requests_by_outcome  # noqa: E402
+from bench.runner import MODES  # noqa: E402
+from bench.targets import CANDIDATE_TIMEOUT_MS, TARGETS, requests_by_outcome  # noqa: E402
 
 HEADLINE_RATIOS = (
     "cpu_per_req_ratio_vs_nginx",
@@ -26,7 +27,21 @@ HEADLINE_RATIOS = (
     "onnx_proxy_cpu_added_us",
     "onnx_p99_inflation",
     "batching_speedup",
+    *(f"isolation_p99_inflation_{fault}" for fault in FAULTS),
+    *(f"nginx_isolation_p99_inflation_{fault}" for fault in FAMILY_FAULTS["nginx_mirror"]),
+    "comparator_us_per_pair",
+    "rss_growth_mb",
+    "both_throughput_ratio_vs_http",
 )
+# What each faulty candidate must have done to shadowproxy's candidate counters: proof that
+# the fault was really exercised.
+FAULT_EVIDENCE = {
+    "slow": ("ok",),
+    "hang": ("timeout",),
+    "down": ("error",),
+    "crash_http": ("error",),
+    "crash_local": ("error", "timeout"),
+}
 
 WRK_OUTPUT = """\
 Running 1s test @ http://127.0.0.1:40000/v2/models/m/infer
@@ -147,22 +162,16 @@ def test_differences_and_executor_ratios_are_paired_per_round() -> None:
     assert speedup["met"] is True
 
 
-def testmirror_figures_of_a_local_candidate() -> None:
-    counts = {("onnx", "ok"): 90.0, ("onnx", "dropped"): 10.0, ("prod", "ok"): 100.0}
-    figures = mirror_figures(100, None, counts, "onnx")
-    assert figures["mirrored_fraction"] == 0.9 and figures["dropped_fraction"] == 0.1
-    assert "candidate_backend_received" not in figures
-
-
 def test_tables_of_an_earlier_run_leave_out_the_new_sections() -> None:
     old = json.loads((REPO / "bench" / "results" / "full-20261122-135335.json").read_text())
     md = report.markdown(old)
     assert "| `cpu_per_req_ratio_vs_nginx` |" in md
-    assert "Open loop" not in md and "Executor" not in md
+    assert "candidate outcomes: ok 403,521" in md  # one candidate, in the schema of the time
+    for section in ("Open loop", "Executor", "Isolation", "Memory", "Comparator", "Capacity"):
+        assert section not in md
 
 
-@pytest.mark.timeout(240)
-def test_smoke_run_end_to_end(tmp_path: Path) -> None:
+def _run_smoke(tmp_path: Path, *options: str) -> tuple[dict, subprocess.CompletedProcess[str], str]:
     missing = [b for b in ("nginx", "wrk", "taskset") if shutil.which(b) is None]
     if missing:
         pytest.fail(
@@ -171,7 +180,7 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
         )
     out = tmp_path / "smoke.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "bench", "run", "--smoke", "--out", str(out), *options],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -180,7 +189,17 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     )
     log = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert out.exists(), f"no JSON written (exit {proc.returncode})\n{log}"
-    doc = json.loads(out.read_text())
+    return json.loads(out.read_text()), proc, log
+
+
+def _outcomes(summary_totals: dict, candidate: str) -> dict[str, float]:
+    return summary_totals["by_candidate"][candidate]
+
+
+@pytest.mark.timeout(240)
+def test_smoke_run_end_to_end(tmp_path: Path) -> None:
+    doc, proc, log = _run_smoke(tmp_path)
+    assert doc["settings"]["profile"] == "nginx"
 
     assert set(doc["targets"]) == set(TARGETS), log
     for name, t in doc["targets"].items():
@@ -192,26 +211,55 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
             assert r["single"]["n"] > 0
             if name != "direct":
                 assert r["cpu_us_per_req"] > 0, f"{name}: no CPU time measured"
-        if name in ("nginx_mirror", "shadowproxy_http", "shadowproxy_onnx"):
+                assert r["memory"]["rss_mb"] > 0 and r["memory"]["tree_rss_mb"] > 0
+        if name not in ("direct", "nginx", "shadowproxy_off"):
             fraction = t["summary"]["mirrored_fraction"]["median"]
             assert fraction > 0, f"{name}: nothing reached the candidate\n{log}"
         if name.startswith("shadowproxy"):
             assert t["summary"]["proxy_cpu_us_per_req"]["median"] > 0, name
-        if name in ("shadowproxy_off", "shadowproxy_onnx"):
+        if name in ("shadowproxy_off", "shadowproxy_onnx", "nginx"):
             for r in t["rounds"]:  # the open-loop run at half load
                 half = r["half_load"]
                 assert half["completed"] > 0 and half["errors"] == 0, f"{name}: {half}\n{log}"
                 assert half["latency_us"]["p99"] > 0
 
     onnx = doc["targets"]["shadowproxy_onnx"]["summary"]
-    assert onnx["mirror_totals"]["candidate_outcomes"].get("ok", 0) > 0, log
-    assert onnx["half_load_mirror_totals"]["candidate_outcomes"].get("ok", 0) > 0, log
+    assert _outcomes(onnx["mirror_totals"], "onnx").get("ok", 0) > 0, log
+    assert _outcomes(onnx["half_load_mirror_totals"], "onnx").get("ok", 0) > 0, log
+
+    # Both candidates answered, and the comparator compared pairs of each.
+    both = doc["targets"]["shadowproxy_both"]["summary"]
+    for candidate in ("cand", "onnx"):
+        assert _outcomes(both["mirror_totals"], candidate).get("ok", 0) > 0, log
+        assert both["mirror_totals"]["compare"]["compared"][candidate] > 0, log
+    assert 0 < both["compared_fraction"]["median"] <= 1
+    assert both["compare_thread_us_per_pair"]["median"] > 0
+
+    _check_isolation(doc, log)
+
     executor = doc["executor"]
     assert executor["error"] is None, executor["error"]
     for r in executor["rounds"]:
         for batch, res in r["throughput"].items():
             assert res["rows_per_s"] > 0 and res["failures"] == 0, f"max_batch {batch}: {res}"
         assert r["round_trip"]["p50_us"] > 0
+
+    comparator = doc["comparator"]
+    assert comparator["error"] is None and comparator["rounds"], comparator
+    for r in comparator["rounds"]:
+        assert r["us_per_pair"] == pytest.approx(r["handoff_us_per_pair"] + r["fold_us_per_pair"])
+
+    small, large = MODES["smoke"].memory_requests or (0, 0)
+    memory = doc["memory"]
+    assert memory["error"] is None and memory["target"] == "shadowproxy_http", memory
+    points = memory["checkpoints"]
+    assert points["small"]["requests"] == small  # sent one by one: exactly
+    assert points["large"]["requests"] >= large
+    assert all(p["rss_mb"] > 0 and p["tree_rss_mb"] >= p["rss_mb"] for p in points.values())
+
+    for name in ("shadowproxy_http", "shadowproxy_both"):
+        capacity = doc["capacity"][name]
+        assert capacity["rps"] > 0 and capacity["cores_per_1k_rps"] > 0 and capacity["rss_mb"] > 0
 
     for name in HEADLINE_RATIOS:
         value = doc["ratios"][name]["value"]
@@ -220,6 +268,74 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
         assert doc["machine"][key]
     assert doc["versions"]["nginx"] and doc["versions"]["wrk"]
     assert proc.returncode == 0, log
-    assert "| ratio |" in proc.stdout
-    assert "### Open loop at half load" in proc.stdout
-    assert "### Executor batching" in proc.stdout
+    for heading in (
+        "| ratio |",
+        "### Open loop at half load",
+        "### Isolation: production with a faulty candidate",
+        "### Executor batching",
+        "### Comparator cost",
+        "### Memory growth",
+        "### Capacity per replica",
+    ):
+        assert heading in proc.stdout, heading
+
+
+def _check_isolation(doc: dict, log: str) -> None:
+    """Every faulty candidate was started, measured and really misbehaved."""
+    iso = doc["isolation"]
+    expected = {
+        target_name(family, fault) for family, faults in FAMILY_FAULTS.items() for fault in faults
+    }
+    assert set(iso["targets"]) == expected, log
+    cal = iso["calibration"]
+    assert cal["slow_delay_us"] == pytest.approx(SLOW_FACTOR * cal["production_p50_us"])
+    assert cal["slow_p50_us"] >= cal["slow_delay_us"]
+    timeout_us = CANDIDATE_TIMEOUT_MS * 1000
+    for name, t in iso["targets"].items():
+        assert t["error"] is None and t["rounds"], f"{name}: {t['error']}\n{log}"
+        half = t["rounds"][0]["half_load"]
+        assert half["completed"] > 0, f"{name}: {half}\n{log}"
+        if t["family"] == "shadowproxy":
+            # Production is never failed, nor made to wait for the candidate's deadline.
+            assert half["errors"] == 0, f"{name}: {half}\n{log}"
+            assert half["latency_us"]["p50"] < timeout_us, f"{name}: {half}\n{log}"
+            outcomes = _outcomes(
+                t["summary"]["half_load_mirror_totals"],
+                "cand" if t["fault"] != "crash_local" else "onnx",
+            )
+            seen = sum(outcomes.get(o, 0) for o in FAULT_EVIDENCE[t["fault"]])
+            assert seen > 0, f"{name}: the fault did not show: {outcomes}\n{log}"
+    # nginx's mirror holds the client connection until the candidate answers or times out.
+    hang = iso["targets"][target_name("nginx_mirror", "hang")]["rounds"][0]["half_load"]
+    assert hang["latency_us"]["p50"] >= timeout_us, hang
+    assert hang["mirror"]["candidate_backend_received"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_smoke_run_with_python_model_servers(tmp_path: Path) -> None:
+    """The python2ms profile: 2 ms backends, and a slow candidate 10× slower than that."""
+    doc, proc, log = _run_smoke(
+        tmp_path,
+        "--profile=python2ms",
+        "--targets=direct,shadowproxy_off",
+        "--faults=slow",
+        "--skip-executor",
+        "--skip-comparator",
+        "--skip-memory",
+    )
+    assert proc.returncode == 0, log
+    assert doc["settings"]["profile"] == "python2ms"
+    assert "with the `python2ms` backend profile" in proc.stdout
+    direct = doc["targets"]["direct"]["rounds"][0]
+    assert direct["single"]["p50_us"] >= 2000  # the model server's 2 ms, never less
+    cal = doc["isolation"]["calibration"]
+    assert cal["production_p50_us"] >= 2000
+    assert cal["slow_p50_us"] >= SLOW_FACTOR * 2000
+    slow = doc["isolation"]["targets"]["shadowproxy_fault_slow"]
+    half = slow["rounds"][0]["half_load"]
+    assert half["errors"] == 0 and half["completed"] > 0, half
+    # Production answers in its own 2-3 ms, not in the slow candidate's 20 ms.
+    assert half["latency_us"]["p50"] < cal["slow_delay_us"], half
+    assert _outcomes(slow["summary"]["half_load_mirror_totals"], "cand").get("ok", 0) > 0
+    assert doc["comparator"] is None and doc["memory"] is None and doc["executor"] is None
+    assert math.isfinite(doc["ratios"]["isolation_p99_inflation_slow"]["value"])

@@ -1,0 +1,95 @@
+"""The isolation table: production's latency with each faulty candidate, beside nginx's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .cells import cell, num, short
+from .faults import BASELINE, target_name
+
+
+def _ratio(doc: dict[str, Any], name: str) -> str:
+    r = doc["ratios"].get(name)
+    if not r or r["value"] is None:
+        return "–"
+    return cell({"median": r["value"], "min": r["min"], "max": r["max"]}, 2)
+
+
+def _errors(t: dict[str, Any]) -> str:
+    return str(int(sum(r["half_load"]["errors"] for r in t["rounds"] if "half_load" in r)))
+
+
+def _seen(t: dict[str, Any]) -> str:
+    """What the faulty candidate got: shadowproxy's outcomes, or what its server counted."""
+    totals = t["summary"].get("half_load_mirror_totals")
+    if totals and totals.get("by_candidate"):
+        return "; ".join(
+            ", ".join(f"{o} {int(n):,}" for o, n in sorted(outcomes.items())) or "none"
+            for outcomes in totals["by_candidate"].values()
+        )
+    received = [
+        r["half_load"]["mirror"]["candidate_backend_received"]
+        for r in t["rounds"]
+        if "candidate_backend_received" in r.get("half_load", {}).get("mirror", {})
+    ]
+    return f"received {sum(received):,}" if received else "–"
+
+
+def _columns(doc: dict[str, Any], family: str, fault: str | None) -> list[str]:
+    """p99, inflation, what the candidate saw and errors of one family, one fault."""
+    if fault is None:  # the baseline: the same proxy without a candidate
+        t = doc["targets"].get(BASELINE[family])
+        if not t or not t["rounds"] or not t["summary"].get("half_p99_us"):
+            return ["–"] * 4
+        return [cell(t["summary"]["half_p99_us"]), "1", "–", _errors(t)]
+    t = doc["isolation"]["targets"].get(target_name(family, fault))
+    if t is None:
+        return ["–"] * 4
+    if not t["rounds"]:
+        return [f"not measured: {short(t['error'], 60)}", "–", "–", "–"]
+    prefix = "" if family == "shadowproxy" else "nginx_"
+    return [
+        cell(t["summary"]["half_p99_us"]),
+        _ratio(doc, f"{prefix}isolation_p99_inflation_{fault}"),
+        _seen(t),
+        _errors(t),
+    ]
+
+
+def isolation_table(doc: dict[str, Any]) -> list[str]:
+    iso = doc.get("isolation")
+    if not iso or not iso.get("targets"):
+        return []
+    faults = list(iso["faults"])
+    cal = iso.get("calibration") or {}
+    slow = ""
+    if cal:
+        slow = (
+            f" The slow candidate answers after {num(cal['slow_delay_us'])} µs, "
+            f"{cal['slow_factor_asked']}× production's p50 of {num(cal['production_p50_us'])} µs "
+            f"measured at the start of the run; its own p50 was {num(cal.get('slow_p50_us'))} µs "
+            f"({num(cal.get('slow_factor'), 1)}× production's)."
+        )
+    lines = [
+        "### Isolation: production with a faulty candidate",
+        "",
+        "Open loop at the half-load rate of each round (the table above), the same rate for "
+        "every target; p99 in µs from the scheduled send time over the answered requests, "
+        "median (min … max) over rounds; unanswered requests are errors. Inflation: p99 over "
+        "that of the same proxy without a candidate in the same round." + slow,
+        "",
+        "| candidate | shadowproxy p99 | inflation | candidate outcomes | errors "
+        "| nginx + mirror p99 | inflation | received | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| none | "
+        + " | ".join(_columns(doc, "shadowproxy", None))
+        + " | "
+        + " | ".join(_columns(doc, "nginx_mirror", None))
+        + " |",
+    ]
+    for fault in faults:
+        sp = _columns(doc, "shadowproxy", fault)
+        ng = _columns(doc, "nginx_mirror", fault)
+        lines.append(f"| `{fault}` | " + " | ".join(sp) + " | " + " | ".join(ng) + " |")
+    lines += ["", *(f"- `{fault}`: {iso['faults'][fault]}" for fault in faults)]
+    return lines
