@@ -120,7 +120,9 @@ def parse(body: bytes, *, max_depth: int, allow_nonfinite: bool) -> Any:
 def _parse_nonfinite(body: bytes) -> tuple[Any, bool]:
     """Parse with the standard library; the flag says whether a non-finite number was read.
 
-    Returns ``(None, False)`` when the body is not JSON even to the standard library.
+    Returns ``(None, False)`` when the body is not JSON even to the standard library, or
+    holds a lone surrogate escape (``"\\ud800"``): orjson refuses those, and a string
+    holding one cannot be written as UTF-8 again (a label in /metrics, a snapshot).
     """
     seen = False
 
@@ -138,8 +140,10 @@ def _parse_nonfinite(body: bytes) -> tuple[Any, bool]:
 
     try:
         value = json.loads(body.decode("utf-8"), parse_constant=constant, parse_float=real)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # no lone surrogates
     except (ValueError, RecursionError):
-        # ValueError covers invalid JSON, invalid UTF-8 and over-long integer literals.
+        # ValueError covers invalid JSON, invalid UTF-8, over-long integer literals and
+        # (UnicodeEncodeError) lone surrogates.
         return None, False
     return value, seen
 

@@ -4,11 +4,17 @@ httptools (llhttp) already refuses the classic smuggling shapes: Content-Length 
 with Transfer-Encoding, duplicate Content-Length, obfuscated Transfer-Encoding, bare LF,
 NUL or CR in values, obsolete line folding and overflowing chunk sizes. On top of it this
 module enforces what llhttp leaves to the application: the HTTP version, a single Host,
-header count and size, body size (declared or chunked), and deadlines for slow clients.
+``chunked`` as the only transfer coding, header count and size, body size (declared or
+chunked), and deadlines for slow clients.
 
 A request is parsed completely, body included, before anything is forwarded: a request
 that breaks a limit is answered here and never reaches production or a candidate.
-Requests pipelined on one connection are answered strictly in order.
+Requests pipelined on one connection are answered strictly in order, and parsing stops
+while ``limits.max_pipelined`` of them wait.
+
+Protocol upgrades are never proxied. An offer of cleartext HTTP/2 (``Upgrade: h2c``) is
+declined by serving the request in HTTP/1.1, as RFC 9110 §7.8 allows; any other offer
+(WebSocket, ...) is refused with 400.
 """
 
 from __future__ import annotations
@@ -17,13 +23,13 @@ import asyncio
 import collections
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
 import httptools
 import orjson
 
 from shadowproxy.config.model import Limits
-from shadowproxy.proxy.headers import RequestHead
+from shadowproxy.proxy.headers import RequestHead, list_tokens, offers_only_h2c, valid_host
 
 if TYPE_CHECKING:
     from shadowproxy.proxy.handler import Proxy
@@ -33,6 +39,7 @@ _REASONS = {
     408: b"Request Timeout",
     413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
@@ -98,6 +105,12 @@ _STARTING = _Starting()
 
 _EMPTY_HEAD = RequestHead()  # placeholder until a head is complete; never mutated
 
+# The parser is fed at most this many bytes at a time. llhttp parses all it is given, so
+# one read of tiny pipelined requests (up to 256 KiB) would otherwise become thousands of
+# queued requests, several times their size in memory, before reading could pause. Fed
+# in slices, parsing stops within a slice of the queue filling; the rest waits as bytes.
+_FEED_BYTES = 4096
+
 
 def error_response(status: int, message: str, request_id: str | None, close: bool) -> bytes:
     """A small JSON error response written by the proxy itself."""
@@ -139,6 +152,8 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.deadline_reason = ""
         self._refusal: Rejection | None = None
+        self._unparsed = b""  # read but not parsed: the queue filled up first
+        self._declined_offer = False  # the head being parsed offered h2c
         self._reset_message()
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -163,14 +178,60 @@ class ClientConnection(asyncio.Protocol):
             return  # everything after a refused request is ignored
         if not self._in_message and self.deadline_reason != "header_timeout":
             self._arm(self.limits.header_timeout_s, "header_timeout")
+        if self._unparsed:  # reading is paused, so only if the transport delivers late
+            self._unparsed += data
+        elif len(data) > _FEED_BYTES:
+            self._parse(data)
+        elif (replay := self._feed(data)) is not None:  # the usual case: a single feed
+            self._parse(replay)
+
+    def _parse(self, data: bytes) -> None:
+        """Feed ``data`` slice by slice, keeping what is left when the queue fills."""
+        view = memoryview(data)
+        start = 0
+        while start < len(view) and self._refusal is None:
+            if self._reading_paused:
+                self._unparsed = bytes(view[start:])
+                return
+            end = start + _FEED_BYTES
+            replay = self._feed(view[start:end])
+            start = end
+            if replay is not None:
+                view, start = memoryview(replay + view[start:]), 0
+
+    def _feed(self, data: bytes | memoryview) -> bytes | None:
+        """Parse ``data``; after a declined h2c offer, the bytes to parse next instead."""
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError:
             self._refuse(self._refusal or Rejection(400, "malformed", "malformed request"))
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
+            if self._declined_offer:
+                return self._head_without_offer() + data[exc.args[0] :]
             self._refuse(Rejection(400, "unsupported", "protocol upgrades are not proxied"))
         except httptools.HttpParserError as exc:
             self._refuse(Rejection(400, "malformed", f"malformed request: {exc}"))
+        return None
+
+    def _head_without_offer(self) -> bytes:
+        """The head just parsed, without its ``Upgrade`` line, for a fresh parser.
+
+        llhttp treats everything after an upgrade offer's head as another protocol, body
+        included, and cannot be told to carry on. Parsed again without the offer, the
+        request takes the usual path: limits, framing and body are checked as for any.
+        ``Connection`` still names ``Upgrade`` and ``HTTP2-Settings``, so neither is
+        forwarded.
+        """
+        parser = self._parser
+        lines = [
+            b"%s %s HTTP/%s\r\n"
+            % (parser.get_method(), self._url, parser.get_http_version().encode())
+        ]
+        lines += [n + b": " + v + b"\r\n" for n, v in self._raw_headers if n.lower() != b"upgrade"]
+        self._declined_offer = False
+        self._reset_message()
+        self._parser = httptools.HttpRequestParser(self)
+        return b"".join(lines) + b"\r\n"
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -227,11 +288,19 @@ class ClientConnection(asyncio.Protocol):
             self._stop(Rejection(400, "malformed", "duplicate Host header"))
         if version == "1.1" and not head.hosts:
             self._stop(Rejection(400, "malformed", "missing Host header"))
-        if version == "1.0" and head.transfer_encoding:
-            # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
-            self._stop(Rejection(400, "malformed", "Transfer-Encoding in an HTTP/1.0 request"))
+        if head.host is not None and not valid_host(head.host):
+            self._stop(Rejection(400, "malformed", "invalid Host header"))
+        if not self._url.startswith(b"/") and self._url != b"*":
+            self._to_origin_form(head)
+        if head.transfer_encoding is not None:
+            self._check_transfer_codings(list_tokens(head.transfer_encoding), version)
         if parser.should_upgrade():
-            self._stop(Rejection(400, "unsupported", "protocol upgrades are not proxied"))
+            if head.upgrade is None or not offers_only_h2c(head.upgrade):
+                self._stop(Rejection(400, "unsupported", "protocol upgrades are not proxied"))
+            # Declined: the head is parsed again without the offer (_head_without_offer),
+            # and checked from here on then.
+            self._declined_offer = True
+            return
         if head.content_length > self.limits.max_body_bytes:
             self._stop(
                 Rejection(413, "body_too_large", "request body exceeds limits.max_body_bytes")
@@ -245,6 +314,49 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._arm(self.limits.body_timeout_s, "body_timeout")
 
+    def _check_transfer_codings(self, codings: list[bytes], version: str) -> None:
+        """Only ``chunked`` framing is accepted (RFC 9112 §6).
+
+        llhttp accepts any list that ends in ``chunked`` and removes only that coding, so
+        the body of ``gzip, chunked`` would go upstream still gzipped, with no header left
+        to say so: other codings are a 501, as RFC 9112 §6.1 asks of a server that does
+        not decode them.
+        """
+        if version == "1.0":
+            # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
+            self._stop(Rejection(400, "malformed", "Transfer-Encoding in an HTTP/1.0 request"))
+        if codings.count(b"chunked") != 1 or codings[-1] != b"chunked":
+            # RFC 9112 §6.3: without chunked once and last, the body length is unknown.
+            self._stop(Rejection(400, "malformed", "Transfer-Encoding must end in chunked"))
+        if len(codings) > 1:
+            message = "transfer codings other than chunked are not supported"
+            self._stop(Rejection(501, "unsupported", message))
+
+    def _to_origin_form(self, head: RequestHead) -> None:
+        """``GET http://host/path`` becomes ``GET /path`` with ``Host: host``.
+
+        RFC 9112 §3.2.2: a server accepts the absolute form and takes the authority from
+        it, not from Host. Forwarded as received, production would get a target naming
+        one host and a Host header naming another, and a configured path prefix would be
+        glued to the scheme.
+        """
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            url = None
+        if (
+            url is None
+            or url.host is None
+            or url.userinfo is not None
+            or url.schema.lower() not in (b"http", b"https")
+        ):
+            self._stop(Rejection(400, "malformed", "request target is neither a path nor a URL"))
+        host = url.host if url.port is None else b"%s:%d" % (url.host, url.port)
+        if not valid_host(host):
+            self._stop(Rejection(400, "malformed", "invalid host in the request target"))
+        head.host = host
+        self._url = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
         self._body_size += len(body)
@@ -254,6 +366,8 @@ class ClientConnection(asyncio.Protocol):
             )
 
     def on_message_complete(self) -> None:
+        if self._declined_offer:
+            return  # llhttp ends an upgrade offer's message at its head; parsed again
         parser = self._parser
         request = Request(
             parser.get_method(),
@@ -306,9 +420,15 @@ class ClientConnection(asyncio.Protocol):
         if self.active is not None or self.closed:
             return
         if not self._queue:
-            if self._reading_paused and self.transport is not None:
+            if self._reading_paused:
                 self._reading_paused = False
-                self.transport.resume_reading()
+                unparsed, self._unparsed = self._unparsed, b""
+                if unparsed:
+                    self._parse(unparsed)  # may queue and start requests, and pause again
+                if not self._reading_paused and self.transport is not None and not self.closed:
+                    self.transport.resume_reading()
+                if self._queue or self.active is not None or self.closed:
+                    return
             if self.closing:
                 self.close()
             elif not self._in_message:
@@ -323,7 +443,7 @@ class ClientConnection(asyncio.Protocol):
         if self.active is _STARTING:
             self.active = answer
 
-    def _stop(self, rejection: Rejection) -> None:
+    def _stop(self, rejection: Rejection) -> NoReturn:
         """Abort parsing from inside a parser callback."""
         self._refusal = rejection
         raise _Refused(rejection.message)

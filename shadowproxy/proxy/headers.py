@@ -46,6 +46,18 @@ _NOT_FORWARDED = HOP_BY_HOP | FORWARDED | REQUEST_FRAMING | {REQUEST_ID}
 _NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID}
 
 _REQUEST_ID_OK = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+# RFC 9112 §3.2 and RFC 3986 §3.2.2: uri-host [":" port], where uri-host is a bracketed
+# IP literal or a reg-name (which covers IPv4 addresses); empty is allowed.
+_HOST_OK = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?")
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether a Host value is an authority; anything else is a 400 (RFC 9112 §3.2).
+
+    A value such as ``a, b`` or ``a b`` would reach production, and its
+    ``X-Forwarded-Host``, as a list that frameworks read in different ways.
+    """
+    return _HOST_OK.fullmatch(value) is not None
 
 
 def valid_request_id(value: bytes) -> bool:
@@ -91,8 +103,9 @@ class RequestHead:
         self.content_type = b""
         self.expect: bytes | None = None
         self.connection_tokens: set[bytes] | None = None
-        self.upgrade = False
-        self.transfer_encoding = False
+        # Values of every Upgrade and Transfer-Encoding line, joined as one list.
+        self.upgrade: bytes | None = None
+        self.transfer_encoding: bytes | None = None
         self.content_length = -1
         # One loop over the head, not a call per header: this runs for every request.
         forward, lows = self.forward, self.forward_lows
@@ -116,9 +129,9 @@ class RequestHead:
         elif low == b"expect":
             self.expect = value.lower()
         elif low == b"upgrade":
-            self.upgrade = True
+            self.upgrade = _joined(self.upgrade, value)
         elif low == b"transfer-encoding":
-            self.transfer_encoding = True
+            self.transfer_encoding = _joined(self.transfer_encoding, value)
         elif low == b"content-length" and value.isdigit():
             # llhttp has already refused malformed and duplicate lengths.
             self.content_length = int(value)
@@ -147,6 +160,27 @@ class RequestHead:
             pairs = zip(self.forward_lows, self.forward, strict=True)
             return b"".join(line for low, line in pairs if low not in drop)
         return b"".join(self.forward)
+
+
+def _joined(previous: bytes | None, value: bytes) -> bytes:
+    """Field lines of one list-valued header, combined as RFC 9110 §5.3 allows."""
+    return value if previous is None else previous + b"," + value
+
+
+def list_tokens(value: bytes) -> list[bytes]:
+    """The lower-case elements of a comma-separated header list, empty ones dropped."""
+    return [token for part in value.lower().split(b",") if (token := part.strip(b" \t"))]
+
+
+def offers_only_h2c(upgrade: bytes) -> bool:
+    """Whether an ``Upgrade`` offer names cleartext HTTP/2 and nothing else.
+
+    A server may ignore an offer and answer in HTTP/1.1 (RFC 9110 §7.8), and an h2c
+    client then simply carries on in HTTP/1.1. Java's HttpClient and Spring's RestClient,
+    among others, attach this offer to ordinary requests to ``http://`` URLs by default.
+    """
+    tokens = list_tokens(upgrade)
+    return bool(tokens) and all(token == b"h2c" for token in tokens)
 
 
 # Connection options that are not header names (RFC 9110 §7.6.1).

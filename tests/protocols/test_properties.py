@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -25,6 +26,8 @@ from shadowproxy.tensors import DATATYPES, TensorSpec, numpy_dtype
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PROPERTY = settings(max_examples=100, deadline=None)
+# Per protocol, each side: 200 examples keep the ten arbitrary-input tests to ~10 s.
+ARBITRARY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 FEATURES = ("a", "b")
 WIDTHS: dict[str, Literal[16, 32, 64]] = {"FP16": 16, "FP32": 32, "FP64": 64}
@@ -115,6 +118,17 @@ any_body = st.one_of(
 raw_bytes = st.binary(max_size=64) | any_body.map(lambda body: body[: len(body) // 2])
 
 
+def writable(text: object) -> bool:
+    """A Python ``str`` that can be written as UTF-8 again (no lone surrogate)."""
+    if type(text) is not str:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_decoded(protocol: PayloadProtocol, body: bytes, specs: list[TensorSpec]) -> None:
     """Decoding gives well-formed arrays, or PayloadError with a listed reason; nothing else."""
     try:
@@ -123,13 +137,15 @@ def check_decoded(protocol: PayloadProtocol, body: bytes, specs: list[TensorSpec
         assert error.reason in REASONS, error.reason
         return
     assert 1 <= decoded.rows <= protocol.payload.max_rows
+    assert decoded.id is None or writable(decoded.id)
+    assert all(writable(name) for name in decoded.outputs)
     assert set(decoded.arrays) == {spec.name for spec in specs}
     for spec in specs:
         array = decoded.arrays[spec.name]
         assert array.dtype == numpy_dtype(spec.datatype)
         assert array.shape[0] == decoded.rows
         if spec.datatype == "BYTES":
-            assert all(type(item) is str for item in array.reshape(-1))
+            assert all(writable(item) for item in array.reshape(-1))
         elif array.dtype.kind == "f" and protocol.payload.nonfinite == "reject":
             assert np.isfinite(array).all()
 
@@ -147,7 +163,7 @@ def check_extracted(protocol: PayloadProtocol, body: bytes, outputs: Outputs) ->
         assert got.scores.shape[0] == got.rows and got.scores.shape[1] >= 1
     if got.labels is not None:
         assert got.labels.ndim == 1 and len(got.labels) == got.rows
-        assert got.labels.dtype == np.int64 or all(type(v) is str for v in got.labels)
+        assert got.labels.dtype == np.int64 or all(writable(v) for v in got.labels)
 
 
 @FUZZ
@@ -194,6 +210,143 @@ def test_json_decoder_on_row_like_bodies(
 )
 def test_extract_raises_only_payload_errors(
     body: bytes, protocol: PayloadProtocol, outputs: Outputs
+) -> None:
+    check_extracted(protocol, body, outputs)
+
+
+# -- every decoder and extractor on arbitrary JSON text and arbitrary bytes ----------------
+#
+# The strategies above build Python values and let ``json.dumps`` write them. These write
+# the text themselves, to reach what no serializer produces: numbers beyond float64 and
+# int64, NaN and Infinity literals, escapes of lone surrogates, raw control characters and
+# invalid UTF-8, duplicate keys, odd whitespace, nesting past ``max_depth``; and they break
+# well-formed bodies byte by byte.
+
+DECODERS = {
+    "v1": V1Protocol(Payload(max_rows=8)),
+    "v2": V2Protocol(Payload(max_rows=8)),
+    "v2_shallow_nonfinite": V2Protocol(Payload(max_depth=4, nonfinite="allow")),
+    "json_rows": JsonProtocol(Payload(max_rows=8), FEATURES),
+    "json_nested": JsonProtocol(
+        Payload(max_rows=8, rows="r", response_rows="", nonfinite="allow"),
+        ("a", "b.c"),
+        Outputs(score="s", label="l.m"),
+    ),
+}
+KEY_TEXTS = st.sampled_from(
+    ["inputs", "instances", "outputs", "predictions", "name", "shape", "datatype", "data",
+     "id", "parameters", "error", "x", "y", "a", "b", "c", "r", "s", "l", "m", "label",
+     "score", "scores", "probabilities", "FP32", "BYTES", "INT64", "BOOL"]
+).map(lambda key: f'"{key}"')  # fmt: skip
+WHITESPACE = st.sampled_from(["", " ", "\n", "\t", "\r\n  "])
+number_texts = st.one_of(
+    st.integers().map(str),
+    st.from_regex(r"-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,25})?([eE][+-]?[0-9]{1,4})?", fullmatch=True),
+    st.sampled_from(
+        ["NaN", "Infinity", "-Infinity", "-0", "-0.0", "1e400", "-1e400", "1e-400",
+         "9223372036854775808", "-9223372036854775809", "18446744073709551616"]
+    ),
+)  # fmt: skip
+escapes = st.one_of(
+    st.sampled_from(['\\"', "\\\\", "\\/", "\\b", "\\f", "\\n", "\\r", "\\t"]),
+    st.integers(0, 0xFFFF).map(lambda code: f"\\u{code:04x}"),
+    st.integers(0xD800, 0xDFFF).map(lambda code: f"\\u{code:04X}"),  # lone surrogates
+)
+# Raw characters include controls and surrogates, which become invalid UTF-8 below.
+string_texts = st.lists(
+    st.characters(exclude_characters='"\\') | escapes | st.sampled_from(["é", "€", "😀"]),
+    max_size=8,
+).map(lambda parts: '"' + "".join(parts) + '"')
+scalar_texts = number_texts | string_texts | st.sampled_from(["true", "false", "null"])
+
+
+def container_texts(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    items = st.lists(st.tuples(WHITESPACE, children), max_size=5)
+    members = st.lists(st.tuples(KEY_TEXTS | string_texts, WHITESPACE, children), max_size=5)
+    return items.map(lambda xs: "[" + ",".join(w + v for w, v in xs) + "]") | members.map(
+        lambda ms: "{" + ",".join(f"{k}:{w}{v}" for k, w, v in ms) + "}"
+    )
+
+
+value_texts = st.recursive(scalar_texts, container_texts, max_leaves=30)
+json_texts = st.one_of(
+    value_texts,
+    # An envelope key the protocols look for, around any value.
+    st.tuples(KEY_TEXTS, value_texts).map(lambda kv: "{" + kv[0] + ":" + kv[1] + "}"),
+    # Nesting past every max_depth in use (4 and the default 32).
+    st.tuples(st.integers(1, 40), value_texts).map(lambda nv: "[" * nv[0] + nv[1] + "]" * nv[0]),
+).map(lambda text: text.encode("utf-8", "surrogatepass"))
+
+
+@st.composite
+def encoded_responses(draw: st.DrawFn) -> bytes:
+    """A well-formed response of one protocol, as a local model's answer is written."""
+    protocol = draw(st.sampled_from(list(DECODERS.values())))
+    rows = draw(st.integers(1, 4))
+    outputs = {
+        "label": draw(hnp.arrays(np.int64, rows)),
+        "probabilities": draw(hnp.arrays(np.float32, (rows, 2))),
+    }
+    return protocol.encode_response(outputs, model_name="m", model_version="1", request_id="i")
+
+
+STRUCTURAL = st.sampled_from(
+    [b"[", b"]", b"{", b"}", b",", b":", b'"', b"\\", b"-", b"e", b"NaN", b"\\ud800", b"null"]
+)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, bodies: st.SearchStrategy[bytes]) -> bytes:
+    """A body broken by one to four edits: flipped, inserted, deleted or repeated bytes."""
+    body = bytearray(draw(bodies))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(body)))
+        edit = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "repeat"]))
+        if edit == "flip" and at < len(body):
+            body[at] = draw(st.integers(0, 255))
+        elif edit == "insert":
+            body[at:at] = draw(STRUCTURAL | st.binary(min_size=1, max_size=3))
+        elif edit == "delete":
+            del body[at : at + draw(st.integers(1, 8))]
+        elif edit == "truncate":
+            del body[at:]
+        elif edit == "repeat":
+            body[at:at] = body[at : at + draw(st.integers(1, 16))]
+    return bytes(body)
+
+
+arbitrary_bodies = st.one_of(
+    json_texts,
+    mutated(any_body | encoded_responses()),
+    st.binary(max_size=512),
+)
+# Non-finite numbers send the parser to its fallback, which must not let through strings
+# that orjson refuses (a lone surrogate): they could never be written out again.
+SURROGATE_REQUEST = (
+    b'{"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [1]},'
+    b' {"name": "y", "shape": [1, 1], "datatype": "BYTES", "data": ["\\ud800"]}],'
+    b' "parameters": {"n": NaN}}'
+)
+SURROGATE_RESPONSE = b'{"predictions": [{"label": "\\udfff", "score": NaN}], "l": {"m": "\\ud800"}}'
+
+
+@ARBITRARY
+@pytest.mark.parametrize("protocol", DECODERS.values(), ids=DECODERS.keys())
+@example(body=SURROGATE_REQUEST, specs=SPEC_SETS[1])
+@given(body=arbitrary_bodies, specs=st.sampled_from(SPEC_SETS))
+def test_every_decoder_on_arbitrary_json_and_bytes(
+    protocol: PayloadProtocol, body: bytes, specs: list[TensorSpec]
+) -> None:
+    check_decoded(protocol, body, specs)
+
+
+@ARBITRARY
+@pytest.mark.parametrize("protocol", DECODERS.values(), ids=DECODERS.keys())
+@example(body=SURROGATE_RESPONSE, outputs=Outputs())
+@example(body=SURROGATE_RESPONSE, outputs=Outputs(label="l.m"))
+@given(body=arbitrary_bodies, outputs=st.sampled_from(SELECTORS))
+def test_every_extractor_on_arbitrary_json_and_bytes(
+    protocol: PayloadProtocol, body: bytes, outputs: Outputs
 ) -> None:
     check_extracted(protocol, body, outputs)
 
