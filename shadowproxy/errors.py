@@ -38,6 +38,15 @@ class ModelError(ShadowProxyError):
     """A model file failed its safety or integrity checks, or could not be loaded."""
 
 
+class ModelLoadError(ModelError):
+    """A model passed its checks but could not be loaded, warmed up or kept running.
+
+    The session could not be built, a worker died or ran out of memory while loading:
+    something only running the model shows. ``serve`` disables such a candidate and
+    carries on; a static check failure (any other ``ModelError``) stops it with exit 2.
+    """
+
+
 FailureOutcome = Literal["error", "timeout", "invalid", "dropped"]
 
 

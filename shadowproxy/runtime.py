@@ -36,9 +36,10 @@ from shadowproxy.compare.persist import read_snapshot_file, write_snapshot
 from shadowproxy.compare.reference import Reference
 from shadowproxy.config.loader import redact_url
 from shadowproxy.config.model import Candidate, Config, Executor, ModelFile
-from shadowproxy.errors import ShadowProxyError, UpstreamError
+from shadowproxy.errors import ModelLoadError, ShadowProxyError, UpstreamError
 from shadowproxy.executor import LocalExecutor, create_executor
 from shadowproxy.models.check import check_model
+from shadowproxy.observability.comparator_state import ComparatorStateCollector
 from shadowproxy.observability.metrics import ExchangeStats, Metrics
 from shadowproxy.observability.models import ModelCatalog, ModelEntry
 from shadowproxy.observability.scrape import RemoteResources
@@ -148,6 +149,7 @@ class Runtime:
         # So are the reference and a saved snapshot: a mismatch is never mixed in silently.
         if cfg.compare.enabled:
             self.comparator = self._comparator()
+            self.metrics.registry.register(ComparatorStateCollector(self.comparator))
             self.stream.subscribe(self.comparator.submit)
             self.comparator.start()
         self.admin_runner = web.AppRunner(
@@ -208,7 +210,9 @@ class Runtime:
                 )
             )
         try:
-            await asyncio.gather(*(executor.start() for executor in self.local.values()))
+            await asyncio.gather(
+                *(_start_or_disable(role, executor) for (role, _), executor in self.local.items())
+            )
         except BaseException:
             await asyncio.gather(
                 *(executor.close() for executor in self.local.values()), return_exceptions=True
@@ -396,6 +400,22 @@ class Runtime:
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
         log.info("drained, exiting")
+
+
+async def _start_or_disable(role: Role, executor: LocalExecutor) -> None:
+    """Start a local model; a candidate that passed its checks but fails to load is disabled.
+
+    Its file was checked before anything listened (a bad file exits 2); what failed here
+    is running it: the session, a worker dying or out of memory while loading. Production
+    serves on without the candidate, which is counted and reported disabled. A local
+    production model that cannot load still stops the start.
+    """
+    try:
+        await executor.start()
+    except ModelLoadError as exc:
+        if role == "production":
+            raise
+        executor.disable(f"executor {executor.name!r} disabled: it failed to start: {exc}")
 
 
 def _requests_sent(stats: ExchangeStats) -> int:

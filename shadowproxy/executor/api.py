@@ -84,7 +84,12 @@ class LocalExecutor(Protocol):
     model: CheckedModel  # valid after start()
 
     async def start(self) -> None:
-        """Check the model (``ModelError``), load it in every worker, warm up, then return."""
+        """Check the model, load it in every worker, warm up, then return.
+
+        ``ModelError`` when the model fails its checks; ``ModelLoadError`` when it passed
+        them but could not be loaded or warmed up (session error, a worker that died or ran
+        out of memory while loading).
+        """
         ...
 
     def submit(
@@ -111,6 +116,15 @@ class LocalExecutor(Protocol):
 
     @property
     def disabled(self) -> bool: ...
+
+    @property
+    def disabled_reason(self) -> str | None:
+        """Why the executor was switched off; None while it is not."""
+        ...
+
+    def disable(self, reason: str) -> None:
+        """Switch the executor off for good: queued and later requests are dropped."""
+        ...
 
     def resources(self) -> ResourceFigures: ...
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
 import time
 from collections import deque
@@ -27,6 +28,8 @@ from shadowproxy.executor.framing import ANSWER_OK
 from shadowproxy.models.check import CheckedModel, check_model
 from shadowproxy.models.signature import ModelSignature
 from shadowproxy.tensors import TensorSpec, datatype_of_array
+
+log = logging.getLogger("shadowproxy.executor")
 
 # Timers of the event loop have about a millisecond of resolution (uvloop); a deadline this
 # close is treated as reached rather than re-armed for a sliver of time.
@@ -181,6 +184,23 @@ class BatchingExecutor(Generic[W]):
     @property
     def disabled(self) -> bool:
         return self._disabled_reason is not None
+
+    @property
+    def disabled_reason(self) -> str | None:
+        """Why the executor was switched off; None while it is not."""
+        return self._disabled_reason
+
+    def disable(self, reason: str) -> None:
+        """Switch the executor off for good: queued and later requests are dropped.
+
+        After repeated crashes, or for a candidate whose model failed to load: it stays in
+        place and is reported disabled, rather than stopping the proxy.
+        """
+        if self._disabled_reason is not None:
+            return
+        self._disabled_reason = reason
+        log.error("%s", reason)
+        self._fail_queued(reason, "dropped")
 
     @property
     def batching(self) -> bool:

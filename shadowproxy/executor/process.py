@@ -40,7 +40,7 @@ import psutil
 
 import shadowproxy
 from shadowproxy.config.model import Executor, ModelFile
-from shadowproxy.errors import ModelError
+from shadowproxy.errors import ModelLoadError
 from shadowproxy.executor import framing
 from shadowproxy.executor.accounting import TreeSample, sample_tree
 from shadowproxy.executor.api import ResourceFigures
@@ -200,7 +200,11 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             self._state = "closed"
             if not isinstance(failures[0], SpawnFailed):
                 raise failures[0]
-            raise ModelError(
+            # Each worker that died or gave up while loading is a crash, as after a respawn.
+            for failure in failures:
+                self._policy.crashed(time.monotonic())
+                self.last_crash = str(failure)
+            raise ModelLoadError(
                 f"{self.where}: {self.spec.path}: worker failed to start: {failures[0]}"
             ) from failures[0]
         workers = [w for w in spawned if isinstance(w, _Worker)]
@@ -469,15 +473,15 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         self.last_crash = reason
         log.warning("%s: worker crashed: %s", self.name, reason)
         if self._policy.crashed(time.monotonic()):
-            self._disable(
+            self.disable(
                 f"executor {self.name!r} disabled after {self._policy.recent()} crashes "
                 f"within {self.settings.restart_window_s:g} s (last: {reason})"
             )
 
-    def _disable(self, reason: str) -> None:
-        self._disabled_reason = reason
-        log.error("%s", reason)
-        self._fail_queued(reason, "dropped")
+    def disable(self, reason: str) -> None:
+        if self.disabled:
+            return
+        super().disable(reason)
         # A disabled model gets no more traffic: its healthy workers only cost resources.
         for worker in list(self._all):
             worker.retiring = True

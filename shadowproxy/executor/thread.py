@@ -31,6 +31,7 @@ import numpy as np
 import psutil
 
 from shadowproxy.config.model import Executor, ModelFile
+from shadowproxy.errors import ModelError, ModelLoadError
 from shadowproxy.executor.accounting import peak_rss
 from shadowproxy.executor.api import ResourceFigures
 from shadowproxy.executor.core import Batch, BatchingExecutor
@@ -63,14 +64,25 @@ class ThreadExecutor(BatchingExecutor[int]):
         self._pool = ThreadPoolExecutor(
             max_workers=self.settings.workers, thread_name_prefix=f"shadowproxy-{self.name}"
         )
-        # One session serves every thread: onnxruntime runs are thread-safe, and one copy
-        # of the weights is enough inside one process.
-        self._session = await loop.run_in_executor(
-            self._pool, build_session, model, self.settings.threads
-        )
-        for seed in range(self.settings.warmup_runs):
-            inputs = warmup_inputs(model.signature, rows=1, seed=seed)
-            await loop.run_in_executor(self._pool, self._run, inputs)
+        try:
+            # One session serves every thread: onnxruntime runs are thread-safe, and one copy
+            # of the weights is enough inside one process.
+            self._session = await loop.run_in_executor(
+                self._pool, build_session, model, self.settings.threads
+            )
+            for seed in range(self.settings.warmup_runs):
+                inputs = warmup_inputs(model.signature, rows=1, seed=seed)
+                await loop.run_in_executor(self._pool, self._run, inputs)
+        except Exception as exc:
+            # The model passed its checks; building or running it is what failed.
+            self._pool.shutdown(wait=False)
+            self._pool = self._session = None
+            self._state = "closed"
+            if isinstance(exc, ModelError):
+                raise ModelLoadError(f"{self.where}: {exc}") from exc
+            raise ModelLoadError(
+                f"{self.where}: {model.path}: warm-up run failed: {type(exc).__name__}: {exc}"
+            ) from exc
         if self._state != "starting":
             self._pool.shutdown(wait=False)
             self._closed_while_starting()

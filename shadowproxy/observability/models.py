@@ -62,6 +62,7 @@ class ModelEntry:
                 "executor": None if self.settings is None else dataclasses.asdict(self.settings),
                 "ready": self.executor.ready,
                 "disabled": self.executor.disabled,
+                "disabled_reason": self.executor.disabled_reason,
                 "resources": self.executor.resources().as_dict(),
             }
         else:

@@ -26,6 +26,7 @@ from shadowproxy.proxy.upstream import (
     UpstreamTarget,
     build_request,
 )
+from shadowproxy.shadow.encoding import CONTENT_ENCODING, CappedDecoder, content_coding, decoder_for
 from shadowproxy.shadow.target import MirroredTarget
 
 SHADOW_HEADER = b"X-Shadow-Request: 1\r\n"
@@ -112,7 +113,7 @@ class ShadowCall:
 
     __slots__ = (
         "target", "join", "upstream", "started", "status", "content_type",
-        "body", "size", "done",
+        "body", "size", "decoder", "done",
     )  # fmt: skip
 
     def __init__(self, target: ShadowTarget, join: PairJoin) -> None:
@@ -124,6 +125,7 @@ class ShadowCall:
         self.content_type = ""
         self.body: list[bytes] = []
         self.size = 0
+        self.decoder: CappedDecoder | None = None
         self.done = False
 
     def start(self, request: bytes, head_request: bool = False) -> None:
@@ -149,6 +151,13 @@ class ShadowCall:
         if head.content_length > self.target.max_response_bytes:
             # Refused before a byte of it is read: an oversized answer costs nothing.
             self._too_large()
+        elif CONTENT_ENCODING in head.lows:
+            # Decoded as it arrives, under the same cap as the raw bytes (see .encoding).
+            try:
+                coding = content_coding(head.lows, head.lines)
+                self.decoder = decoder_for(coding, self.target.max_response_bytes)
+            except UpstreamError as exc:
+                self._refuse(exc)
 
     def on_body(self, data: bytes) -> None:
         if self.done:
@@ -157,15 +166,33 @@ class ShadowCall:
         if self.size > self.target.max_response_bytes:
             self._too_large()
             return
+        if self.decoder is not None:
+            try:
+                data = self.decoder.feed(data)
+            except UpstreamError as exc:
+                self._refuse(exc)
+                return
         self.body.append(data)
 
     def _too_large(self) -> None:
+        self._refuse(UpstreamError("response exceeds limits.shadow_max_response_bytes", "invalid"))
+
+    def _refuse(self, exc: UpstreamError) -> None:
+        """Stop reading an answer that cannot be used, and count it."""
         if self.upstream is not None:
             self.upstream.abort()
         self.body = []
-        self._finish("invalid", "response exceeds limits.shadow_max_response_bytes")
+        self._finish(exc.outcome, str(exc))
 
     def on_complete(self) -> None:
+        if self.decoder is not None:
+            try:
+                self.decoder.end()
+            except UpstreamError as exc:
+                # The exchange is over (its connection already back in the pool): count it.
+                self.body = []
+                self._finish(exc.outcome, str(exc))
+                return
         status = self.status or 0
         self._finish("ok" if 200 <= status < 300 else "error", "" if status < 300 else "status")
 

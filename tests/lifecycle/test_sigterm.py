@@ -19,12 +19,14 @@ import aiohttp
 import orjson
 import pytest
 
+from shadowproxy.compare.comparator import read_snapshot
+from shadowproxy.compare.persist import read_snapshot_file
 from shadowproxy.pairing.log import read_pair_log
 from tests.shadow.helpers import client_requests, echo_handler
+from tests.support.load import PATH, SteadyLoad, answered_by_production, production
 from tests.support.proxy import free_port, make_config, proxy_process, wait_http_ready
+from tests.support.served import all_counted, only, outcomes, serving
 from tests.support.servers import Backend, RawServer, read_request
-
-PATH = "/v2/models/churn/infer"
 
 
 def _config(
@@ -38,42 +40,6 @@ def _config(
         pair_log={"path": str(tmp / "pairs.jsonl")},
         shutdown=shutdown,
     )
-
-
-class Load:
-    """Keep-alive clients looping POSTs until told to stop; every outcome is kept."""
-
-    def __init__(self, port: int, clients: int) -> None:
-        self.url = f"http://127.0.0.1:{port}{PATH}"
-        self.clients = clients
-        self.stop = asyncio.Event()
-        self.statuses: list[int] = []
-        self.errors: list[BaseException] = []
-        self.ids: list[str] = []
-        self.closes = 0
-        self.bad_bodies = 0
-
-    async def _client(self, n: int) -> None:
-        connector = aiohttp.TCPConnector(limit=1)  # one keep-alive connection per client
-        async with aiohttp.ClientSession(connector=connector) as session:
-            i = 0
-            while not self.stop.is_set():
-                i += 1
-                body = orjson.dumps({"client": n, "i": i})
-                try:
-                    async with session.post(self.url, data=body) as resp:
-                        data = await resp.read()
-                        self.statuses.append(resp.status)
-                        self.ids.append(resp.headers.get("X-Request-Id", ""))
-                        if resp.headers.get("Connection", "").lower() == "close":
-                            self.closes += 1
-                        if resp.status == 200 and orjson.loads(data)["body"] != body.decode():
-                            self.bad_bodies += 1
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    self.errors.append(exc)
-
-    async def run(self) -> None:
-        await asyncio.gather(*(self._client(n) for n in range(self.clients)))
 
 
 async def _first_503_after(admin: str, deadline_s: float) -> float | None:
@@ -105,46 +71,65 @@ async def _ready_stays_503(admin: str, seconds: float) -> list[int]:
 async def test_stop_signal_under_load_loses_no_request(
     backend: Backend, candidate_backend: Backend, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    drain, grace = 1.0, 3.0
-    backend.handler = echo_handler("prod")
+    """Every request of the drain window is served, and the comparator's state is saved.
+
+    The snapshot interval is far longer than the test: the file can only come from the
+    flush at shutdown, and it must hold every pair the proxy counted.
+    """
+    drain, grace = 1.5, 3.0
+    backend.handler = production
+    snapshot_path = tmp_path / "snapshot.json"
     config = _config(backend, candidate_backend, tmp_path, drain_delay_s=drain, grace_s=grace)
-    admin = f"http://127.0.0.1:{config['admin']['port']}"
-    with proxy_process(config, tmp_path) as proc:
-        await wait_http_ready(admin)
-        load = Load(config["listen"]["port"], clients=20)
+    config["compare"] = {
+        "outputs": {"score": "probabilities"},
+        "snapshot": {"path": str(snapshot_path), "interval_s": 3600},
+    }
+    async with serving(config, tmp_path) as served:
+        admin, proc = served.admin_url, served.proc
+        load = SteadyLoad({"proxy": served.traffic_url}, clients=20, check=answered_by_production)
         running = asyncio.create_task(load.run())
         await asyncio.sleep(1.5)
-        sent_before = len(load.statuses)
+        sent_before = len(load.answers)
         proc.send_signal(sig)
         signalled = time.monotonic()
         first_503 = await _first_503_after(admin, deadline_s=0.5)
         later = await _ready_stays_503(admin, 0.4)
         # The endpoint is out of rotation well before the drain delay ends.
-        await asyncio.sleep(max(0.0, signalled + drain - 0.2 - time.monotonic()))
+        await asyncio.sleep(max(0.0, signalled + drain - 0.5 - time.monotonic()))
         load.stop.set()
         await running
-        sent_during_drain = len(load.statuses) - sent_before
+        sent_during_drain = len(load.answers) - sent_before
+        # What the proxy counted, read while its admin listener still serves the drain.
+        counted = await all_counted(served, ["cand"], len(load.answers))
+        assert not snapshot_path.exists()
         code = await asyncio.to_thread(proc.wait, drain + grace + 5)
         exited_after = time.monotonic() - signalled
-        stderr = proc.stderr.read().decode() if proc.stderr is not None else ""
+        log = served.log_text()
 
     assert first_503 is not None and first_503 < 0.3, first_503
     assert later and set(later) == {503}, later
     assert not load.errors, load.errors[:5]
-    assert load.statuses and set(load.statuses) == {200}
-    assert load.bad_bodies == 0
+    assert load.answers and {a.status for a in load.answers} == {200}
+    assert not load.failures("proxy")  # every answer is production's, to that request
     assert sent_during_drain > 0, "no traffic was served during the drain delay"
-    assert code == 0, stderr
+    assert code == 0, log
     assert exited_after < drain + grace + 1.0, exited_after
-    assert "Traceback" not in stderr, stderr
+    assert "Traceback" not in log, log
 
     # Every response came from production, and every mirrored one is in the pair log.
-    assert len(client_requests(backend)) == len(load.statuses)
+    total = len(load.answers)
+    assert len(client_requests(backend)) == total
     records = list(read_pair_log([tmp_path / "pairs.jsonl"]))
-    assert len(records) == len(load.statuses)
-    assert {r.request_id for r in records} == set(load.ids)
+    assert len(records) == total
+    assert {r.request_id for r in records} == {a.request_id for a in load.answers}
     lines = (tmp_path / "pairs.jsonl").read_bytes().count(b"\n")
-    assert lines == len(load.statuses)
+    assert lines == total
+
+    # The snapshot written at shutdown is valid and holds every pair the proxy counted.
+    state = read_snapshot(read_snapshot_file(snapshot_path), None, "shutdown snapshot")["cand"]
+    assert counted.value("shadowproxy_pairs_total", model="cand", version="1") == total
+    assert state.requests == total and state.compared == total and state.rows == total
+    assert state.candidate_outcomes == outcomes(counted, "cand") == only(ok=total)
 
 
 async def test_slow_requests_in_flight_at_sigterm_complete(

@@ -1,9 +1,9 @@
 """A candidate can never slow, break or change production.
 
-Each faulty candidate runs in its own process (see ``faulty_servers``). In one test, the
-same requests go first through a proxy without candidates, then through one mirroring
-every request to the faulty candidate (its breaker held closed, so every request is
-tried). Production's answers must be the same bytes, its median latency must not grow,
+Each faulty candidate runs in its own process (``tests.support.faulty_servers``). In one
+test, the same requests go first through a proxy without candidates, then through one
+mirroring every request to the faulty candidate (its breaker held closed, so every request
+is tried). Production's answers must be the same bytes, its median latency must not grow,
 and the candidate's outcome must be counted for every request, within the candidate's
 own deadline. An audit hook records every outgoing connection the test process makes,
 so a followed redirect (or any other surprise destination) shows.
@@ -11,11 +11,8 @@ so a followed redirect (or any other surprise destination) shows.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,11 +22,11 @@ from aiohttp import web
 
 from shadowproxy.pairing.record import OUTCOMES, PairRecord
 from tests.shadow.helpers import median_ms, timed_post
+from tests.support.faulty_servers import faulty_servers
 from tests.support.proxy import free_port, make_config, metric_value, running_proxy
 from tests.support.servers import Backend
 from tests.support.waiting import settle, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_MS = 100
 SLOW_DELAY_S = 2 * TIMEOUT_MS / 1000
 # Candidates that do not time out get a generous deadline, so that a busy machine cannot
@@ -88,24 +85,8 @@ def _stop_recording() -> None:
 
 @pytest.fixture(scope="module")
 def faulty() -> Iterator[dict[str, int]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.shadow.faulty_servers", str(SLOW_DELAY_S)],
-        cwd=REPO,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    ports = json.loads(proc.stdout.readline())
-    ports["down"] = free_port()  # nothing listens there
-    try:
-        yield ports
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with faulty_servers(SLOW_DELAY_S) as ports:
+        yield {**ports, "down": free_port()}  # nothing listens on "down"
 
 
 async def _production(request: web.Request) -> web.Response:

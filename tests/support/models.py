@@ -213,3 +213,45 @@ def nested_custom_op_model(folder: Path, name: str = "nested_custom.onnx") -> Bu
         helper.make_node("If", ["positive"], ["y"], then_branch=then, else_branch=other),
     ]
     return _save(_add_model(nodes, opsets={"": 13, "com.example": 1}), folder / name)
+
+
+# -- models that pass every check but cannot run -------------------------------------------
+
+
+def missing_kernel_model(folder: Path, name: str = "relu_int16.onnx") -> BuiltModel:
+    """``y = Relu(x)`` over int16: valid ONNX (opset 14), but onnxruntime has no such kernel.
+
+    Every check passes; building the session fails (``NOT_IMPLEMENTED``).
+    """
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu_int16",
+        [helper.make_tensor_value_info("x", TensorProto.INT16, ["N", N_FEATURES])],
+        [helper.make_tensor_value_info("y", TensorProto.INT16, ["N", N_FEATURES])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return _save(model, folder / name)
+
+
+def memory_hungry_model(
+    folder: Path, megabytes: int = 800, name: str = "memory_hungry.onnx"
+) -> BuiltModel:
+    """``y = x + sum(ones(megabytes))``: a tiny file that needs ``megabytes`` MB to run.
+
+    The constant is built by ``ConstantOfShape`` when the model first runs (onnxruntime's
+    constant folding at load gives up on it when memory is short), so a worker capped below
+    that fails at warm-up, the first run.
+    """
+    rows = megabytes * 1_000_000 // (4 * N_FEATURES)
+    inits = [
+        helper.make_tensor("shape", TensorProto.INT64, [2], [rows, N_FEATURES]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [0]),
+    ]
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["ones"], value=one),
+        helper.make_node("ReduceSum", ["ones", "axes"], ["total"], keepdims=0),
+        helper.make_node("Add", ["x", "total"], ["y"]),
+    ]
+    return _save(_add_model(nodes, inits), folder / name)

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,20 +72,30 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def proxy_process(config: dict[str, Any], tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
+def proxy_process(
+    config: dict[str, Any],
+    tmp: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m shadowproxy serve`` as a real process (for signal and exit-code tests).
 
-    Ports must be fixed in ``config`` (use :func:`free_port`). The process is killed if the
-    test leaves it running.
+    Ports must be fixed in ``config`` (use :func:`free_port`). ``env`` is added to this
+    process's environment. Output goes to pipes, or with ``log`` to that file: a proxy that
+    logs a lot must never block on a pipe nobody reads. The process is killed if the test
+    leaves it running.
     """
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shadowproxy", "serve", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    with contextlib.ExitStack() as files:
+        sink: Any = subprocess.PIPE if log is None else files.enter_context(log.open("wb"))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shadowproxy", "serve", "--config", str(path)],
+            stdout=sink,
+            stderr=subprocess.STDOUT if log is not None else subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
     try:
         yield proc
     finally:
