@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--config", required=True, type=Path)
     report.add_argument(
         "--source", required=True, action="append", dest="sources",
-        help="snapshot file, admin URL (http://host:9090) or prometheus+http://host:9090",
+        help="snapshot file, admin URL (http://host:9090), every replica behind a DNS name "
+        "(dns+http://headless-service:9090) or prometheus+http://host:9090",
     )  # fmt: skip
     report.add_argument("--out", required=True, type=Path)
     report.add_argument("--candidate", help="report on this candidate only")
@@ -71,7 +72,9 @@ def model_problems(config: Config) -> list[Problem]:
         try:
             check_model(spec.model, spec.where)
         except ModelError as exc:
-            problems.append(Problem(spec.where, str(exc)))
+            # The model's errors already start with the key they are about.
+            message = str(exc).removeprefix(f"{spec.where}: ")
+            problems.append(Problem(spec.where, message))
     if config.compare.reference is not None:
         from shadowproxy.compare.reference import Reference
 
@@ -159,10 +162,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Exit 0 promote, 1 reject, 3 insufficient data, 2 usage, config or source errors."""
-    from shadowproxy.compare.comparator import merge_snapshots
+    from shadowproxy.compare.binned import BinnedEvaluator
     from shadowproxy.compare.decide import report_for
     from shadowproxy.compare.reference import Reference
-    from shadowproxy.compare.sources import read_source
+    from shadowproxy.compare.sources import read_sources
     from shadowproxy.report.document import exit_code
     from shadowproxy.report.writer import write_report
 
@@ -170,20 +173,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_INVALID
     try:
-        snapshots = [(source, read_source(source)) for source in args.sources]
-        targets = merge_snapshots(snapshots)
         reference = None
         if config.compare.reference is not None:
             reference = Reference.load(config.compare.reference)
+        merged = read_sources(args.sources, config, reference)
     except StateError as exc:
         print(f"--source: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    targets = merged.targets
     if args.candidate is not None and args.candidate not in targets:
         known = ", ".join(sorted(n for n, t in targets.items() if t.role == "candidate"))
         print(f"--candidate: no candidate {args.candidate!r} in the sources ({known})",
               file=sys.stderr)  # fmt: skip
         return EXIT_INVALID
-    report = report_for(config, targets, reference, only=args.candidate)
+    # Prometheus holds the exported part of the state: its own evaluator says what that
+    # decides and marks the rest as needing snapshots.
+    evaluator = None
+    if merged.kind == "prometheus":
+        evaluator = BinnedEvaluator(config.promotion, config.compare.seed)
+    report = report_for(config, targets, reference, only=args.candidate, evaluator=evaluator)
+    report["source"] = merged.describe()
     paths = write_report(report, args.out)
     for candidate in report["candidates"]:
         deciding = next((g for g in candidate["gates"] if g["passed"] is False), None)
@@ -191,6 +200,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             deciding = next((g for g in candidate["gates"] if g["passed"] is None), None)
         reason = "" if deciding is None else f"  ({deciding['reason']})"
         print(f"{candidate['name']}: {candidate['decision']}{reason}")
+    print(f"source: {merged.kind}, {len(merged.origins)} merged")
     print(f"decision: {report['decision']}; report: {paths[-1]}")
     return exit_code(report["decision"])
 

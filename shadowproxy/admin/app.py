@@ -50,7 +50,9 @@ def build_admin_app(
         return _json({"ready": True})
 
     async def metrics_text(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # The comparator's state collector takes the comparator's lock: off the event loop.
+        body = await asyncio.to_thread(metrics.render)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def config_view(_: web.Request) -> web.Response:
         return _json(redacted_config(config))

@@ -16,9 +16,13 @@ def report_for(
     targets: dict[str, TargetState],
     reference: Reference | None = None,
     only: str | None = None,
+    evaluator: Evaluator | None = None,
 ) -> dict[str, Any]:
-    """The report document for every candidate in ``targets`` (or only ``only``)."""
-    evaluator = Evaluator(config.promotion, config.compare.seed)
+    """The report document for every candidate in ``targets`` (or only ``only``).
+
+    ``evaluator`` computes the metrics; by default the one for full (snapshot) state.
+    """
+    evaluator = evaluator or Evaluator(config.promotion, config.compare.seed)
     baseline = next((t for t in targets.values() if t.role == "baseline"), None)
     evidences = [
         evidence(

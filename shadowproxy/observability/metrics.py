@@ -44,7 +44,9 @@ class ExchangeStats:
 
     Plain integers instead of prometheus-client children: the per-request path then
     costs a dict increment and a bisect, with no lock. :class:`HotPathCollector` turns
-    them into Prometheus families at scrape time, which also runs on the event loop.
+    them into Prometheus families at scrape time, in the scrape's worker thread: reading
+    plain integers needs no lock, and a scrape at worst sees an exchange in its outcome a
+    moment before its latency bucket.
     """
 
     __slots__ = ("role", "model", "version", "outcomes", "buckets", "latency_sum", "drops",

@@ -4,7 +4,9 @@
 byte once serialised, so reports can be diffed and tested. Besides the contract's keys it
 carries ``summary`` (one sentence for the banner), ``promotion`` (the settings the gates were
 judged with) and, per candidate, ``evidence`` (plots, flip matrix, slices, examples and the
-metric intervals) for the Markdown and HTML renderers.
+metric intervals) for the Markdown and HTML renderers. ``shadowproxy report`` adds
+``source``: the kind of source the state came from (snapshots or Prometheus), the sources,
+the replicas merged and, for Prometheus, which figures are exact and which need snapshots.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ EXIT_CODES: Mapping[str, int] = {"promote": 0, "reject": 1, "insufficient_data":
 
 _EVIDENCE_KEYS = ("plots", "flip_matrix", "slices", "examples", "input_drift")
 _CI_KEYS = ("value", "ci_low", "ci_high")
+# How a figure was computed when not the usual way, and why one could not be.
+_NOTE_KEYS = ("method", "unavailable", "interval")
 
 
 def exit_code(decision: str) -> int:
@@ -67,6 +71,14 @@ def _value(entry: Any) -> float | None:
     f = float(value)
     # NaN is "not measurable" and not valid JSON.
     return None if math.isnan(f) else f
+
+
+def _entry(e: Any) -> dict[str, Any]:
+    if not isinstance(e, Mapping):
+        return dict.fromkeys(_CI_KEYS)
+    entry: dict[str, Any] = {k: _value(e.get(k)) for k in _CI_KEYS}
+    entry.update({k: str(e[k]) for k in _NOTE_KEYS if e.get(k)})
+    return entry
 
 
 def _summary(candidates: Sequence[Mapping[str, Any]], decision: str, best: str | None) -> str:
@@ -111,7 +123,10 @@ def build_report(
         The contract's report: ``schema``, ``decision``, ``recommended`` (the promoted
         candidate furthest from its tightest threshold, ``None`` when none is promoted),
         ``production`` and ``candidates``, plus ``summary``, ``promotion`` and per-candidate
-        ``evidence``.
+        ``evidence`` (each metric's interval, with a ``method`` when it was computed another
+        way than usual and ``"interval": "bounds"`` when the interval is a range the binned
+        data allows) and ``unavailable`` (metric to the reason its source cannot give it,
+        only when there is one).
     """
     candidates: list[dict[str, Any]] = []
     judged: list[tuple[str, int, Decision, Sequence[GateResult]]] = []
@@ -125,21 +140,24 @@ def build_report(
         decision = candidate_decision(results, samples, promotion.min_samples)
         judged.append((name, samples, decision, results))
         evidence: dict[str, Any] = {k: ev[k] for k in _EVIDENCE_KEYS if ev.get(k) is not None}
-        evidence["metrics"] = {
-            m: {k: _value(e.get(k)) if isinstance(e, Mapping) else None for k in _CI_KEYS}
-            for m, e in metrics.items()
+        evidence["metrics"] = {m: _entry(e) for m, e in metrics.items()}
+        candidate = {
+            "name": name,
+            "version": str(ev.get("version", "")),
+            "samples": samples,
+            "decision": decision,
+            "metrics": {m: _value(e) for m, e in metrics.items()},
+            "gates": [r.to_dict() for r in results],
+            "evidence": evidence,
         }
-        candidates.append(
-            {
-                "name": name,
-                "version": str(ev.get("version", "")),
-                "samples": samples,
-                "decision": decision,
-                "metrics": {m: _value(e) for m, e in metrics.items()},
-                "gates": [r.to_dict() for r in results],
-                "evidence": evidence,
-            }
-        )
+        unavailable = {
+            m: str(e["unavailable"])
+            for m, e in metrics.items()
+            if isinstance(e, Mapping) and e.get("unavailable")
+        }
+        if unavailable:
+            candidate["unavailable"] = unavailable
+        candidates.append(candidate)
     decision = overall_decision([c["decision"] for c in candidates])
     best = recommend(judged)
     return {

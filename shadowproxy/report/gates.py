@@ -11,7 +11,12 @@ clearly bad:
   ``ci_low > threshold``);
 * a metric without an interval (a count such as ``threads``) is compared by its value; a
   missing end of an interval falls back to the value;
-* a metric without a value (``None`` or NaN) is undecided: "not measured yet".
+* a metric without a value (``None`` or NaN) is undecided: "not measured yet";
+* a metric the source cannot give (an entry with an ``unavailable`` reason, such as the
+  sample-based figures of a Prometheus source) is undecided with that reason, never passed;
+* an entry with ``"interval": "bounds"`` carries the range every value the binned data
+  allows instead of a confidence interval (figures of a Prometheus source); it is judged
+  the same way.
 
 Below ``promotion.min_samples`` *every* gate is undecided, even one whose interval already
 lies on the wrong side. The intervals of small samples are the least trustworthy (few
@@ -95,11 +100,14 @@ def _ops(gate: Gate) -> list[tuple[Op, float]]:
 
 
 def _describe(
-    metric: str, value: float, lo: float | None, hi: float | None, confidence: float
-) -> str:
+    metric: str, value: float, lo: float | None, hi: float | None, confidence: float,
+    bounds: bool = False,
+) -> str:  # fmt: skip
     text = f"{metric_label(metric)} {num(value)}"
     if lo is not None or hi is not None:
-        text += f" ({percent(confidence)} CI {interval(lo, hi)})"
+        # Bounds are every value the binned data allows, not a confidence interval.
+        kind = "bounds" if bounds else f"{percent(confidence)} CI"
+        text += f" ({kind} {interval(lo, hi)})"
     return text
 
 
@@ -134,7 +142,8 @@ def evaluate_gates(
         The ``promotion.gates`` of the config, in order.
     metrics : mapping
         ``{metric: {"value", "ci_low", "ci_high"}}`` from the comparator; a missing metric
-        or a ``None`` value is "not measured yet". The ``samples`` metric falls back to
+        or a ``None`` value is "not measured yet", and an entry with an ``unavailable``
+        reason is undecided with that reason. The ``samples`` metric falls back to
         ``samples`` when the comparator does not list it.
     samples : int
         Paired requests observed for the candidate.
@@ -157,12 +166,22 @@ def evaluate_gates(
         value = _finite_or_none(entry.get("value"))
         ci_low = _finite_or_none(entry.get("ci_low"))
         ci_high = _finite_or_none(entry.get("ci_high"))
+        missing = entry.get("unavailable")
         for op, threshold in _ops(gate):
             passed: bool | None
-            if value is None:
+            if missing:
+                passed, reason = None, f"{metric_label(gate.metric)} not decided: {missing}"
+            elif value is None:
                 passed, reason = None, f"{metric_label(gate.metric)} not measured yet"
             else:
-                head = _describe(gate.metric, value, ci_low, ci_high, confidence)
+                head = _describe(
+                    gate.metric,
+                    value,
+                    ci_low,
+                    ci_high,
+                    confidence,
+                    entry.get("interval") == "bounds",
+                )
                 if short:
                     passed = None
                     reason = (

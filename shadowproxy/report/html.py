@@ -15,7 +15,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shadowproxy.report.plots import PLOTS
-from shadowproxy.report.text import DECISION_WORDS, interval, metric_label, num, percent
+from shadowproxy.report.text import (
+    DECISION_WORDS,
+    describe_source,
+    figure_rows,
+    interval,
+    metric_label,
+    num,
+    percent,
+)
 
 __all__ = ["MAX_ROWS", "render_html"]
 
@@ -34,7 +42,7 @@ main{max-width:1180px;margin:0 auto;padding:0 24px 48px}
 .promote{background:#1a7f37}.reject{background:#cf222e}.insufficient_data{background:#9a6700}
 .badge{display:inline-block;padding:2px 10px;border-radius:12px;color:#fff;font-size:14px;
 vertical-align:middle}
-section.candidate{border-top:3px solid #d0d7de;margin-top:28px}
+section.candidate,section.source{border-top:3px solid #d0d7de;margin-top:28px}
 table{border-collapse:collapse;margin:8px 0 16px;font-size:14px}
 th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f6f8fa}
@@ -90,13 +98,14 @@ def _metrics(ev: Mapping[str, Any]) -> str:
         return ""
     rows = [
         f'<tr><td>{_e(metric_label(m))}</td><td class="num">{_e(num(v.get("value")))}</td>'
-        f'<td class="num">{_e(interval(v.get("ci_low"), v.get("ci_high")))}</td></tr>'
+        f'<td class="num">{_e(interval(v.get("ci_low"), v.get("ci_high")))}</td>'
+        f'<td class="note">{_e(v.get("unavailable") or v.get("method") or "")}</td></tr>'
         for m, v in metrics.items()
         if isinstance(v, Mapping)
     ]
     return (
         "<details><summary>All measured metrics</summary>"
-        + _table(["metric", "value", "interval"], rows)
+        + _table(["metric", "value", "interval", "note"], rows)
         + "</details>"
     )
 
@@ -174,6 +183,19 @@ def _examples(ev: Mapping[str, Any]) -> str:
     )
 
 
+def _figures(source: Mapping[str, Any]) -> str:
+    rows = [
+        f"<tr><td>{_e(how)}</td><td>{_e(which)}</td></tr>" for how, which in figure_rows(source)
+    ]
+    if not rows:
+        return ""
+    return (
+        '<section class="source"><h2>Figures from Prometheus</h2>'
+        + _table(["figures", "metrics"], rows)
+        + "</section>"
+    )
+
+
 def _candidate(c: Mapping[str, Any], min_samples: int) -> str:
     ev: Mapping[str, Any] = c.get("evidence") or {}
     decision = c["decision"]
@@ -205,12 +227,14 @@ def render_html(report: Mapping[str, Any]) -> str:
     str
         A complete HTML document with no external resource: a decision banner (colour and
         words), then per candidate its gates (value, interval, threshold, result, reason),
-        plots, flip matrix, most disagreeing slices and examples.
+        plots, flip matrix, most disagreeing slices and examples; where the state came from
+        and, for a Prometheus source, which figures are exact and which need snapshots.
     """
     prod = report["production"]
     promotion: Mapping[str, Any] = report.get("promotion") or {}
     min_samples = int(promotion.get("min_samples", 0))
     decision = report["decision"]
+    source = report.get("source") if isinstance(report.get("source"), Mapping) else None
     title = f"Promotion report: {prod['name']} {prod['version']}"
     recommended = ""
     if report.get("recommended"):
@@ -234,6 +258,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<p>{_e(report.get('summary', ''))}</p>{recommended}"
         f"<p>Production: {_e(prod['name'])} {_e(prod['version'])}</p></div>"
         f'<main><p class="note">{_e(how)}</p>'
+        + (f'<p class="note">{_e(describe_source(source))}</p>' if source else "")
         + "".join(_candidate(c, min_samples) for c in report["candidates"])
+        + (_figures(source) if source else "")
         + "</main></body></html>\n"
     )

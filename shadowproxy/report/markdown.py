@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shadowproxy.report.text import DECISION_WORDS, interval, metric_label, num
+from shadowproxy.report.text import (
+    DECISION_WORDS,
+    describe_source,
+    figure_rows,
+    interval,
+    metric_label,
+    num,
+)
 
 __all__ = ["MAX_ROWS", "cell", "render_markdown"]
 
@@ -116,9 +123,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     Returns
     -------
     str
-        The Markdown text: a decision banner line, then per candidate a gate table
-        (gate, value, interval, threshold, result, reason), its most disagreeing slices and
-        examples.
+        The Markdown text: a decision banner line and where the state came from, then per
+        candidate a gate table (gate, value, interval, threshold, result, reason), its most
+        disagreeing slices and examples, and for a Prometheus source which figures are
+        exact and which need snapshots.
     """
     prod = report["production"]
     promotion: Mapping[str, Any] = report.get("promotion") or {}
@@ -136,6 +144,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         out += [cell(report["summary"], 2000), ""]
     if "confidence" in promotion:
         out += [f"Intervals are {num(promotion['confidence'] * 100)}% confidence intervals.", ""]
+    source = report.get("source")
+    if isinstance(source, Mapping):
+        out += [cell(describe_source(source), 2000), ""]
     for c in report["candidates"]:
         out += _candidate(c, min_samples) + [""]
+    rows = figure_rows(source) if isinstance(source, Mapping) else []
+    if rows:
+        out += ["## Figures from Prometheus", ""]
+        out += _table(["figures", "metrics"], [[cell(a), cell(b, 2000)] for a, b in rows])
     return "\n".join(out).rstrip("\n") + "\n"

@@ -7,6 +7,8 @@ significant digits, counts without decimals, and intervals with an en dash.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 DECISION_WORDS = {
     "promote": "PROMOTE",
@@ -92,3 +94,63 @@ def percent(confidence: float) -> str:
         The level as a percentage with no needless decimals.
     """
     return f"{confidence * 100:.6g}%"
+
+
+FIGURE_CLASSES = (
+    ("exact", "exact, as from snapshots"),
+    ("normal_interval", "value exact; interval from the normal approximation"),
+    ("bin_bounds", "from the score bins; the interval bounds the binning error"),
+)
+"""How each class of figure of a Prometheus source is described, in report order."""
+
+
+def describe_source(source: Mapping[str, Any]) -> str:
+    """One sentence saying where a report's comparator state came from.
+
+    Parameters
+    ----------
+    source : mapping
+        The report's ``source``: ``kind`` (``snapshot`` or ``prometheus``), ``sources``,
+        ``replicas`` (how many states were merged) and ``origins`` (which).
+
+    Returns
+    -------
+    str
+        For example "Comparator state merged exactly from 2 snapshots: a.json, b.json."
+    """
+    origins = ", ".join(str(o) for o in source.get("origins") or ())
+    n = int(source.get("replicas") or 0)
+    if source.get("kind") == "prometheus":
+        where = ", ".join(str(s) for s in source.get("sources") or ())
+        text = f"Comparator state from Prometheus ({where}), summed over {n} replica"
+        text += "s" if n != 1 else ""
+        return f"{text}: {origins}." if origins else f"{text}."
+    text = f"Comparator state merged exactly from {n} snapshot{'s' if n != 1 else ''}"
+    return f"{text}: {origins}." if origins else f"{text}."
+
+
+def figure_rows(source: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(how, which metrics)`` rows of a Prometheus source's figures; none for snapshots.
+
+    Parameters
+    ----------
+    source : mapping
+        The report's ``source``; its ``figures`` lists the metrics per class and, under
+        ``needs_snapshots``, the reason each missing figure needs snapshots.
+
+    Returns
+    -------
+    list of tuple of str
+        One row per class of figure, the last ones for what needs snapshot or admin sources.
+    """
+    figures: Mapping[str, Any] = source.get("figures") or {}
+    rows = [
+        (words, ", ".join(metric_label(m) for m in figures[key]))
+        for key, words in FIGURE_CLASSES
+        if figures.get(key)
+    ]
+    rows += [
+        (f"needs snapshot or admin sources: {metric_label(name)}", str(reason))
+        for name, reason in (figures.get("needs_snapshots") or {}).items()
+    ]
+    return rows

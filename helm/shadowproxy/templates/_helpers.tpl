@@ -26,6 +26,10 @@
 {{- printf "%s-admin" (include "shadowproxy.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- define "shadowproxy.headlessServiceName" -}}
+{{- printf "%s-replicas" (include "shadowproxy.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "shadowproxy.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "shadowproxy.fullname" .) .Values.serviceAccount.name -}}
