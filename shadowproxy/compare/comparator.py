@@ -131,6 +131,7 @@ class Comparator:
                 except queue.Empty:
                     break
             records = [r for r in batch if r is not None]
+            stopping = len(records) < len(batch)  # stop() queued None
             started = time.thread_time()
             with self.lock:
                 for record in records:
@@ -140,11 +141,11 @@ class Comparator:
                         log.exception("comparator failed on record %s", record.request_id)
                 # Folding costs the same for 1 pair as for 256: at low rates, waiting for a
                 # full buffer (or the interval) keeps the cost per pair low.
-                if time.monotonic() - flushed_at >= FLUSH_INTERVAL_S or None in batch:
+                if stopping or time.monotonic() - flushed_at >= FLUSH_INTERVAL_S:
                     self.flush()
                     flushed_at = time.monotonic()
                 self.busy_s += time.thread_time() - started
-            if None in batch:
+            if stopping:
                 return
 
     # -- folding one record ----------------------------------------------------------

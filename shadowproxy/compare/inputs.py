@@ -5,15 +5,15 @@ position: ``compare.features`` names the columns of the request's feature matrix
 request's first input, the v1 instances, or the json protocol's configured fields). A body
 that does not give such a matrix contributes no input figures; it is still compared.
 
-Numeric columns come out as float64 (NaN where a value is missing or not a number);
-categorical columns, the ones the reference counts by category, as object arrays of
-``str`` with ``None`` where a value is missing, so they can be matched against the
-reference's category values (read from CSV text, hence strings).
+Numeric columns come out as float64 (NaN where a value is missing; text in a numeric
+column leaves the whole body out, as a decoder would refuse it). Categorical columns, the
+ones the reference counts by category, come out as object arrays of ``str`` with ``None``
+where a value is missing, so they can be matched against the reference's category values
+(read from CSV text, hence strings).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -39,20 +39,20 @@ def feature_rows(
         if flat is None or not flat or len(flat) % width:
             return None
         if not categorical:
-            # All numeric: one C-level conversion (None becomes NaN, text raises).
+            # All numeric: one C-level conversion of the whole matrix.
             numeric = np.asarray(flat, dtype=np.float64).reshape(-1, width)
             return {name: numeric[:, i] for i, name in enumerate(features)}
+        values = np.empty(len(flat), dtype=object)
+        values[:] = flat
+        matrix = values.reshape(-1, width)
+        return {
+            name: _category_column(matrix[:, i])
+            if name in categorical
+            else np.asarray(matrix[:, i].tolist(), dtype=np.float64)
+            for i, name in enumerate(features)
+        }
     except (PayloadError, ValueError, TypeError, KeyError, IndexError, orjson.JSONDecodeError):
         return None
-    values = np.empty(len(flat), dtype=object)
-    values[:] = flat
-    matrix = values.reshape(-1, width)
-    return {
-        name: _category_column(matrix[:, i])
-        if name in categorical
-        else _numeric_column(matrix[:, i])
-        for i, name in enumerate(features)
-    }
 
 
 def _rows(protocol: PayloadProtocol, body: bytes) -> Any:
@@ -82,14 +82,6 @@ def _flatten(rows: Any) -> list[Any] | None:
     if any(isinstance(value, list | tuple | dict) for value in flat):
         return None
     return flat
-
-
-def _numeric_column(values: np.ndarray) -> np.ndarray:
-    out = np.full(values.shape[0], math.nan)
-    for i, value in enumerate(values):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            out[i] = value
-    return out
 
 
 def _category_column(values: np.ndarray) -> np.ndarray:

@@ -192,7 +192,7 @@ def _connection_options(value: bytes) -> set[bytes] | None:
     low = value.lower()
     if low in _CONNECTION_KEYWORDS:
         return None  # the usual case, without building a set
-    return {t.strip() for t in low.split(b",")} - _CONNECTION_KEYWORDS
+    return set(list_tokens(low)) - _CONNECTION_KEYWORDS
 
 
 def proxy_headers_block(request_id: str, peer_ip: str, host: bytes | None, proto: bytes) -> bytes:

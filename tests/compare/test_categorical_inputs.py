@@ -71,11 +71,17 @@ def _record(i: int, age: float, colour: object) -> PairRecord:
 
 def test_v1_rows_give_a_numeric_and_a_categorical_column() -> None:
     protocol = protocol_for(_config())
-    body = orjson.dumps({"instances": [[31.5, "red"], [None, None], [40, 7], ["x", True]]})
+    body = orjson.dumps({"instances": [[31.5, "red"], [None, None], [40, 7], [True, 2.0]]})
     cols = feature_rows(protocol, body, ["age", "colour"], {"colour"})
     assert cols is not None
-    np.testing.assert_array_equal(cols["age"], [31.5, np.nan, 40.0, np.nan])
-    assert cols["colour"].tolist() == ["red", None, "7", "true"]
+    np.testing.assert_array_equal(cols["age"], [31.5, np.nan, 40.0, 1.0])
+    assert cols["colour"].tolist() == ["red", None, "7", "2"]
+    # Text in a numeric column leaves the body out, as when no feature is categorical.
+    text = orjson.dumps({"instances": [[31.5, "red"], ["x", True]]})
+    assert feature_rows(protocol, text, ["age", "colour"], {"colour"}) is None
+    assert feature_rows(
+        protocol, orjson.dumps({"instances": [[1, True]]}), ["age", "colour"], {"colour"}
+    )["colour"].tolist() == ["true"]
 
 
 def test_v2_flat_data_is_cut_into_rows_of_the_feature_count() -> None:
