@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from shadowproxy.compare.inputs import feature_rows
-from shadowproxy.compare.pairs import Compared, compare, extract
+from shadowproxy.compare.pairs import (
+    Compared,
+    RowCompared,
+    as_comparable,
+    compare,
+    compare_rows,
+    read,
+)
 from shadowproxy.compare.reference import Reference
 from shadowproxy.compare.target import EXAMPLE_BYTES, TOP_EXAMPLES, TargetState
 from shadowproxy.compare.target import Example as TopExample
@@ -27,6 +34,7 @@ from shadowproxy.config.model import Config
 from shadowproxy.errors import StateError
 from shadowproxy.pairing.record import Cost, PairRecord
 from shadowproxy.protocols import PayloadProtocol, protocol_for
+from shadowproxy.protocols.base import OneRow
 from shadowproxy.shadow.sampling import is_sampled
 
 log = logging.getLogger(__name__)
@@ -163,7 +171,7 @@ class Comparator:
         production = record.production
         if production is None:
             return
-        p_out = extract(self.protocol, self.outputs, production)
+        p_out = read(self.protocol, self.outputs, production)
         rows = None
         if self.layouts or self.category_layouts:
             rows = feature_rows(
@@ -183,15 +191,23 @@ class Comparator:
                         counts.add(rows[feature].tolist())
             if shadow.outcome == "dropped":
                 continue
-            buf = self._pending.setdefault(name, _Pending())
+            buf = self._buffer(name)
             if production.outcome == "ok" and shadow.outcome == "ok":
                 buf.production_latency.append(production.latency_s * 1000)
                 buf.candidate_latency.append(shadow.latency_s * 1000)
             buf.add_costs(production.cost, shadow.cost)
             if p_out is None:
                 continue
-            c_out = extract(self.protocol, self.outputs, shadow)
-            compared = None if c_out is None else compare(p_out, c_out)
+            c_out = read(self.protocol, self.outputs, shadow)
+            if c_out is None:
+                continue
+            if type(p_out) is OneRow and type(c_out) is OneRow:
+                # The common case, kept free of numpy: see _Pending.
+                row = compare_rows(p_out, c_out)
+                if row is not None:
+                    self._fold_row(st, record, row, rows, production.body, shadow.body)
+                continue
+            compared = compare(as_comparable(p_out), as_comparable(c_out))
             if compared is None:
                 continue
             self._fold(st, record, compared, rows, production.body, shadow.body)
@@ -208,22 +224,16 @@ class Comparator:
         """Buffer one compared pair; ``flush`` folds the buffer in vectorised."""
         st.compared += 1
         st.rows += compared.rows
-        buf = self._pending.setdefault(st.name, _Pending())
+        buf = self._buffer(st.name)
+        buf.seal()  # keep the record order of what one-row pairs buffered before
         p, c = compared.production_scores, compared.candidate_scores
         if p is not None and c is not None:
             buf.production.append(p)
             buf.candidate.append(c)
             buf.ids.extend(f"{record.request_id}#{i}" for i in range(compared.rows))
-            worst = float(np.max(np.abs(c - p)))
-            if len(st.examples) < TOP_EXAMPLES or worst > st.examples[-1].abs_diff:
-                st.add_example(
-                    TopExample(
-                        worst,
-                        record.request_id,
-                        production_body[:EXAMPLE_BYTES].decode("utf-8", "replace"),
-                        candidate_body[:EXAMPLE_BYTES].decode("utf-8", "replace"),
-                    )
-                )
+            _offer_example(
+                st, float(np.max(np.abs(c - p))), record, production_body, candidate_body
+            )
         pl, cl = compared.production_labels, compared.candidate_labels
         if pl is not None and cl is not None:
             buf.production_labels.append(pl)
@@ -235,6 +245,42 @@ class Comparator:
         if buf.count >= FLUSH_EVERY:
             self._flush_target(st, buf)
 
+    def _fold_row(
+        self,
+        st: TargetState,
+        record: PairRecord,
+        row: RowCompared,
+        rows: dict[str, np.ndarray] | None,
+        production_body: bytes,
+        candidate_body: bytes,
+    ) -> None:
+        """``_fold`` for a one-row pair, in plain Python values (same state, same order)."""
+        st.compared += 1
+        st.rows += 1
+        buf = self._buffer(st.name)
+        p, c = row.production_score, row.candidate_score
+        if p is not None and c is not None:
+            buf.production_values.append(p)
+            buf.candidate_values.append(c)
+            buf.ids.append(f"{record.request_id}#0")
+            _offer_example(st, abs(c - p), record, production_body, candidate_body)
+        pl, cl = row.production_label, row.candidate_label
+        if pl is not None and cl is not None:
+            buf.production_label_values.append(pl)
+            buf.candidate_label_values.append(cl)
+            if rows is not None:
+                _add_slices(st, rows, np.array([pl != cl]))
+            self._remember(record.request_id, st.name, (pl,), (cl,))
+        buf.count += 1
+        if buf.count >= FLUSH_EVERY:
+            self._flush_target(st, buf)
+
+    def _buffer(self, name: str) -> _Pending:
+        buf = self._pending.get(name)
+        if buf is None:
+            buf = self._pending[name] = _Pending()
+        return buf
+
     def flush(self) -> None:
         """Fold every buffered pair into the statistics (call with the lock held)."""
         for name, buf in self._pending.items():
@@ -242,6 +288,7 @@ class Comparator:
                 self._flush_target(self.targets[name], buf)
 
     def _flush_target(self, st: TargetState, buf: _Pending) -> None:
+        buf.seal()
         if buf.production:
             p = np.concatenate(buf.production)
             c = np.concatenate(buf.candidate)
@@ -282,8 +329,9 @@ class Comparator:
             if entry is None:
                 return False
             truth = np.asarray([label]).astype(str).reshape(-1)
-            for target, (production, candidate) in entry.items():
+            for target, labels in entry.items():
                 st = self.targets[target]
+                production, candidate = np.asarray(labels[0]), np.asarray(labels[1])
                 n = min(len(truth), len(production))
                 if len(truth) == 1:
                     truth_rows = np.repeat(truth, len(production))
@@ -368,6 +416,11 @@ class _Pending:
         self.ids: list[str] = []
         self.production_labels: list[np.ndarray] = []
         self.candidate_labels: list[np.ndarray] = []
+        # One-row pairs, as plain values; seal() turns them into one array each, in order.
+        self.production_values: list[float] = []
+        self.candidate_values: list[float] = []
+        self.production_label_values: list[str] = []
+        self.candidate_label_values: list[str] = []
         self.production_latency: list[float] = []
         self.candidate_latency: list[float] = []
         self.production_cpu_ms: list[float] = []
@@ -382,18 +435,60 @@ class _Pending:
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
 
+    def seal(self) -> None:
+        """Move the buffered one-row values into array chunks, after what came before."""
+        if self.production_values:
+            self.production.append(np.array(self.production_values, dtype=np.float64))
+            self.candidate.append(np.array(self.candidate_values, dtype=np.float64))
+            self.production_values = []
+            self.candidate_values = []
+        if self.production_label_values:
+            self.production_labels.append(np.array(self.production_label_values, dtype=str))
+            self.candidate_labels.append(np.array(self.candidate_label_values, dtype=str))
+            self.production_label_values = []
+            self.candidate_label_values = []
+
     def add_costs(self, production: Cost | None, candidate: Cost | None) -> None:
-        for side, cost in (("production", production), ("candidate", candidate)):
-            if cost is None:
-                continue
-            if cost.cpu_s is not None:
-                getattr(self, f"{side}_cpu_ms").append(cost.cpu_s * 1000)
-            if cost.rss_bytes is not None:
-                getattr(self, f"{side}_rss_mb").append(cost.rss_bytes / MiB)
-            if cost.threads is not None:
-                getattr(self, f"{side}_threads").append(float(cost.threads))
-            if cost.child_processes is not None:
-                getattr(self, f"{side}_children").append(float(cost.child_processes))
+        if production is not None:
+            _add_cost(
+                production, self.production_cpu_ms, self.production_rss_mb,
+                self.production_threads, self.production_children,
+            )  # fmt: skip
+        if candidate is not None:
+            _add_cost(
+                candidate, self.candidate_cpu_ms, self.candidate_rss_mb,
+                self.candidate_threads, self.candidate_children,
+            )  # fmt: skip
+
+
+def _add_cost(
+    cost: Cost, cpu_ms: list[float], rss_mb: list[float], threads: list[float],
+    children: list[float],
+) -> None:  # fmt: skip
+    if cost.cpu_s is not None:
+        cpu_ms.append(cost.cpu_s * 1000)
+    if cost.rss_bytes is not None:
+        rss_mb.append(cost.rss_bytes / MiB)
+    if cost.threads is not None:
+        threads.append(float(cost.threads))
+    if cost.child_processes is not None:
+        children.append(float(cost.child_processes))
+
+
+def _offer_example(
+    st: TargetState, worst: float, record: PairRecord, production_body: bytes,
+    candidate_body: bytes,
+) -> None:  # fmt: skip
+    """Keep the pair among the target's most divergent examples if it is one."""
+    if len(st.examples) < TOP_EXAMPLES or worst > st.examples[-1].abs_diff:
+        st.add_example(
+            TopExample(
+                worst,
+                record.request_id,
+                production_body[:EXAMPLE_BYTES].decode("utf-8", "replace"),
+                candidate_body[:EXAMPLE_BYTES].decode("utf-8", "replace"),
+            )
+        )
 
 
 def _add_slices(st: TargetState, rows: dict[str, np.ndarray], flipped: np.ndarray) -> None:

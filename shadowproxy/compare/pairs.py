@@ -22,6 +22,7 @@ from shadowproxy.config.model import Outputs
 from shadowproxy.errors import PayloadError
 from shadowproxy.pairing.record import Exchange
 from shadowproxy.protocols import Comparable, PayloadProtocol
+from shadowproxy.protocols.base import OneRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,54 @@ def extract(protocol: PayloadProtocol, outputs: Outputs, exchange: Exchange) -> 
         return protocol.extract(exchange.body, outputs)
     except PayloadError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class RowCompared:
+    """Two one-row answers lined up: :class:`Compared` for a single row, in plain values."""
+
+    production_score: float | None  # both scores are set, or neither
+    candidate_score: float | None
+    production_label: str | None  # both labels are set, or neither
+    candidate_label: str | None
+
+
+def read(
+    protocol: PayloadProtocol, outputs: Outputs, exchange: Exchange
+) -> OneRow | Comparable | None:
+    """Like :func:`extract`, but a plain one-row answer comes back as a :class:`OneRow`."""
+    if exchange.outcome != "ok" or not exchange.body or exchange.body_truncated:
+        return None
+    row = protocol.extract_row(exchange.body, outputs)
+    if row is not None:
+        return row
+    try:
+        return protocol.extract(exchange.body, outputs)
+    except PayloadError:
+        return None
+
+
+def as_comparable(answer: OneRow | Comparable) -> Comparable:
+    return answer.comparable() if isinstance(answer, OneRow) else answer
+
+
+def compare_rows(production: OneRow, candidate: OneRow) -> RowCompared | None:
+    """:func:`compare` for two one-row answers, by the same rules; None when they cannot
+    be compared."""
+    p_score = c_score = None
+    p, c = production.scores, candidate.scores
+    if p is not None and c is not None and len(p) == len(c):
+        width = len(p)
+        # The column score_vector reads: class 1, the only one, or production's top class
+        # (the first maximum, as numpy.argmax).
+        at = 1 if width == 2 else 0 if width == 1 else p.index(max(p))
+        p_score, c_score = p[at], c[at]
+    p_label = c_label = None
+    if production.label is not None and candidate.label is not None:
+        p_label, c_label = production.label, candidate.label
+    if p_score is None and p_label is None:
+        return None
+    return RowCompared(p_score, c_score, p_label, c_label)
 
 
 def score_vector(production: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -145,8 +145,13 @@ class Reservoir:
         all_rows = np.concatenate([self._rows, rows])
         # Primary order by key; ties (the same id offered twice, or a 2**-64 collision) are
         # broken by id and then by row content so the outcome never depends on arrival order.
-        sort_keys = [all_rows[:, j] for j in range(self.width - 1, -1, -1)]
-        order = np.lexsort([*sort_keys, all_ids.astype(str), all_keys])
+        # Ties are rare, and the full sort (ids as text) costs ten times the key sort: it
+        # runs only when there is one.
+        order = np.argsort(all_keys, kind="stable")
+        by_key = all_keys[order]
+        if bool((by_key[1:] == by_key[:-1]).any()):
+            sort_keys = [all_rows[:, j] for j in range(self.width - 1, -1, -1)]
+            order = np.lexsort([*sort_keys, all_ids.astype(str), all_keys])
         all_keys, all_ids, all_rows = all_keys[order], all_ids[order], all_rows[order]
         first = np.ones(all_keys.size, dtype=bool)
         first[1:] = (all_keys[1:] != all_keys[:-1]) | (all_ids[1:] != all_ids[:-1])

@@ -47,7 +47,7 @@ from shadowproxy.executor.api import ResourceFigures
 from shadowproxy.executor.core import Batch, BatchingExecutor
 from shadowproxy.executor.framing import FrameAssembler, FrameError, Kind, Message
 from shadowproxy.executor.restarts import CrashPolicy
-from shadowproxy.executor.worker import MODULE, WorkerConfig
+from shadowproxy.executor.worker import MODULE, WorkerConfig, set_idle_policy
 from shadowproxy.models.session import thread_environment
 from shadowproxy.protocols import ProtocolSpec
 
@@ -98,6 +98,7 @@ class _Worker:
         self.stderr_task: asyncio.Task[None] | None = None
         self.sample = TreeSample()
         self.startup_cpu = 0.0
+        self.started_idle = False  # under SCHED_IDLE before its own code ran (its report)
 
     @property
     def exited(self) -> bool:
@@ -323,6 +324,8 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             raise
         finally:
             child_end.close()
+        if self.settings.idle_priority:
+            set_idle_policy(proc.pid)  # before its imports, not after (they cost the most)
         worker = _Worker(slot, proc, loop)
         self._all.add(worker)
         worker.stderr_task = loop.create_task(self._drain_stderr(worker))
@@ -358,6 +361,7 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             raise
         self._refresh(worker)
         worker.startup_cpu = worker.sample.cpu_seconds
+        worker.started_idle = ready.get("started_idle") is True
         self._startup_cpu += worker.startup_cpu
         worker.ever_ready = worker.alive = True
         worker.idle_since = time.perf_counter()
@@ -639,6 +643,11 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
     def worker_pids(self) -> list[int]:
         """Pids of the worker processes not yet reaped (for tests and diagnostics)."""
         return sorted(w.pid for w in self._all)
+
+    @property
+    def started_idle(self) -> list[bool]:
+        """Per live worker: whether it ran under ``SCHED_IDLE`` from its start (diagnostics)."""
+        return [w.started_idle for w in sorted(self._all, key=lambda w: w.pid)]
 
     def resources(self) -> ResourceFigures:
         live = [w.sample for w in self._all]

@@ -123,6 +123,30 @@ def limit_memory(memory_mb: int) -> int:
     return limit
 
 
+def set_idle_policy(pid: int) -> bool:
+    """Put process ``pid`` (its main thread, and threads it starts later) under ``SCHED_IDLE``.
+
+    The proxy calls this on a worker the moment it is started: the interpreter's start and
+    the imports of numpy and onnxruntime cost a fraction of a CPU second, and a candidate
+    that crash-loops pays it again at every respawn. At normal priority that would be taken
+    from production on a shared core.
+    """
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is None:
+        return False
+    try:
+        os.sched_setscheduler(pid, policy, os.sched_param(0))
+    except OSError:  # gone already, or a platform that refuses
+        return False
+    return True
+
+
+def runs_idle() -> bool:
+    """Whether this process already runs under ``SCHED_IDLE``."""
+    policy = getattr(os, "SCHED_IDLE", None)
+    return policy is not None and os.sched_getscheduler(0) == policy
+
+
 def use_idle_priority() -> bool:
     """Move this process to ``SCHED_IDLE`` where the platform has it.
 
@@ -325,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hello is None or hello.kind is not Kind.HELLO:
         print("worker: no HELLO frame from the proxy", file=sys.stderr)
         return 2
+    started_idle = runs_idle()  # set by the proxy at spawn (see set_idle_policy)
     config = WorkerConfig.from_json(hello.json())
     channel.max_frame = config.memory_mb * MiB
     if config.nice:
@@ -346,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sha256": worker.model.sha256,
         "load_s": loaded - started,
         "warmup_s": time.perf_counter() - loaded,
+        "started_idle": started_idle,
     }
     channel.send(framing.encode_json(Kind.READY, ready))
     try:

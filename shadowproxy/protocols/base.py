@@ -57,6 +57,33 @@ class Comparable:
     rows: int
 
 
+@dataclass(frozen=True, slots=True)
+class OneRow:
+    """A one-row answer read on the comparator's fast path, as plain Python values.
+
+    The comparator folds hundreds of thousands of answers a minute; most hold one row, and
+    building numpy arrays for each costs more than everything else it does with them.
+    ``extract_row`` reads such answers into this; :meth:`comparable` gives what ``extract``
+    gives for the same body, with the label as text (the comparator compares labels as
+    text either way).
+
+    Attributes
+    ----------
+    scores : list of float or None
+        The row's scores (at least one).
+    label : str or None
+        The row's label as text, as the comparator compares labels.
+    """
+
+    scores: list[float] | None
+    label: str | None
+
+    def comparable(self) -> Comparable:
+        scores = None if self.scores is None else np.array([self.scores], dtype=np.float64)
+        labels = None if self.label is None else np.array([self.label], dtype=object)
+        return Comparable(scores=scores, labels=labels, rows=1)
+
+
 class PayloadProtocol(ABC):
     """A payload protocol: how bodies map to model inputs and from model outputs.
 
@@ -152,6 +179,17 @@ class PayloadProtocol(ABC):
         PayloadError
             ``bad_response``, ``bad_selector`` or a more specific reason.
         """
+
+    def extract_row(self, body: bytes, outputs: Outputs) -> OneRow | None:
+        """``extract`` for the common case of a plain one-row answer, without numpy.
+
+        Returns None whenever the body is anything else (several rows, nested data, a
+        value ``extract`` would convert or refuse, malformed JSON): the caller then uses
+        ``extract``, which gives the result or the error. When it returns a row, that row's
+        :meth:`OneRow.comparable` matches what ``extract`` returns. This default has no
+        fast path.
+        """
+        return None
 
     def _parse(self, body: bytes, *, allow_nonfinite: bool | None = None) -> object:
         """Parse with the payload limits; non-finite numbers per ``payload.nonfinite``."""

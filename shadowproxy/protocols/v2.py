@@ -23,18 +23,30 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
-from shadowproxy.config.model import Outputs
+from shadowproxy.config.model import Outputs, Payload
 from shadowproxy.errors import PayloadError
 from shadowproxy.protocols import arrays, jsonio, selection
-from shadowproxy.protocols.base import Comparable, Decoded, PayloadProtocol
+from shadowproxy.protocols.base import Comparable, Decoded, OneRow, PayloadProtocol
 from shadowproxy.tensors import DATATYPES, TensorSpec
+
+# Integers that float64 holds exactly: a score read as float() equals numpy's conversion.
+_EXACT_INT = 2**53
+_INT64 = (-(2**63), 2**63 - 1)
+_PLANS_KEPT = 64  # output-name layouts remembered by the fast path
 
 
 class V2Protocol(PayloadProtocol):
     """Open Inference Protocol REST (``protocol: v2``)."""
 
     name = "v2"
+
+    def __init__(self, payload: Payload) -> None:
+        super().__init__(payload)
+        # (output names in order, selectors) -> (score index, label index) or None when
+        # the generic path must decide; see extract_row.
+        self._plans: dict[tuple[Any, ...], tuple[int | None, int | None] | None] = {}
 
     def decode_request(self, body: bytes, inputs: Sequence[TensorSpec]) -> Decoded:
         value = self._parse_object(body)
@@ -158,6 +170,107 @@ class V2Protocol(PayloadProtocol):
         scores = None if score is None else _output(tensors[score], arrays.scores_array)
         labels = None if label is None else _output(tensors[label], arrays.labels_array)
         return selection.comparable(scores, labels, "outputs")
+
+    def extract_row(self, body: bytes, outputs: Outputs) -> OneRow | None:
+        # Only what ``extract`` would read the same way is taken here; anything it would
+        # convert, reshape or refuse goes back to it (None).
+        try:
+            jsonio.check_depth(body, self.payload.max_depth)
+            value = orjson.loads(body)
+        except (PayloadError, orjson.JSONDecodeError):
+            return None
+        entries = value.get("outputs") if type(value) is dict else None
+        if type(entries) is not list:
+            return None
+        names = tuple([e.get("name") if type(e) is dict else None for e in entries])
+        key = (names, outputs.score, outputs.label)
+        try:
+            plan = self._plans[key]
+        except TypeError:  # a name that is a list or an object
+            return None
+        except KeyError:
+            plan = self._plan(names, outputs)
+            if len(self._plans) < _PLANS_KEPT:
+                self._plans[key] = plan
+        if plan is None:
+            return None
+        score_at, label_at = plan
+        scores = label = None
+        if score_at is not None:
+            scores = _one_row_scores(entries[score_at])
+            if scores is None:
+                return None
+        if label_at is not None:
+            label = _one_row_label(entries[label_at])
+            if label is None:
+                return None
+        return OneRow(scores, label)
+
+    def _plan(
+        self, names: tuple[str | None, ...], outputs: Outputs
+    ) -> tuple[int | None, int | None] | None:
+        """Where the score and label tensors sit, by the rules ``extract`` applies."""
+        if any(type(name) is not str for name in names):
+            return None
+        first: dict[str, int] = {}
+        for index, name in enumerate(names):
+            first.setdefault(name, index)  # type: ignore[arg-type]
+        try:
+            score, label = selection.pick(first.__contains__, outputs, "outputs")
+        except PayloadError:
+            return None
+        if score is None and label is None:
+            return None  # rule 3 reads the datatype: left to extract
+        return (
+            None if score is None else first[score],
+            None if label is None else first[label],
+        )
+
+
+def _one_row_scores(entry: dict[str, Any]) -> list[float] | None:
+    """A tensor of one row of plain numbers, as floats; None for anything else."""
+    data = entry.get("data")
+    shape = entry.get("shape")
+    if type(data) is not list or not data or type(shape) is not list or not shape:
+        return None
+    if len(shape) == 2 and type(shape[0]) is int and type(shape[1]) is int:
+        if shape[0] != 1 or shape[1] != len(data):  # the usual [1, k], checked at once
+            return None
+    elif shape[0] != 1 or not all(type(dim) is int and dim >= 0 for dim in shape):
+        return None
+    elif math.prod(shape) != len(data):
+        return None
+    for number in data:
+        if type(number) is not float:
+            break
+    else:
+        return data  # floats already (a fresh list, owned by the caller)
+    scores = []
+    for number in data:
+        kind = type(number)
+        if kind is float:
+            scores.append(number)
+        elif kind is int and -_EXACT_INT <= number <= _EXACT_INT:
+            scores.append(float(number))
+        else:
+            return None
+    return scores
+
+
+def _one_row_label(entry: dict[str, Any]) -> str | None:
+    """The text of a one-row label tensor (shape ``[1]`` or ``[1, 1]``); None otherwise."""
+    data = entry.get("data")
+    shape = entry.get("shape")
+    if type(data) is not list or len(data) != 1 or shape not in ([1], [1, 1]):
+        return None
+    if type(shape[0]) is not int or (len(shape) == 2 and type(shape[1]) is not int):
+        return None  # true == 1 in Python, but not a dimension
+    label = data[0]
+    if type(label) is int:
+        return str(label) if _INT64[0] <= label <= _INT64[1] else None
+    if type(label) is str and "\x00" not in label:  # numpy text drops trailing NULs
+        return label
+    return None
 
 
 def _header(entry: object, where: str) -> tuple[str, list[int], str]:

@@ -255,3 +255,82 @@ def test_a_sample_rate_compares_the_same_share_on_every_replica() -> None:
             comparator.submit(r)
     queued = [c.queue.qsize() for c in replicas]
     assert queued[0] == queued[1] and 60 <= queued[0] <= 140  # about a quarter, the same ones
+
+
+def _mixed_records(n: int, seed: int) -> list[PairRecord]:
+    """One-row answers (the fast path) interleaved with answers only the full extraction
+    reads: two rows, null scores, three classes, text labels, broken bodies, failures."""
+    rng = np.random.default_rng(seed)
+    out = records(n, seed=seed)
+    for i, r in enumerate(out):
+        assert r.production is not None
+        cand = r.shadows["cand"]
+        kind = int(rng.integers(0, 8))
+        if kind == 1:  # two rows on both sides
+            cand.body = r.production.body = orjson.dumps(
+                {"outputs": [{"name": "probabilities", "shape": [2, 2], "datatype": "FP32",
+                              "data": [0.1, 0.9, 0.6, 0.4]},
+                             {"name": "label", "shape": [2], "datatype": "INT64",
+                              "data": [1, 0]}]}
+            )  # fmt: skip
+        elif kind == 2:  # a null score on the candidate's side (read as NaN)
+            cand.body = orjson.dumps(
+                {"outputs": [{"name": "probabilities", "shape": [1, 2], "datatype": "FP32",
+                              "data": [None, 0.5]},
+                             {"name": "label", "shape": [1, 1], "datatype": "INT64",
+                              "data": [1]}]}
+            )  # fmt: skip
+        elif kind == 3:  # three classes and text labels on both sides
+            p = rng.dirichlet([1, 1, 1]).tolist()
+            c = rng.dirichlet([1, 1, 1]).tolist()
+            r.production.body, cand.body = (
+                orjson.dumps(
+                    {
+                        "outputs": [
+                            {
+                                "name": "label",
+                                "shape": [1],
+                                "datatype": "BYTES",
+                                "data": [f"class-{int(np.argmax(v))}"],
+                            },
+                            {
+                                "name": "probabilities",
+                                "shape": [1, 3],
+                                "datatype": "FP32",
+                                "data": v,
+                            },
+                        ]
+                    }
+                )  # fmt: skip
+                for v in (p, c)
+            )
+        elif kind == 4:
+            cand.body = b"{broken"
+        elif kind == 5:
+            cand.outcome, cand.body = "timeout", b""
+        out[i] = r
+    return out
+
+
+def test_the_one_row_fast_path_leaves_exactly_the_state_of_the_full_extraction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg = config()
+    recs = _mixed_records(1500, seed=12)
+    fast = fold(cfg, recs)
+    fast_rows = sum(
+        fast.protocol.extract_row(r.shadows["cand"].body, fast.outputs) is not None for r in recs
+    )
+    assert 500 < fast_rows < 1400  # both paths are exercised
+    slow = Comparator(cfg)
+    monkeypatch.setattr(slow.protocol, "extract_row", lambda body, outputs: None)
+    for r in recs:
+        slow.update(r)
+    slow.flush()
+    a, b = fast.snapshot(), slow.snapshot()
+    a.pop("written_at"), b.pop("written_at")
+    assert a["targets"]["cand"]["compared"] > 1000
+    assert a == b  # bit for bit: reservoirs, sketches, moments, flips, examples
+    for request_id in ("req-12000000", "req-12000007"):
+        assert fast.feedback(request_id, 1) == slow.feedback(request_id, 1)
+    assert fast.snapshot()["targets"] == slow.snapshot()["targets"]

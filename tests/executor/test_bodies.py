@@ -445,4 +445,8 @@ async def test_workers_run_under_sched_idle_unless_disabled(
         # import, with threads > 1) included.
         assert thread_policies(pid) == {(policy, psutil.Process(pid).nice())}
         assert psutil.Process(pid).nice() == min(19, os.nice(0) + settings().nice)
+    # Under SCHED_IDLE from the start: the interpreter's start and the imports of numpy and
+    # onnxruntime (paid again at every respawn of a crash-looping worker) never ran at
+    # normal priority.
+    assert executor.started_idle == [policy == os.SCHED_IDLE] * 2
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the proxy itself is untouched
