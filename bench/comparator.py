@@ -4,7 +4,7 @@ Synthetic pair records (one production and one candidate v2 answer each, one row
 are folded by a real :class:`~shadowproxy.compare.comparator.Comparator`, as its thread does
 in the proxy. Reported: the comparator thread's CPU per pair (parsing both answers and
 updating every statistic), and what the event loop pays to hand a record over (one
-``put_nowait`` on the bounded queue); ``us_per_pair`` is the two together. The goal is
+append to the bounded inbox); ``us_per_pair`` is the two together. The goal is
 2 µs per pair amortised; see docs/benchmarks.md for how far the Python implementation is
 from it and why. ``bench run`` runs this in every round, pinned to the proxy's CPU.
 """
@@ -81,8 +81,9 @@ def measure(n: int) -> dict[str, float]:
         comparator.submit(record)
     handoff = (time.process_time_ns() - started) / n / 1000
     started = time.process_time_ns()
-    while not comparator.queue.empty():
-        comparator.update(comparator.queue.get_nowait())  # type: ignore[arg-type]
+    while batch := comparator.queue.take(256, 0.0):
+        for record in batch:
+            comparator.update(record)  # type: ignore[arg-type]
     fold = (time.process_time_ns() - started) / n / 1000
     # What one pair costs the proxy process in all: the hand-over plus the fold.
     return {"pairs": n, "handoff_us_per_pair": handoff, "fold_us_per_pair": fold,

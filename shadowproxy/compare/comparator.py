@@ -1,7 +1,7 @@
 """The streaming comparator: pair records in, mergeable per-target state out.
 
-It runs on its own thread, fed by a bounded queue from the pair stream, so the proxy's
-event loop only pays a ``put_nowait`` per record (a full queue drops the record and counts
+It runs on its own thread, fed by a bounded inbox from the pair stream, so the proxy's
+event loop only pays a ``deque.append`` per record (a full queue drops the record and counts
 it). The thread takes records in micro-batches and folds each into the state of every
 target it mentions; ``snapshot`` serialises that state for ``/admin/snapshot``, the
 snapshot file and ``shadowproxy report``.
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import collections
 import logging
-import queue
 import threading
 import time
 from typing import Any
 
 import numpy as np
 
+from shadowproxy.compare.inbox import Inbox
 from shadowproxy.compare.inputs import feature_rows
 from shadowproxy.compare.pairs import (
     Compared,
@@ -82,7 +82,7 @@ class Comparator:
         )
         self.targets: dict[str, TargetState] = {}
         self.lock = threading.Lock()
-        self.queue: queue.Queue[PairRecord | None] = queue.Queue(queue_size)
+        self.queue: Inbox[PairRecord | None] = Inbox(queue_size)
         self.dropped = 0
         self.processed = 0
         self.busy_s = 0.0  # thread time spent folding records, for the per-pair cost
@@ -97,9 +97,7 @@ class Comparator:
         """Queue a record; never blocks (a full queue drops it, counted)."""
         if self.sample_rate < 1.0 and not is_sampled(record.request_id, self.sample_rate):
             return
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
+        if not self.queue.put(record):
             self.dropped += 1
 
     def start(self) -> None:
@@ -111,33 +109,20 @@ class Comparator:
         if self._thread is None:
             return True
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self.queue.put(None, timeout=max(0.01, deadline - time.monotonic()))
-                break
-            except queue.Full:
-                if time.monotonic() >= deadline:
-                    return False
+        self.queue.put_always(None)
         self._thread.join(max(0.0, deadline - time.monotonic()))
         return not self._thread.is_alive()
 
     def _run(self) -> None:
         flushed_at = time.monotonic()
         while True:
-            try:
-                item = self.queue.get(timeout=FLUSH_INTERVAL_S)
-            except queue.Empty:
+            batch = self.queue.take(BATCH, FLUSH_INTERVAL_S)
+            if not batch:
                 # Idle: fold what is buffered, so the gauges catch up with the traffic.
                 with self.lock:
                     self.flush()
                 flushed_at = time.monotonic()
                 continue
-            batch = [item]
-            while len(batch) < BATCH:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
             records = [r for r in batch if r is not None]
             stopping = len(records) < len(batch)  # stop() queued None
             started = time.thread_time()

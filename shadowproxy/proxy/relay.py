@@ -16,6 +16,7 @@ from shadowproxy.pairing.record import Exchange, Outcome
 from shadowproxy.proxy.connection import ClientConnection, Request, error_response
 from shadowproxy.proxy.headers import ResponseHead
 from shadowproxy.proxy.upstream import UpstreamConnection
+from shadowproxy.shadow.encoding import CONTENT_ENCODING, content_coding, decoder_for
 
 if TYPE_CHECKING:
     from shadowproxy.pairing.join import PairJoin
@@ -29,6 +30,7 @@ class ProductionRelay:
         "proxy", "client", "request", "request_id", "join", "capture_limit", "upstream",
         "started", "head_written", "pending_head", "chunked", "keep_alive", "status",
         "content_type", "captured", "captured_size", "body_size", "progress", "done",
+        "coding",
     )  # fmt: skip
 
     def __init__(
@@ -53,6 +55,7 @@ class ProductionRelay:
         self.body_size = 0
         self.progress = 0
         self.done = False
+        self.coding = b""  # the answer's Content-Encoding, when it is kept for a pair record
 
     # -- ResponseSink ---------------------------------------------------------------------
     def attach(self, conn: UpstreamConnection) -> None:
@@ -68,6 +71,8 @@ class ProductionRelay:
             self.proxy.production_answered(status)
         block = head.relay_block()
         self.content_type = head.content_type
+        if self.capture_limit and CONTENT_ENCODING in head.lows:
+            self.coding = content_coding(head.lows, head.lines)
         framing = b""
         no_body = self.request.method == b"HEAD" or status in (204, 304)
         if not no_body and not head.has_length:
@@ -164,6 +169,23 @@ class ProductionRelay:
             return
         self._abort(UpstreamError("production timed out", "timeout"))
 
+    def _decoded(self, body: bytes) -> tuple[bytes, str]:
+        """The pair record's copy of a coded answer, decoded (the client got it as sent).
+
+        Only for sampled requests, once the answer is complete, under the capture size:
+        the comparator reads answers, not their gzip. An answer that cannot be decoded
+        keeps nothing, and the record says why.
+        """
+        try:
+            decoder = decoder_for(self.coding, self.capture_limit)
+            if decoder is None:
+                return body, ""
+            decoded = decoder.feed(body)
+            decoder.end()
+        except UpstreamError as exc:
+            return b"", f"production body not comparable: {exc}"
+        return decoded, ""
+
     def _abort(self, exc: UpstreamError) -> None:
         if self.upstream is not None:
             self.upstream.abort()
@@ -174,6 +196,10 @@ class ProductionRelay:
         latency = time.perf_counter() - self.started
         self.proxy.production_finished(outcome, latency)
         if self.join is not None:
+            body = b"".join(self.captured)[: self.capture_limit]
+            truncated = self.body_size > self.capture_limit
+            if self.coding and outcome == "ok" and not truncated:
+                body, detail = self._decoded(body)
             self.join.production_done(
                 Exchange(
                     role="production",
@@ -182,10 +208,10 @@ class ProductionRelay:
                     outcome=outcome,
                     status=self.status or None,
                     latency_s=latency,
-                    body=b"".join(self.captured)[: self.capture_limit],
+                    body=body,
                     content_type=self.content_type.decode("latin-1"),
                     detail=detail,
-                    body_truncated=self.body_size > self.capture_limit,
+                    body_truncated=truncated,
                     cost=self.proxy.production_cost(),
                 )
             )

@@ -8,12 +8,14 @@ readable with :func:`read_pair_log`, and redacted.
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from shadowproxy.pairing.log import read_pair_log
 from shadowproxy.pairing.record import PairRecord
@@ -220,3 +222,47 @@ async def test_pair_log_is_complete_readable_and_redacted(
             assert answer["rid"] == record.request_id
             assert answer["card"] == "[redacted]"
         assert set(record.shadows) == {"c1", "c2"}
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+async def test_a_gzip_production_answer_is_relayed_as_sent_and_paired_decoded(
+    backend: Backend, candidate_backend: Backend, corrupt: bool
+) -> None:
+    answer = orjson.dumps(
+        {"outputs": [{"name": "probabilities", "shape": [1, 2], "datatype": "FP32",
+                      "data": [0.25, 0.75]}]}
+    )  # fmt: skip
+    sent = gzip.compress(answer)
+    if corrupt:
+        sent = sent[:-12]  # cut inside the stream and its trailer
+
+    async def gzipped(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.Response(
+            body=sent, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        )
+
+    backend.handler = gzipped
+    config = make_config(
+        backend.url, candidates=[{"name": "cand", "version": "1", "url": candidate_backend.url}]
+    )
+    records: list[PairRecord] = []
+    async with (
+        running_proxy(config) as rt,
+        aiohttp.ClientSession(auto_decompress=False) as session,
+    ):
+        rt.stream.subscribe(records.append)
+        url = f"http://127.0.0.1:{rt.traffic_port}{PATH}"
+        async with session.post(url, data=b'{"inputs": []}') as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Encoding"] == "gzip"
+            assert await resp.read() == sent  # the client gets the bytes production sent
+        await wait_for(lambda: len(records) == 1, what="the pair record")
+    production = records[0].production
+    assert production is not None and production.outcome == "ok"
+    if corrupt:
+        assert production.body == b""
+        assert production.detail.startswith("production body not comparable: gzip body")
+    else:
+        assert production.body == answer  # what the comparator reads
+        assert production.detail == ""
