@@ -636,6 +636,16 @@ def _check_methods(value: tuple[Any, ...], path: str, walk: _Walk) -> Any:
     return tuple(methods)
 
 
+def _check_header_names(value: tuple[Any, ...], path: str, walk: _Walk) -> Any:
+    """Header names, compared in lower case as HTTP does."""
+    names: list[Any] = []
+    for i, name in enumerate(value):
+        if name is not _INVALID and not _TOKEN.fullmatch(name):
+            name = walk.fail(f"{path}[{i}]", f"{_show(name)} is not a valid HTTP header name")
+        names.append(name if name is _INVALID else name.lower())
+    return tuple(names)
+
+
 _FIELD_RULES: dict[str, Callable[[Any, str, _Walk], Any]] = {
     "name": _check_label,
     "host": _check_host,
@@ -643,6 +653,7 @@ _FIELD_RULES: dict[str, Callable[[Any, str, _Walk], Any]] = {
     "metrics_url": _check_url,
     "sha256": _check_sha256,
     "methods": _check_methods,
+    "drop_headers": _check_header_names,
     "health_path": _check_request_path,
 }
 

@@ -159,6 +159,11 @@ class Mirrored:
     headers: tuple[tuple[str, str], ...] = spec(
         (), "headers added to every shadow request, replacing the client's (secret)"
     )
+    drop_headers: tuple[str, ...] = spec(
+        (),
+        "client headers never copied to this target (for example authorization, cookie): "
+        "credentials a candidate should not see",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,6 +48,11 @@ class ShadowTarget(MirroredTarget):
         self.calls: set[ShadowCall] = set()
         super().__init__(config, role, metrics=metrics, loop=loop)
         self.upstream = UpstreamTarget(config.url, config.headers)
+        # Client headers left out of the copy: those the target's own headers replace, and
+        # those it must not see.
+        self.not_copied = self.upstream.header_names | frozenset(
+            name.encode("latin-1") for name in config.drop_headers
+        )
         self.pool = UpstreamPool(
             config.name,
             self.upstream,
@@ -67,7 +72,8 @@ class ShadowTarget(MirroredTarget):
         """Send a copy of ``request``, or record why not. Never raises, never blocks.
 
         ``added`` is the forwarding header block production got; the copy also says
-        ``X-Shadow-Request: 1`` and carries this target's own configured headers.
+        ``X-Shadow-Request: 1`` and carries this target's own configured headers, and not
+        the client headers listed in ``drop_headers``.
         """
         if too_large:
             self.drop(join, "body_too_large")
@@ -81,7 +87,7 @@ class ShadowTarget(MirroredTarget):
                 request.method,
                 upstream.target_path(request.target),
                 upstream.host_header,
-                request.head.forward_block(upstream.header_names)
+                request.head.forward_block(self.not_copied)
                 + added + SHADOW_HEADER + upstream.headers,
                 request.body,
             )  # fmt: skip

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from shadowproxy.config import config_from_dict
+from shadowproxy.errors import ConfigError
 from shadowproxy.pairing.record import PairRecord
 from shadowproxy.runtime import Runtime
 from tests.shadow.helpers import client_requests, header, header_values
@@ -301,6 +303,43 @@ async def test_configured_candidate_header_replaces_the_clients(
         await wait_for(lambda: len(candidate_backend.seen) == 1, what="the mirror")
     assert header_values(client_requests(backend)[0], "Authorization") == ["Bearer client-token"]
     assert header_values(candidate_backend.seen[0], "Authorization") == ["Bearer cand-secret"]
+
+
+async def test_dropped_client_headers_never_reach_the_candidate(
+    backend: Backend, candidate_backend: Backend
+) -> None:
+    config = make_config(
+        backend.url,
+        candidates=[{
+            "name": "cand", "version": "1", "url": candidate_backend.url,
+            "drop_headers": ["Authorization", "COOKIE"],
+        }],
+    )  # fmt: skip
+    sent = {"Authorization": "Bearer client-token", "Cookie": "session=abc", "X-Tenant": "t1"}
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        async with session.post(
+            f"http://127.0.0.1:{rt.traffic_port}{PATH}", data=b"{}", headers=sent
+        ) as resp:
+            assert resp.status == 200
+        await wait_for(lambda: len(candidate_backend.seen) == 1, what="the mirror")
+    prod, shadow = client_requests(backend)[0], candidate_backend.seen[0]
+    for name, value in sent.items():
+        assert header_values(prod, name) == [value]  # production gets the request as sent
+    assert header(shadow, "Authorization") is None
+    assert header(shadow, "Cookie") is None
+    assert header_values(shadow, "X-Tenant") == ["t1"]  # only the listed ones are left out
+    assert header_values(shadow, "X-Shadow-Request") == ["1"]
+
+
+def test_drop_headers_must_be_header_names() -> None:
+    raw = make_config(
+        "http://127.0.0.1:9",
+        candidates=[{"name": "c", "url": "http://127.0.0.1:10", "drop_headers": ["ok", "b@d"]}],
+    )
+    with pytest.raises(ConfigError, match=r"candidates\[0\]\.drop_headers\[1\]: 'b@d' is not"):
+        config_from_dict(raw)
+    raw["candidates"][0]["drop_headers"] = ["Cookie"]
+    assert config_from_dict(raw).candidates[0].drop_headers == ("cookie",)
 
 
 async def test_client_cannot_choose_where_the_shadow_goes(
