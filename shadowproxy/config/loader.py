@@ -626,24 +626,26 @@ def _check_sha256(value: str, path: str, walk: _Walk) -> Any:
     return value.lower()
 
 
+def _check_tokens(
+    value: tuple[Any, ...], path: str, walk: _Walk, what: str, normal: Callable[[str], str]
+) -> tuple[Any, ...]:
+    """Each item an HTTP token (a method, a header name), written in its ``normal`` case."""
+    tokens: list[Any] = []
+    for i, token in enumerate(value):
+        if token is not _INVALID and not _TOKEN.fullmatch(token):
+            token = walk.fail(f"{path}[{i}]", f"{_show(token)} is not a valid HTTP {what}")
+        tokens.append(token if token is _INVALID else normal(token))
+    return tuple(tokens)
+
+
 def _check_methods(value: tuple[Any, ...], path: str, walk: _Walk) -> Any:
     """HTTP methods are case-sensitive on the wire; configs may write them in any case."""
-    methods: list[Any] = []
-    for i, method in enumerate(value):
-        if method is not _INVALID and not _TOKEN.fullmatch(method):
-            method = walk.fail(f"{path}[{i}]", f"{_show(method)} is not a valid HTTP method")
-        methods.append(method if method is _INVALID else method.upper())
-    return tuple(methods)
+    return _check_tokens(value, path, walk, "method", str.upper)
 
 
 def _check_header_names(value: tuple[Any, ...], path: str, walk: _Walk) -> Any:
     """Header names, compared in lower case as HTTP does."""
-    names: list[Any] = []
-    for i, name in enumerate(value):
-        if name is not _INVALID and not _TOKEN.fullmatch(name):
-            name = walk.fail(f"{path}[{i}]", f"{_show(name)} is not a valid HTTP header name")
-        names.append(name if name is _INVALID else name.lower())
-    return tuple(names)
+    return _check_tokens(value, path, walk, "header name", str.lower)
 
 
 _FIELD_RULES: dict[str, Callable[[Any, str, _Walk], Any]] = {
