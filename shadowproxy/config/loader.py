@@ -648,6 +648,22 @@ def _check_header_names(value: tuple[Any, ...], path: str, walk: _Walk) -> Any:
     return _check_tokens(value, path, walk, "header name", str.lower)
 
 
+def _check_cpus(value: tuple[Any, ...], path: str, walk: _Walk) -> Any:
+    """CPU numbers: non-negative, each once (whether this machine has them is checked when
+    the workers start, on the machine that runs them)."""
+    seen: set[int] = set()
+    cpus: list[Any] = []
+    for i, cpu in enumerate(value):
+        if cpu is not _INVALID and cpu < 0:
+            cpu = walk.fail(f"{path}[{i}]", f"must be >= 0, got {cpu}")
+        elif cpu is not _INVALID and cpu in seen:
+            cpu = walk.fail(f"{path}[{i}]", f"CPU {cpu} is listed twice")
+        elif cpu is not _INVALID:
+            seen.add(cpu)
+        cpus.append(cpu)
+    return tuple(cpus)
+
+
 _FIELD_RULES: dict[str, Callable[[Any, str, _Walk], Any]] = {
     "name": _check_label,
     "host": _check_host,
@@ -656,6 +672,7 @@ _FIELD_RULES: dict[str, Callable[[Any, str, _Walk], Any]] = {
     "sha256": _check_sha256,
     "methods": _check_methods,
     "drop_headers": _check_header_names,
+    "cpus": _check_cpus,
     "health_path": _check_request_path,
 }
 

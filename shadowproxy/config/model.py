@@ -99,6 +99,11 @@ class Executor:
         "process workers run under SCHED_IDLE (Linux): CPU only when nothing else wants it, "
         "so a candidate can never delay production on a shared core",
     )
+    cpus: tuple[int, ...] = spec(
+        (),
+        "CPU numbers the process workers may run on (empty: the proxy's own); with several "
+        "cores, keeping workers off the proxy's keeps their caches and kernel time off it too",
+    )
     queue_rows: int = spec(1024, "rows waiting for a worker at most; more are dropped", ge=1)
     max_restarts: int = spec(
         5, "crashes within restart_window_s that disable the candidate (counted)", ge=1

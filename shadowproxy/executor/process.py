@@ -189,6 +189,7 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
 
     async def start(self) -> None:
         await self._check_and_load()
+        self._check_cpus()
         loop = asyncio.get_running_loop()
         spawned = await asyncio.gather(
             *(self._spawn(slot) for slot in range(self.settings.workers)),
@@ -217,6 +218,19 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         ]
         self._sampler = loop.create_task(self._sample_loop(), name=f"executor-{self.name}-sample")
         self._running()
+
+    def _check_cpus(self) -> None:
+        """``executor.cpus`` must be CPUs this process may use (its cgroup's, its own set)."""
+        wanted = set(self.settings.cpus)
+        if not wanted or not hasattr(os, "sched_getaffinity"):
+            return
+        allowed = os.sched_getaffinity(0)
+        if not wanted <= allowed:
+            self._state = "closed"
+            raise ModelLoadError(
+                f"{self.where}: executor.cpus {sorted(wanted)}: CPU(s) "
+                f"{sorted(wanted - allowed)} are not available here (available: {sorted(allowed)})"
+            )
 
     async def close(self, timeout_s: float = 2.0) -> None:
         """Stop accepting, fail every pending request as ``dropped``, stop the workers.
@@ -326,6 +340,9 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             child_end.close()
         if self.settings.idle_priority:
             set_idle_policy(proc.pid)  # before its imports, not after (they cost the most)
+        if self.settings.cpus:
+            with contextlib.suppress(OSError):  # gone already: its exit is reported below
+                os.sched_setaffinity(proc.pid, self.settings.cpus)
         worker = _Worker(slot, proc, loop)
         self._all.add(worker)
         worker.stderr_task = loop.create_task(self._drain_stderr(worker))

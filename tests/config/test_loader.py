@@ -373,6 +373,19 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
         cand('methods: [post, "GE T"]'),
         ["candidates[0].methods[1]: 'GE T' is not a valid HTTP method"],
     ),
+    (
+        "drop-header-invalid",
+        cand('drop_headers: [cookie, "a b"]'),
+        ["candidates[0].drop_headers[1]: 'a b' is not a valid HTTP header name"],
+    ),
+    (
+        "cpus-negative-and-twice",
+        cand("executor: {cpus: [1, -1, 1]}"),
+        [
+            "candidates[0].executor.cpus[1]: must be >= 0, got -1",
+            "candidates[0].executor.cpus[2]: CPU 1 is listed twice",
+        ],
+    ),
 ]
 
 

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from shadowproxy.config.model import Executor, Outputs, Payload
+from shadowproxy.errors import ModelLoadError
 from shadowproxy.executor import BodyAnswer, LocalExecutor, create_executor
 from shadowproxy.executor.faults import CRASH_EXIT_CODE, ENV_VAR
 from shadowproxy.protocols import ProtocolSpec
@@ -450,3 +451,26 @@ async def test_workers_run_under_sched_idle_unless_disabled(
     # normal priority.
     assert executor.started_idle == [policy == os.SCHED_IDLE] * 2
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the proxy itself is untouched
+
+
+async def test_workers_run_on_the_configured_cpus_from_their_start(
+    make_executor: Factory, logreg_model: BuiltModel
+) -> None:
+    own = os.sched_getaffinity(0)
+    cpu = max(own)  # on a one-CPU machine, that CPU: the set still applies
+    executor = as_process(await make_executor(logreg_model, workers=2, threads=2, cpus=(cpu,)))
+    await executor.submit({"X": features(4)}, 4, 5.0)
+    for pid in executor.worker_pids:
+        # Every thread (onnxruntime's pool and OpenBLAS's included) inherited the set.
+        assert {frozenset(os.sched_getaffinity(t.id)) for t in psutil.Process(pid).threads()} == {
+            frozenset({cpu})
+        }
+    assert os.sched_getaffinity(0) == own  # the proxy itself is untouched
+
+
+async def test_cpus_this_machine_lacks_refuse_the_model_with_the_reason(
+    make_executor: Factory, logreg_model: BuiltModel
+) -> None:
+    missing = max(os.sched_getaffinity(0)) + 1000
+    with pytest.raises(ModelLoadError, match=rf"executor.cpus \[{missing}\].*not available here"):
+        await make_executor(logreg_model, cpus=(missing,))
