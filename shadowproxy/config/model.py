@@ -102,7 +102,7 @@ class Executor:
     cpus: tuple[int, ...] = spec(
         (),
         "CPU numbers the process workers may run on (empty: the proxy's own); with several "
-        "cores, keeping workers off the proxy's keeps their caches and kernel time off it too",
+        "cores, keep them off the proxy's",
     )
     queue_rows: int = spec(1024, "rows waiting for a worker at most; more are dropped", ge=1)
     max_restarts: int = spec(
