@@ -47,6 +47,7 @@ from shadowproxy.executor.api import ResourceFigures
 from shadowproxy.executor.core import Batch, BatchingExecutor
 from shadowproxy.executor.framing import FrameAssembler, FrameError, Kind, Message
 from shadowproxy.executor.restarts import CrashPolicy
+from shadowproxy.executor.spawn import ChildProcess, pin_to_cpus
 from shadowproxy.executor.worker import MODULE, WorkerConfig, set_idle_policy
 from shadowproxy.models.session import thread_environment
 from shadowproxy.protocols import ProtocolSpec
@@ -75,9 +76,7 @@ class SpawnFailed(Exception):
 class _Worker:
     """One worker process and its channel."""
 
-    def __init__(
-        self, slot: int, proc: asyncio.subprocess.Process, loop: asyncio.AbstractEventLoop
-    ) -> None:
+    def __init__(self, slot: int, proc: ChildProcess, loop: asyncio.AbstractEventLoop) -> None:
         self.slot = slot
         self.proc = proc
         self.pid = proc.pid
@@ -189,7 +188,6 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
 
     async def start(self) -> None:
         await self._check_and_load()
-        self._check_cpus()
         loop = asyncio.get_running_loop()
         spawned = await asyncio.gather(
             *(self._spawn(slot) for slot in range(self.settings.workers)),
@@ -218,19 +216,6 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         ]
         self._sampler = loop.create_task(self._sample_loop(), name=f"executor-{self.name}-sample")
         self._running()
-
-    def _check_cpus(self) -> None:
-        """``executor.cpus`` must be CPUs this process may use (its cgroup's, its own set)."""
-        wanted = set(self.settings.cpus)
-        if not wanted or not hasattr(os, "sched_getaffinity"):
-            return
-        allowed = os.sched_getaffinity(0)
-        if not wanted <= allowed:
-            self._state = "closed"
-            raise ModelLoadError(
-                f"{self.where}: executor.cpus {sorted(wanted)}: CPU(s) "
-                f"{sorted(wanted - allowed)} are not available here (available: {sorted(allowed)})"
-            )
 
     async def close(self, timeout_s: float = 2.0) -> None:
         """Stop accepting, fail every pending request as ``dropped``, stop the workers.
@@ -313,23 +298,12 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         loop = asyncio.get_running_loop()
         parent_end, child_end = socket.socketpair()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                MODULE,
-                "--fd",
-                str(child_end.fileno()),
-                "--parent",
-                str(os.getpid()),
-                "--name",
-                self.name,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=(child_end.fileno(),),
+            proc = await ChildProcess.start(
+                [sys.executable, "-m", MODULE, "--fd", str(child_end.fileno()),
+                 "--parent", str(os.getpid()), "--name", self.name],
                 env=self._environment(),
-                start_new_session=True,
-            )
+                pass_fds=(child_end.fileno(),),
+            )  # fmt: skip
         except OSError as exc:
             parent_end.close()
             raise SpawnFailed(f"cannot start {sys.executable}: {exc}") from exc
@@ -340,9 +314,13 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             child_end.close()
         if self.settings.idle_priority:
             set_idle_policy(proc.pid)  # before its imports, not after (they cost the most)
-        if self.settings.cpus:
-            with contextlib.suppress(OSError):  # gone already: its exit is reported below
-                os.sched_setaffinity(proc.pid, self.settings.cpus)
+        problem = pin_to_cpus(proc.pid, self.settings.cpus) if self.settings.cpus else None
+        if problem is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            parent_end.close()
+            raise SpawnFailed(problem)
         worker = _Worker(slot, proc, loop)
         self._all.add(worker)
         worker.stderr_task = loop.create_task(self._drain_stderr(worker))
@@ -395,8 +373,6 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
     async def _drain_stderr(self, worker: _Worker) -> None:
         """Keep the worker's stderr flowing (a full pipe would block it), log it sparingly."""
         reader = worker.proc.stderr
-        if reader is None:
-            return
         pending = b""
         while chunk := await reader.read(64 * 1024):
             pending += chunk
