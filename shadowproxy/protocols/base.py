@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import orjson
 
 from shadowproxy.config.model import Outputs, Payload
 from shadowproxy.errors import PayloadError
@@ -179,6 +180,15 @@ class PayloadProtocol(ABC):
         PayloadError
             ``bad_response``, ``bad_selector`` or a more specific reason.
         """
+
+    def _parse_fast(self, body: bytes) -> Any:
+        """A response body for ``extract_row``: orjson under the depth limit, or None for
+        anything the full reader must look at (malformed, too deep, non-finite numbers)."""
+        try:
+            jsonio.check_depth(body, self.payload.max_depth)
+            return orjson.loads(body)
+        except (PayloadError, orjson.JSONDecodeError):
+            return None
 
     def extract_row(self, body: bytes, outputs: Outputs) -> OneRow | None:
         """``extract`` for the common case of a plain one-row answer, without numpy.

@@ -29,7 +29,7 @@ import numpy as np
 from shadowproxy.config.model import Outputs, Payload
 from shadowproxy.errors import PayloadError
 from shadowproxy.protocols import arrays, fields, jsonio, selection
-from shadowproxy.protocols.base import Comparable, Decoded, PayloadProtocol
+from shadowproxy.protocols.base import Comparable, Decoded, OneRow, PayloadProtocol
 from shadowproxy.tensors import TensorSpec
 
 #: Paths written by :meth:`JsonProtocol.encode_response` when the selectors are unset.
@@ -188,6 +188,16 @@ class JsonProtocol(PayloadProtocol):
         value = self._parse(body, allow_nonfinite=True)
         rows = _rows(value, self.payload.response_rows, where, "bad_response")
         return selection.from_rows(rows, outputs, where)
+
+    def extract_row(self, body: bytes, outputs: Outputs) -> OneRow | None:
+        value = self._parse_fast(body)
+        if value is None:
+            return None
+        try:
+            found = fields.get_path(value, self.payload.response_rows)
+        except KeyError:
+            return None
+        return selection.one_row([found] if type(found) is dict else found, outputs)
 
 
 def _rows(value: Any, path: str, where: str, reason: str) -> list[Any]:

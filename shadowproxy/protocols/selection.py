@@ -26,7 +26,7 @@ from shadowproxy.config.model import Outputs
 from shadowproxy.errors import PayloadError
 from shadowproxy.protocols import fields
 from shadowproxy.protocols.arrays import labels_array, scores_array
-from shadowproxy.protocols.base import Comparable
+from shadowproxy.protocols.base import Comparable, OneRow
 
 #: Names an unset score selector looks for, in order.
 SCORE_NAMES: tuple[str, ...] = ("probabilities", "scores", "score")
@@ -197,3 +197,87 @@ def _column(rows: Sequence[dict[str, Any]], path: str, where: str) -> list[Any]:
         except KeyError:
             raise PayloadError(f"{where}[{index}]: no {path!r}", "bad_selector") from None
     return column
+
+
+# -- the comparator's fast path: one row, plain values -------------------------------------
+
+# Integers that float64 holds exactly: float() of one equals numpy's conversion.
+EXACT_INT = 2**53
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def one_row(rows: Any, outputs: Outputs) -> OneRow | None:
+    """:func:`from_rows` for a list of exactly one row, read into plain values.
+
+    None whenever ``from_rows`` would convert, reshape or refuse something (a boolean, a
+    null, nested lists, several rows, a missing selector): the caller then uses
+    ``from_rows``, which gives the result or the error.
+    """
+    if type(rows) is not list or len(rows) != 1:
+        return None
+    row = rows[0]
+    if type(row) is not dict:
+        return None if outputs.score or outputs.label else plain_row(row)
+    try:
+        score, label = pick(lambda path: _has_path(row, path), outputs, "")
+    except PayloadError:
+        return None
+    if score is None and label is None:
+        if outputs.score or outputs.label or len(row) != 1:
+            return None
+        (only,) = row.values()
+        return plain_row(only)  # rule 3 on the row's single value
+    scores = None if score is None else row_scores(fields.get_path(row, score))
+    text = None if label is None else row_label(fields.get_path(row, label))
+    if (score is not None and scores is None) or (label is not None and text is None):
+        return None
+    return OneRow(scores, text)
+
+
+def plain_row(value: Any) -> OneRow | None:
+    """Rule 3 for one plain row value: an integer or a string (bare, or alone in a list) is
+    a label, numbers are scores; None for anything ``_plain`` would treat otherwise."""
+    if type(value) is list and len(value) == 1:
+        value = value[0]  # [x] reads as x, for labels and scores alike
+        if type(value) is list:
+            return None
+    if type(value) is list:
+        scores = row_scores(value)
+        return None if scores is None else OneRow(scores, None)
+    if type(value) is float:
+        return OneRow([value], None)
+    text = row_label(value)
+    return None if text is None else OneRow(None, text)
+
+
+def row_scores(value: Any) -> list[float] | None:
+    """One row's scores: a number or a flat, non-empty list of them, as floats."""
+    numbers = value if type(value) is list else [value]
+    if not numbers:
+        return None
+    for number in numbers:
+        if type(number) is not float:
+            break
+    else:
+        return numbers  # floats already (parsed for this call, so the caller's to keep)
+    scores = []
+    for number in numbers:
+        kind = type(number)
+        if kind is float:
+            scores.append(number)
+        elif kind is int and -EXACT_INT <= number <= EXACT_INT:
+            scores.append(float(number))
+        else:
+            return None
+    return scores
+
+
+def row_label(value: Any) -> str | None:
+    """One row's label as text: an int64 integer or a string; None for anything else."""
+    if type(value) is list and len(value) == 1:
+        value = value[0]
+    if type(value) is int:
+        return str(value) if INT64_MIN <= value <= INT64_MAX else None
+    if type(value) is str and "\x00" not in value:  # numpy text drops trailing NULs
+        return value
+    return None

@@ -29,7 +29,7 @@ import numpy as np
 from shadowproxy.config.model import Outputs
 from shadowproxy.errors import PayloadError
 from shadowproxy.protocols import arrays, jsonio, selection
-from shadowproxy.protocols.base import Comparable, Decoded, PayloadProtocol
+from shadowproxy.protocols.base import Comparable, Decoded, OneRow, PayloadProtocol
 from shadowproxy.tensors import TensorSpec
 
 
@@ -166,6 +166,12 @@ class V1Protocol(PayloadProtocol):
             detail = f" (error: {error})" if isinstance(error, str) else ""
             raise PayloadError(f"response: no predictions{detail}", "bad_response")
         return selection.from_rows(value["predictions"], outputs, "predictions")
+
+    def extract_row(self, body: bytes, outputs: Outputs) -> OneRow | None:
+        value = self._parse_fast(body)
+        if type(value) is not dict or "predictions" not in value:
+            return None
+        return selection.one_row(value["predictions"], outputs)
 
 
 def _check_names(given: Any, names: Sequence[str], where: str) -> None:

@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 
 from shadowproxy.config.model import Outputs, Payload
 from shadowproxy.errors import PayloadError
@@ -31,9 +30,6 @@ from shadowproxy.protocols import arrays, jsonio, selection
 from shadowproxy.protocols.base import Comparable, Decoded, OneRow, PayloadProtocol
 from shadowproxy.tensors import DATATYPES, TensorSpec
 
-# Integers that float64 holds exactly: a score read as float() equals numpy's conversion.
-_EXACT_INT = 2**53
-_INT64 = (-(2**63), 2**63 - 1)
 _PLANS_KEPT = 64  # output-name layouts remembered by the fast path
 
 
@@ -174,11 +170,7 @@ class V2Protocol(PayloadProtocol):
     def extract_row(self, body: bytes, outputs: Outputs) -> OneRow | None:
         # Only what ``extract`` would read the same way is taken here; anything it would
         # convert, reshape or refuse goes back to it (None).
-        try:
-            jsonio.check_depth(body, self.payload.max_depth)
-            value = orjson.loads(body)
-        except (PayloadError, orjson.JSONDecodeError):
-            return None
+        value = self._parse_fast(body)
         entries = value.get("outputs") if type(value) is dict else None
         if type(entries) is not list:
             return None
@@ -240,21 +232,7 @@ def _one_row_scores(entry: dict[str, Any]) -> list[float] | None:
         return None
     elif math.prod(shape) != len(data):
         return None
-    for number in data:
-        if type(number) is not float:
-            break
-    else:
-        return data  # floats already (a fresh list, owned by the caller)
-    scores = []
-    for number in data:
-        kind = type(number)
-        if kind is float:
-            scores.append(number)
-        elif kind is int and -_EXACT_INT <= number <= _EXACT_INT:
-            scores.append(float(number))
-        else:
-            return None
-    return scores
+    return selection.row_scores(data)
 
 
 def _one_row_label(entry: dict[str, Any]) -> str | None:
@@ -265,12 +243,7 @@ def _one_row_label(entry: dict[str, Any]) -> str | None:
         return None
     if type(shape[0]) is not int or (len(shape) == 2 and type(shape[1]) is not int):
         return None  # true == 1 in Python, but not a dimension
-    label = data[0]
-    if type(label) is int:
-        return str(label) if _INT64[0] <= label <= _INT64[1] else None
-    if type(label) is str and "\x00" not in label:  # numpy text drops trailing NULs
-        return label
-    return None
+    return selection.row_label(data[0])
 
 
 def _header(entry: object, where: str) -> tuple[str, list[int], str]:

@@ -78,7 +78,7 @@ async def test_hung_production_is_504_within_the_timeout() -> None:
         resp = await exchange(rt.traffic_port, request_bytes("POST", "/hang", body=b"{}"))
         elapsed = time.monotonic() - started
         assert_json_error(resp, 504)
-        assert TIMEOUT_MS / 1000 * 0.9 <= elapsed < TIMEOUT_MS / 1000 + 0.5
+        assert TIMEOUT_MS / 1000 * 0.9 <= elapsed < TIMEOUT_MS / 1000 + 1.0  # slack: CI load
         assert outcomes(rt) == {"ok": 0, "error": 0, "timeout": 1, "invalid": 0}
         assert len(upstream.requests) == 1  # a timed-out request is not retried
 
