@@ -1,7 +1,7 @@
 """The streaming comparator: pair records in, mergeable per-target state out.
 
 It runs on its own thread, fed by a bounded inbox from the pair stream, so the proxy's
-event loop only pays a ``deque.append`` per record (a full queue drops the record and counts
+event loop only pays a ``deque.append`` per record (a full inbox drops the record and counts
 it). The thread takes records in micro-batches and folds each into the state of every
 target it mentions; ``snapshot`` serialises that state for ``/admin/snapshot``, the
 snapshot file and ``shadowproxy report``.
@@ -94,7 +94,7 @@ class Comparator:
 
     # -- the event-loop side ---------------------------------------------------------
     def submit(self, record: PairRecord) -> None:
-        """Queue a record; never blocks (a full queue drops it, counted)."""
+        """Queue a record; never blocks (a full inbox drops it, counted)."""
         if self.sample_rate < 1.0 and not is_sampled(record.request_id, self.sample_rate):
             return
         if not self.queue.put(record):
