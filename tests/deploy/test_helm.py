@@ -119,6 +119,14 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], list[str]]] = {
         [MONITORING_API],
     ),
     "snapshot-pvc": ({"persistence": {"enabled": True, "size": "5Gi"}}, []),
+    "snapshot-pvc-hpa": (
+        {"persistence": {"enabled": True}, "autoscaling": {"enabled": True}},
+        [],
+    ),
+    "snapshot-existing-claim": (
+        {"replicaCount": 1, "persistence": {"enabled": True, "existingClaim": "churn-state"}},
+        [],
+    ),
     "k8s-example": (example_values(), [MONITORING_API]),
 }
 
@@ -170,8 +178,20 @@ def kinds(docs: list[dict[str, Any]]) -> set[str]:
     return {d["kind"] for d in docs}
 
 
+def workload(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The proxy's Deployment, or its StatefulSet with persistence: exactly one of them."""
+    found = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    assert len(found) == 1, [d["kind"] for d in found]
+    return found[0]
+
+
+def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload(docs)["spec"]["template"]["spec"]
+    return spec
+
+
 def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(docs)
     return next(c for c in pod["containers"] if c["name"] == "shadowproxy")
 
 
@@ -207,7 +227,8 @@ def test_manifests_match_kubernetes_schemas(
     renderings: dict[str, list[dict[str, Any]]], name: str
 ) -> None:
     docs = renderings[name]
-    assert {"Deployment", "ConfigMap", "Service"} <= kinds(docs)
+    assert {"ConfigMap", "Service"} <= kinds(docs)
+    assert workload(docs)["metadata"]["name"] == RELEASE
     for doc in docs:
         if doc["apiVersion"] == MONITORING_API:
             continue  # CRDs: no schema ships for them; checked structurally below
@@ -229,7 +250,7 @@ def test_monitors_are_structurally_sound(renderings: dict[str, list[dict[str, An
     assert {"admin"} <= port_names
     assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["admin"]
     assert {"admin"} <= container_ports
-    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = workload(docs)["spec"]["template"]["metadata"]["labels"]
     assert set(pm["spec"]["selector"]["matchLabels"].items()) <= set(pod_labels.items())
     for monitor in (sm, pm):
         assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
@@ -312,7 +333,7 @@ def test_k8s_example_config_file_is_what_the_values_render(
     assert on_disk == rendered_config(renderings["k8s-example"])
 
 
-# ---- the Deployment --------------------------------------------------------------------------
+# ---- the workload ----------------------------------------------------------------------------
 
 
 def test_probes_use_the_admin_port_and_health_paths(
@@ -342,7 +363,7 @@ def test_ports_follow_the_config(tmp_path: Path) -> None:
 def test_security_context_is_restricted(renderings: dict[str, list[dict[str, Any]]]) -> None:
     for name in ("default", "local-image"):
         docs = renderings[name]
-        pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+        pod = pod_spec(docs)
         assert pod["automountServiceAccountToken"] is False
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -362,20 +383,20 @@ def test_termination_grace_covers_the_drain(renderings: dict[str, list[dict[str,
     for name in ("default", "local-pvc"):
         values = VALUE_SETS[name][0]
         config = rendered_config(renderings[name])
-        pod = one(renderings[name], "Deployment")["spec"]["template"]["spec"]
+        pod = pod_spec(renderings[name])
         shutdown = config["shutdown"]
         pre_stop = container(renderings[name])["lifecycle"]["preStop"]["sleep"]["seconds"]
         shadow_s = max(c.get("timeout_ms", 50) for c in config["candidates"]) / 1000
         budget = pre_stop + shutdown["drain_delay_s"] + shutdown["grace_s"] + shadow_s
         assert pod["terminationGracePeriodSeconds"] > budget, values
     long = remote_config(shutdown={"drain_delay_s": 20, "grace_s": 100})
-    pod = one(render({"config": long}), "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(render({"config": long}))
     assert pod["terminationGracePeriodSeconds"] > 5 + 20 + 100
 
 
 def test_config_change_rolls_the_pods() -> None:
     def checksum(config: dict[str, Any]) -> str:
-        template = one(render({"config": config}), "Deployment")["spec"]["template"]
+        template = workload(render({"config": config}))["spec"]["template"]
         return str(template["metadata"]["annotations"]["checksum/config"])
 
     base = remote_config()
@@ -392,7 +413,7 @@ def test_config_is_mounted_where_serve_reads_it(
     mounts = {m["mountPath"]: m for m in container(docs)["volumeMounts"]}
     assert mounts["/etc/shadowproxy"]["readOnly"] is True
     assert {"/tmp", "/var/lib/shadowproxy"} <= set(mounts)
-    volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
     assert volumes["config"]["configMap"]["name"] == one(docs, "ConfigMap")["metadata"]["name"]
     assert "emptyDir" in volumes["state"]
 
@@ -411,7 +432,7 @@ def test_models_are_mounted_read_only(
     docs = renderings[name]
     mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
     assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(docs)
     volume = next(v for v in pod["volumes"] if v["name"] == "models")
     assert volume_key in volume
     if name == "local-image":
@@ -423,13 +444,69 @@ def test_models_are_mounted_read_only(
         assert cm["binaryData"] == {"m.onnx": "AAEC"}
 
 
-def test_snapshot_pvc(renderings: dict[str, list[dict[str, Any]]]) -> None:
+def test_persistence_gives_every_replica_its_own_claim(
+    renderings: dict[str, list[dict[str, Any]]],
+) -> None:
+    # One snapshot file per replica: a claim shared by replicas would let them overwrite
+    # each other's snapshot, and a restarted replica reload another's state.
     docs = renderings["snapshot-pvc"]
-    pvc = one(docs, "PersistentVolumeClaim")
-    assert pvc["spec"]["resources"]["requests"]["storage"] == "5Gi"
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
-    state = next(v for v in pod["volumes"] if v["name"] == "state")
-    assert state["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert "Deployment" not in kinds(docs)
+    assert "PersistentVolumeClaim" not in kinds(docs)  # no single claim for all replicas
+    sts = one(docs, "StatefulSet")["spec"]
+    (template,) = sts["volumeClaimTemplates"]
+    assert template["metadata"]["name"] == "state"
+    assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert template["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    pod = pod_spec(docs)
+    assert "state" not in {v["name"] for v in pod["volumes"]}  # it comes from the template
+    mounts = {m["name"]: m["mountPath"] for m in container(docs)["volumeMounts"]}
+    assert mounts["state"] == "/var/lib/shadowproxy"
+    assert rendered_config(docs)["compare"]["snapshot"]["path"].startswith("/var/lib/shadowproxy/")
+    # The governing Service is the headless one the report discovers replicas through.
+    headless = one(docs, "Service", sts["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert sts["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    assert sts["replicas"] == 2 and sts["podManagementPolicy"] == "Parallel"
+    assert sts["updateStrategy"] == {"type": "RollingUpdate"}
+    # Without persistence: a Deployment, the state in each pod's own emptyDir.
+    default = renderings["default"]
+    assert workload(default)["kind"] == "Deployment"
+    assert "emptyDir" in next(v for v in pod_spec(default)["volumes"] if v["name"] == "state")
+
+
+def test_autoscaler_targets_the_statefulset_with_persistence(
+    renderings: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = renderings["snapshot-pvc-hpa"]
+    target = one(docs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+    sts = one(docs, "StatefulSet")
+    assert target == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": RELEASE}
+    assert "replicas" not in sts["spec"]
+    assert "volumeClaimTemplates" in sts["spec"]
+
+
+def test_an_existing_claim_serves_one_replica_only(
+    renderings: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = renderings["snapshot-existing-claim"]
+    sts = one(docs, "StatefulSet")["spec"]
+    assert "volumeClaimTemplates" not in sts
+    state = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "state")
+    assert state == {"name": "state", "persistentVolumeClaim": {"claimName": "churn-state"}}
+    for values in (
+        {"persistence": {"enabled": True, "existingClaim": "churn-state"}},  # 2 replicas
+        {
+            "replicaCount": 1,
+            "autoscaling": {"enabled": True},
+            "persistence": {"enabled": True, "existingClaim": "churn-state"},
+        },
+    ):
+        with pytest.raises(helm.HelmError, match="existingClaim is one volume") as caught:
+            render(values)
+        assert "replicaCount: 1" in str(caught.value)
 
 
 def test_service_takes_over_the_client_name(renderings: dict[str, list[dict[str, Any]]]) -> None:
@@ -454,6 +531,7 @@ def test_hpa_replaces_fixed_replicas(renderings: dict[str, list[dict[str, Any]]]
     hpa = one(docs, "HorizontalPodAutoscaler")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 9)
     assert "replicas" not in one(docs, "Deployment")["spec"]
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
     assert "HorizontalPodAutoscaler" not in kinds(renderings["default"])
     assert one(renderings["default"], "Deployment")["spec"]["replicas"] == 2
 
@@ -477,7 +555,7 @@ def test_network_policy_limits_ingress_and_egress(
 def test_pdb_and_spread(renderings: dict[str, list[dict[str, Any]]]) -> None:
     docs = renderings["default"]
     assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(docs)
     keys = {t["topologyKey"] for t in pod["topologySpreadConstraints"]}
     assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
 

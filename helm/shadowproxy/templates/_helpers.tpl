@@ -92,3 +92,8 @@ app.kubernetes.io/component: proxy
 {{- end -}}
 
 {{- define "shadowproxy.modelsVolumeName" -}}models{{- end -}}
+
+{{/* The proxy's workload: a StatefulSet when each replica keeps its snapshot on a claim. */}}
+{{- define "shadowproxy.workloadKind" -}}
+{{- ternary "StatefulSet" "Deployment" (.Values.persistence.enabled | default false) -}}
+{{- end -}}
