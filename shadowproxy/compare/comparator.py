@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from shadowproxy.background import let_loop_run, run_thread_idle
 from shadowproxy.compare.inbox import Inbox
 from shadowproxy.compare.inputs import feature_rows
 from shadowproxy.compare.pairs import (
@@ -90,6 +91,7 @@ class Comparator:
             collections.OrderedDict()
         )
         self._thread: threading.Thread | None = None
+        self.runs_idle: bool | None = None  # whether the thread got SCHED_IDLE; None: not started
         self._pending: dict[str, _Pending] = {}
 
     # -- the event-loop side ---------------------------------------------------------
@@ -114,6 +116,9 @@ class Comparator:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        # Production's event loop shares the core and the interpreter lock with this thread:
+        # see shadowproxy.background for why it runs idle and lets go between records.
+        self.runs_idle = run_thread_idle()
         flushed_at = time.monotonic()
         while True:
             batch = self.queue.take(BATCH, FLUSH_INTERVAL_S)
@@ -128,6 +133,7 @@ class Comparator:
             started = time.thread_time()
             with self.lock:
                 for record in records:
+                    let_loop_run()
                     try:
                         self.update(record)
                     except Exception:  # one odd record must not stop the comparator
@@ -270,6 +276,7 @@ class Comparator:
         """Fold every buffered pair into the statistics (call with the lock held)."""
         for name, buf in self._pending.items():
             if buf.count:
+                let_loop_run()
                 self._flush_target(self.targets[name], buf)
 
     def _flush_target(self, st: TargetState, buf: _Pending) -> None:

@@ -39,6 +39,7 @@ import numpy as np
 import psutil
 
 import shadowproxy
+from shadowproxy.background import set_idle_policy
 from shadowproxy.config.model import Executor, ModelFile
 from shadowproxy.errors import ModelLoadError
 from shadowproxy.executor import framing
@@ -48,7 +49,7 @@ from shadowproxy.executor.core import Batch, BatchingExecutor
 from shadowproxy.executor.framing import FrameAssembler, FrameError, Kind, Message
 from shadowproxy.executor.restarts import CrashPolicy
 from shadowproxy.executor.spawn import ChildProcess, pin_to_cpus
-from shadowproxy.executor.worker import MODULE, WorkerConfig, set_idle_policy
+from shadowproxy.executor.worker import MODULE, WorkerConfig
 from shadowproxy.models.session import thread_environment
 from shadowproxy.protocols import ProtocolSpec
 
@@ -313,7 +314,10 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         finally:
             child_end.close()
         if self.settings.idle_priority:
-            set_idle_policy(proc.pid)  # before its imports, not after (they cost the most)
+            # Before its imports, not after: the interpreter's start and the imports of numpy
+            # and onnxruntime cost a fraction of a CPU second, paid again at every respawn of
+            # a crash-looping candidate, and at normal priority taken from production.
+            set_idle_policy(proc.pid)
         problem = pin_to_cpus(proc.pid, self.settings.cpus) if self.settings.cpus else None
         if problem is not None:
             with contextlib.suppress(ProcessLookupError):

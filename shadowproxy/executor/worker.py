@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shadowproxy.background import run_thread_idle, set_idle_policy
 from shadowproxy.executor import framing
 from shadowproxy.executor.faults import Faults
 from shadowproxy.executor.framing import FrameError, Kind, Message
@@ -123,24 +124,6 @@ def limit_memory(memory_mb: int) -> int:
     return limit
 
 
-def set_idle_policy(pid: int) -> bool:
-    """Put process ``pid`` (its main thread, and threads it starts later) under ``SCHED_IDLE``.
-
-    The proxy calls this on a worker the moment it is started: the interpreter's start and
-    the imports of numpy and onnxruntime cost a fraction of a CPU second, and a candidate
-    that crash-loops pays it again at every respawn. At normal priority that would be taken
-    from production on a shared core.
-    """
-    policy = getattr(os, "SCHED_IDLE", None)
-    if policy is None:
-        return False
-    try:
-        os.sched_setscheduler(pid, policy, os.sched_param(0))
-    except OSError:  # gone already, or a platform that refuses
-        return False
-    return True
-
-
 def runs_idle() -> bool:
     """Whether this process already runs under ``SCHED_IDLE``."""
     policy = getattr(os, "SCHED_IDLE", None)
@@ -156,16 +139,10 @@ def use_idle_priority() -> bool:
     priority wants the CPU and yields to the proxy at once; under sustained load its
     requests wait, then time out or are dropped, and are counted.
     """
-    policy = getattr(os, "SCHED_IDLE", None)
-    if policy is None:
-        return False
-    try:
-        os.sched_setscheduler(0, policy, os.sched_param(0))
-    except OSError:
+    if not run_thread_idle():
         return False
     for tid in _other_threads():
-        with contextlib.suppress(OSError):  # a thread that just exited
-            os.sched_setscheduler(tid, policy, os.sched_param(0))
+        set_idle_policy(tid)  # False for a thread that just exited: nothing to move
     return True
 
 
@@ -349,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hello is None or hello.kind is not Kind.HELLO:
         print("worker: no HELLO frame from the proxy", file=sys.stderr)
         return 2
-    started_idle = runs_idle()  # set by the proxy at spawn (see set_idle_policy)
+    started_idle = runs_idle()  # set by the proxy at spawn (see ProcessExecutor._spawn)
     config = WorkerConfig.from_json(hello.json())
     channel.max_frame = config.memory_mb * MiB
     if config.nice:

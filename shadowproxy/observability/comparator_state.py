@@ -66,6 +66,19 @@ class ComparatorStateCollector(Collector):
             # No _sum: the sketch keeps no sum of latencies; +Inf is the count.
             families[name].add_metric(list(labels), values, None)
         yield from families.values()
+        yield self._records()
+
+    def _records(self) -> CounterMetricFamily:
+        # The comparator runs on the CPU production leaves: under saturation its inbox fills
+        # and sheds records. This is where that shows.
+        records = CounterMetricFamily(
+            "shadowproxy_comparator_records",
+            "Pair records offered to the comparator: processed, or dropped on a full inbox",
+            labels=["outcome"],
+        )
+        records.add_metric(["processed"], self.comparator.processed)
+        records.add_metric(["dropped"], self.comparator.dropped)
+        return records
 
 
 def _metric_family(family: Family) -> Any:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import orjson
 
+from shadowproxy.background import let_loop_run, run_thread_idle
 from shadowproxy.config.model import PairLog
 from shadowproxy.pairing.codec import PairLogError, dumps_record, record_from_dict
 from shadowproxy.pairing.record import PairRecord
@@ -101,6 +102,7 @@ class PairLogWriter:
             maxsize=config.queue_size
         )
         self._thread: threading.Thread | None = None
+        self.runs_idle: bool | None = None  # whether the thread got SCHED_IDLE; None: not started
         self._closing = False
         self._stop_queued = False
         # Guards the drop counters (bumped from two threads) and the start/close state.
@@ -224,6 +226,8 @@ class PairLogWriter:
     # -- writer thread -------------------------------------------------------------
 
     def _run(self) -> None:
+        # Beside production's event loop, never ahead of it (see shadowproxy.background).
+        self.runs_idle = run_thread_idle()
         stopping = False
         while not stopping:
             item = self._queue.get()
@@ -236,6 +240,7 @@ class PairLogWriter:
                 if isinstance(item, threading.Event):
                     markers.append(item)
                 else:
+                    let_loop_run()
                     line = self._encode(item)
                     if line is not None:
                         lines.append(line)

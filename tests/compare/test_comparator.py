@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +207,27 @@ def test_the_thread_folds_what_is_queued_and_a_full_queue_drops_and_counts() -> 
     assert comparator.stop(5.0) is True  # drains the queue before stopping
     assert comparator.processed == 10
     assert comparator.snapshot()["targets"]["cand"]["requests"] == 10
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling")
+def test_the_thread_runs_idle_so_the_event_loop_always_comes_first() -> None:
+    comparator = Comparator(config())
+    assert comparator.runs_idle is None
+    comparator.start()
+    try:
+        for r in records(3, seed=2):
+            comparator.submit(r)
+        deadline = time.monotonic() + 10
+        while comparator.processed < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert comparator.processed == 3
+        assert comparator.runs_idle is True
+        thread = comparator._thread
+        assert thread is not None and thread.native_id is not None
+        assert os.sched_getscheduler(thread.native_id) == os.SCHED_IDLE
+        assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's thread is untouched
+    finally:
+        assert comparator.stop(5.0)
 
 
 def _with_inputs(recs: list[PairRecord], rows: np.ndarray) -> list[PairRecord]:

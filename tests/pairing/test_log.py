@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Iterable, Iterator
@@ -139,6 +140,24 @@ async def test_submit_from_the_event_loop(tmp_path: Path) -> None:
         await asyncio.sleep(0)
     assert await asyncio.to_thread(writer.close, CLOSE_S)
     assert len(read(cfg)) == 100
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling")
+def test_the_writer_thread_runs_idle_beside_the_event_loop(tmp_path: Path) -> None:
+    writer = PairLogWriter(config(tmp_path))
+    assert writer.runs_idle is None
+    writer.start()
+    try:
+        writer.submit(make_record(0))
+        assert writer.flush(CLOSE_S)
+        assert writer.runs_idle is True
+        thread = writer._thread
+        assert thread is not None and thread.native_id is not None
+        assert os.sched_getscheduler(thread.native_id) == os.SCHED_IDLE
+        assert os.sched_getscheduler(0) != os.SCHED_IDLE
+    finally:
+        assert writer.close(CLOSE_S)
+    assert [r.request_id for r in read(config(tmp_path))] == ["req-000000"]
 
 
 def test_reopening_appends_to_the_existing_file(tmp_path: Path) -> None:
