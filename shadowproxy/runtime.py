@@ -14,6 +14,7 @@ Shutdown is explicit and ordered, as Kubernetes expects of a front proxy:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import logging
@@ -29,6 +30,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from shadowproxy.admin.app import build_admin_app
+from shadowproxy.background import run_in_background
 from shadowproxy.compare.comparator import Comparator, read_snapshot
 from shadowproxy.compare.decide import report_for
 from shadowproxy.compare.gauges import DecisionGauges
@@ -113,6 +115,12 @@ class Runtime:
         self.local: dict[tuple[Role, str], LocalExecutor] = {}
         self.models_loading = True
         self.comparator: Comparator | None = None
+        # The periodic snapshot and gate evaluation (bootstrap intervals: a fraction of a
+        # CPU second on a full sample) on one thread at background priority, so it never
+        # delays production; see shadowproxy.background.
+        self.persist_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="shadowproxy-snapshots", initializer=run_in_background
+        )
         self.decisions = DecisionGauges()
         self.metrics.registry.register(self.decisions)
 
@@ -313,7 +321,7 @@ class Runtime:
         while True:
             await asyncio.sleep(interval)
             try:
-                await asyncio.to_thread(self.persist)
+                await asyncio.get_running_loop().run_in_executor(self.persist_thread, self.persist)
             except (OSError, ShadowProxyError) as exc:
                 log.warning("comparator snapshot failed: %s", exc)
 
@@ -381,11 +389,14 @@ class Runtime:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A periodic snapshot still being written must land before the last one, never after.
+        await asyncio.to_thread(self.persist_thread.shutdown, True)
         if self.comparator is not None:
             # Everything paired so far is folded in before the last snapshot is written.
             if not await asyncio.to_thread(self.comparator.stop, max(cfg.grace_s, 1.0)):
                 log.warning("comparator did not finish its queue before the deadline")
             try:
+                # At normal priority: the last snapshot is written however busy the node is.
                 await asyncio.to_thread(self.persist)
             except (OSError, ShadowProxyError) as exc:
                 log.warning("final comparator snapshot failed: %s", exc)

@@ -1,4 +1,4 @@
-"""Background threads beside the event loop: idle scheduling and handing over the lock."""
+"""Threads beside the event loop: their priority, and handing the interpreter lock over."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shadowproxy.background import let_loop_run, run_thread_idle, set_idle_policy
+from shadowproxy.background import BACKGROUND_NICE, let_loop_run, run_in_background, set_idle_policy
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling")
 
@@ -28,18 +28,37 @@ def long_switch_interval() -> Iterator[None]:
         sys.setswitchinterval(before)
 
 
-def test_run_thread_idle_moves_the_calling_thread_only() -> None:
+def thread_nice(native_id: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, native_id)
+
+
+def test_run_in_background_lowers_the_calling_thread_only() -> None:
+    mine = thread_nice(threading.get_native_id())
     seen: dict[str, int | bool] = {}
 
     def body() -> None:
-        seen["ok"] = run_thread_idle()
+        seen["ok"] = run_in_background()
+        seen["nice"] = thread_nice(threading.get_native_id())
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(10)
+    assert seen == {"ok": True, "nice": BACKGROUND_NICE}
+    # The process's other threads, this one included, keep their niceness.
+    assert thread_nice(threading.get_native_id()) == mine < BACKGROUND_NICE
+
+
+def test_set_idle_policy_moves_the_named_thread_only() -> None:
+    seen: dict[str, int | bool] = {}
+
+    def body() -> None:
+        seen["ok"] = set_idle_policy(0)
         seen["policy"] = os.sched_getscheduler(0)
 
     thread = threading.Thread(target=body)
     thread.start()
     thread.join(10)
     assert seen == {"ok": True, "policy": os.SCHED_IDLE}
-    # The process's other threads, this one included, keep their policy.
     assert os.sched_getscheduler(0) != os.SCHED_IDLE
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from shadowproxy.background import let_loop_run, run_thread_idle
+from shadowproxy.background import let_loop_run, run_in_background
 from shadowproxy.compare.inbox import Inbox
 from shadowproxy.compare.inputs import feature_rows
 from shadowproxy.compare.pairs import (
@@ -91,7 +91,7 @@ class Comparator:
             collections.OrderedDict()
         )
         self._thread: threading.Thread | None = None
-        self.runs_idle: bool | None = None  # whether the thread got SCHED_IDLE; None: not started
+        self.background_priority: bool | None = None  # thread lowered to nice 19; None: not started
         self._pending: dict[str, _Pending] = {}
 
     # -- the event-loop side ---------------------------------------------------------
@@ -117,8 +117,8 @@ class Comparator:
 
     def _run(self) -> None:
         # Production's event loop shares the core and the interpreter lock with this thread:
-        # see shadowproxy.background for why it runs idle and lets go between records.
-        self.runs_idle = run_thread_idle()
+        # see shadowproxy.background for why it runs at nice 19 and lets go between records.
+        self.background_priority = run_in_background()
         flushed_at = time.monotonic()
         while True:
             batch = self.queue.take(BATCH, FLUSH_INTERVAL_S)

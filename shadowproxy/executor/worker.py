@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shadowproxy.background import run_thread_idle, set_idle_policy
+from shadowproxy.background import set_idle_policy
 from shadowproxy.executor import framing
 from shadowproxy.executor.faults import Faults
 from shadowproxy.executor.framing import FrameError, Kind, Message
@@ -139,7 +139,7 @@ def use_idle_priority() -> bool:
     priority wants the CPU and yields to the proxy at once; under sustained load its
     requests wait, then time out or are dropped, and are counted.
     """
-    if not run_thread_idle():
+    if not set_idle_policy(0):  # 0: this thread
         return False
     for tid in _other_threads():
         set_idle_policy(tid)  # False for a thread that just exited: nothing to move

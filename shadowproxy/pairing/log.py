@@ -26,7 +26,7 @@ from pathlib import Path
 
 import orjson
 
-from shadowproxy.background import let_loop_run, run_thread_idle
+from shadowproxy.background import let_loop_run, run_in_background
 from shadowproxy.config.model import PairLog
 from shadowproxy.pairing.codec import PairLogError, dumps_record, record_from_dict
 from shadowproxy.pairing.record import PairRecord
@@ -102,7 +102,7 @@ class PairLogWriter:
             maxsize=config.queue_size
         )
         self._thread: threading.Thread | None = None
-        self.runs_idle: bool | None = None  # whether the thread got SCHED_IDLE; None: not started
+        self.background_priority: bool | None = None  # thread lowered to nice 19; None: not started
         self._closing = False
         self._stop_queued = False
         # Guards the drop counters (bumped from two threads) and the start/close state.
@@ -227,7 +227,7 @@ class PairLogWriter:
 
     def _run(self) -> None:
         # Beside production's event loop, never ahead of it (see shadowproxy.background).
-        self.runs_idle = run_thread_idle()
+        self.background_priority = run_in_background()
         stopping = False
         while not stopping:
             item = self._queue.get()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +17,7 @@ import orjson
 import yaml
 from aiohttp import web
 
+from shadowproxy.background import BACKGROUND_NICE
 from tests.support.models import BuiltModel
 from tests.support.proxy import make_config, metric_value, running_proxy
 from tests.support.servers import Backend
@@ -102,6 +105,14 @@ async def test_traffic_to_a_report_with_a_promoted_and_a_rejected_candidate(
             what="the decision gauges",
         )
         assert metric_value(rt, "shadowproxy_candidate_decision", candidate="twin") == 1
+        # ... on a thread at background priority, which production's event loop preempts.
+        timer_threads = [
+            t for t in threading.enumerate() if t.name.startswith("shadowproxy-snapshots")
+        ]
+        assert timer_threads
+        assert {os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in timer_threads} == {
+            BACKGROUND_NICE
+        }
         assert metric_value(
             rt, "shadowproxy_gate_passed", candidate="twin", gate="label_agreement_min"
         ) == 1  # fmt: skip

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from shadowproxy.background import BACKGROUND_NICE
 from shadowproxy.config.model import PairLog
 from shadowproxy.pairing.codec import dumps_record, loads_record
 from shadowproxy.pairing.log import (
@@ -142,19 +143,17 @@ async def test_submit_from_the_event_loop(tmp_path: Path) -> None:
     assert len(read(cfg)) == 100
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling")
-def test_the_writer_thread_runs_idle_beside_the_event_loop(tmp_path: Path) -> None:
+def test_the_writer_thread_runs_at_background_priority(tmp_path: Path) -> None:
     writer = PairLogWriter(config(tmp_path))
-    assert writer.runs_idle is None
+    assert writer.background_priority is None
     writer.start()
     try:
         writer.submit(make_record(0))
         assert writer.flush(CLOSE_S)
-        assert writer.runs_idle is True
+        assert writer.background_priority is True
         thread = writer._thread
         assert thread is not None and thread.native_id is not None
-        assert os.sched_getscheduler(thread.native_id) == os.SCHED_IDLE
-        assert os.sched_getscheduler(0) != os.SCHED_IDLE
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == BACKGROUND_NICE
     finally:
         assert writer.close(CLOSE_S)
     assert [r.request_id for r in read(config(tmp_path))] == ["req-000000"]
