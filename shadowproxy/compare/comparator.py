@@ -292,8 +292,12 @@ class Comparator:
             st.production_hist.add(p)
             st.candidate_hist.add(c)
             st.abs_hist.add(absolute)
+            # A fold of 256 pairs holds the interpreter lock for about a millisecond in all:
+            # let the event loop in between its parts (see shadowproxy.background).
+            let_loop_run()
             assert st.reservoir is not None
             st.reservoir.add(buf.ids, np.column_stack([p, c, absolute, diff]))
+            let_loop_run()
         if buf.production_labels:
             st.add_flips(
                 np.concatenate(buf.production_labels), np.concatenate(buf.candidate_labels)
