@@ -67,6 +67,13 @@ class ComparatorStateCollector(Collector):
             families[name].add_metric(list(labels), values, None)
         yield from families.values()
         yield self._records()
+        queued = GaugeMetricFamily(
+            "shadowproxy_comparator_queued_records",
+            "Pair records waiting in the comparator's inbox (a backlog grows while the proxy "
+            "is too busy to leave it CPU)",
+        )
+        queued.add_metric([], self.comparator.queue.qsize())
+        yield queued
 
     def _records(self) -> CounterMetricFamily:
         # The comparator runs on the CPU production leaves: under saturation its inbox fills

@@ -87,6 +87,18 @@ def resident_bytes(served: Served) -> int:
     return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
 
+async def comparator_caught_up(served: Served, timeout_s: float = 30.0) -> None:
+    """Wait until the comparator's inbox is empty (at once when it is off)."""
+
+    async def backlog() -> float:
+        return (await served.metrics()).value("shadowproxy_comparator_queued_records")
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while await backlog() > 0:
+        assert asyncio.get_running_loop().time() < deadline, "the comparator never caught up"
+        await asyncio.sleep(0.05)
+
+
 async def memory_flat_over(
     served: Served, one_round: Callable[[], Awaitable[T]], *, warmup: int, measured: int, mib: float
 ) -> list[T]:
@@ -96,9 +108,17 @@ async def memory_flat_over(
     buffers need; after it, RSS may move by allocator noise (``mib``, the stated
     tolerance) but not by anything the attack leaves behind per round.
     """
-    results = [await one_round() for _ in range(warmup)]
+    results = []
+    for _ in range(warmup):
+        results.append(await one_round())
+        await comparator_caught_up(served)
     before = resident_bytes(served)
-    results += [await one_round() for _ in range(measured)]
+    for _ in range(measured):
+        results.append(await one_round())
+        # The comparator runs on the CPU production leaves, so during a round its inbox
+        # holds a bounded backlog of pair records: each round is compared with the
+        # comparator caught up, or RSS would measure how far behind it is, not a leak.
+        await comparator_caught_up(served)
     await asyncio.sleep(0.2)  # the last round's buffers are released
     after = resident_bytes(served)
     grown = (after - before) / MiB

@@ -10,17 +10,28 @@ from shadowproxy.observability.comparator_state import ComparatorStateCollector
 from tests.compare.test_comparator import config, records
 
 
-def records_counter(comparator: Comparator) -> dict[str, float]:
+def scrape(comparator: Comparator) -> list[tuple[str, dict[str, str], float]]:
     registry = CollectorRegistry()
     registry.register(ComparatorStateCollector(comparator))
     text = generate_latest(registry).decode()
-    return {
-        sample.labels["outcome"]: sample.value
+    return [
+        (sample.name, sample.labels, sample.value)
         for family in text_string_to_metric_families(text)
-        if family.name == "shadowproxy_comparator_records"
         for sample in family.samples
-        if sample.name == "shadowproxy_comparator_records_total"
+    ]
+
+
+def records_counter(comparator: Comparator) -> dict[str, float]:
+    return {
+        labels["outcome"]: value
+        for name, labels, value in scrape(comparator)
+        if name == "shadowproxy_comparator_records_total"
     }
+
+
+def backlog(comparator: Comparator) -> float:
+    (value,) = [v for n, _, v in scrape(comparator) if n == "shadowproxy_comparator_queued_records"]
+    return value
 
 
 def test_records_shed_on_a_full_inbox_are_counted_apart_from_those_processed() -> None:
@@ -28,6 +39,8 @@ def test_records_shed_on_a_full_inbox_are_counted_apart_from_those_processed() -
     assert records_counter(comparator) == {"processed": 0.0, "dropped": 0.0}
     for r in records(25, seed=3):
         comparator.submit(r)  # no thread yet: 10 wait, 15 are shed
+    assert backlog(comparator) == 10
     comparator.start()
     assert comparator.stop(5.0)
     assert records_counter(comparator) == {"processed": 10.0, "dropped": 15.0}
+    assert backlog(comparator) == 0
