@@ -62,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def model_problems(config: Config) -> list[Problem]:
-    """Checks of the files a config names: every local model (hash, format, operators) and
-    the input reference; one problem per file."""
+    """Checks of the files a config names: every local model (hash, format, operators), the
+    input reference and the sampling key; one problem per file."""
     from shadowproxy.models.check import check_model
     from shadowproxy.runtime import local_models
 
@@ -82,6 +82,13 @@ def model_problems(config: Config) -> list[Problem]:
             Reference.load(config.compare.reference)
         except StateError as exc:
             problems.append(Problem("compare.reference", str(exc)))
+    if config.sampling.key_file is not None:
+        from shadowproxy.shadow.sampling import read_sampling_key
+
+        try:
+            read_sampling_key(config.sampling.key_file)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     return problems
 
 
@@ -125,6 +132,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     except StateError as exc:
         print(f"comparator state refused: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except ConfigError as exc:  # a file the config names changed after it was checked
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
         return EXIT_INVALID
     except OSError as exc:
         print(f"cannot listen: {exc}", file=sys.stderr)

@@ -53,6 +53,7 @@ from shadowproxy.proxy.connection import ClientConnection
 from shadowproxy.proxy.handler import Proxy
 from shadowproxy.proxy.upstream import UpstreamConnection, build_request
 from shadowproxy.shadow.dispatch import ShadowTarget
+from shadowproxy.shadow.sampling import read_sampling_key
 
 log = logging.getLogger("shadowproxy")
 
@@ -115,6 +116,7 @@ class Runtime:
         self.local: dict[tuple[Role, str], LocalExecutor] = {}
         self.models_loading = True
         self.comparator: Comparator | None = None
+        self.sampling_key: bytes | None = None  # read from sampling.key_file at start
         # The periodic snapshot and gate evaluation (bootstrap intervals: a fraction of a
         # CPU second on a full sample) on one thread at background priority, so it never
         # delays production; see shadowproxy.background.
@@ -146,9 +148,15 @@ class Runtime:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
+        key_file = cfg.sampling.key_file
+        self.sampling_key = None if key_file is None else read_sampling_key(key_file)
         if cfg.pair_log.path is not None:
             metric = self.metrics.pair_log
-            self.pair_log = PairLogWriter(cfg.pair_log, on_drop=lambda r: metric.labels(r).inc())
+            self.pair_log = PairLogWriter(
+                cfg.pair_log,
+                on_drop=lambda r: metric.labels(r).inc(),
+                sampling_key=self.sampling_key,
+            )
             self.pair_log.start()
             self.stream.subscribe(self.pair_log.submit)
         # Every model file is checked before anything listens: a bad model exits 2 at once.
@@ -179,7 +187,9 @@ class Runtime:
             if self.comparator is not None:
                 await asyncio.to_thread(self.comparator.stop, 1.0)
             raise
-        self.proxy = Proxy(cfg, self.metrics, self.stream, loop, self.local)
+        self.proxy = Proxy(
+            cfg, self.metrics, self.stream, loop, self.local, sampling_key=self.sampling_key
+        )
         proxy = self.proxy
         self._catalog_remote_models(proxy)
         self.server = await loop.create_server(
@@ -300,7 +310,7 @@ class Runtime:
     def _comparator(self) -> Comparator:
         compare = self.config.compare
         reference = None if compare.reference is None else Reference.load(compare.reference)
-        comparator = Comparator(self.config, reference)
+        comparator = Comparator(self.config, reference, sampling_key=self.sampling_key)
         path = compare.snapshot.path
         if path is not None and path.exists():
             # A restart resumes where the last snapshot left off.

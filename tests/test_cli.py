@@ -225,6 +225,21 @@ def test_validate_refuses_an_unreadable_reference(tmp_path: Path) -> None:
     assert result.stderr.startswith("compare.reference:")
 
 
+def test_a_sampling_key_is_checked_by_validate_and_refused_by_serve(tmp_path: Path) -> None:
+    text = GOOD + "sampling: {key_file: sampling.key}\n"  # relative to the config's folder
+    path = _write(tmp_path, "keyed.yaml", text)
+    result = _run("validate", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("sampling.key_file: cannot read")
+    (tmp_path / "sampling.key").write_bytes(b"too-short\n")
+    for command in ("validate", "serve"):
+        result = _run(command, "--config", str(path))
+        assert result.returncode == 2, (command, result.stderr)
+        assert "sampling.key_file:" in result.stderr and "at least 16" in result.stderr
+    (tmp_path / "sampling.key").write_bytes(b"a-secret-the-replicas-share\n")
+    assert _run("validate", "--config", str(path)).returncode == 0
+
+
 def test_reference_builds_from_a_csv_and_validate_accepts_it(tmp_path: Path) -> None:
     rows = ["age,balance,plan"] + [f"{20 + i % 50},{i * 10.5},{'ab'[i % 2]}" for i in range(200)]
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")

@@ -36,7 +36,7 @@ from shadowproxy.errors import StateError
 from shadowproxy.pairing.record import Cost, PairRecord
 from shadowproxy.protocols import PayloadProtocol, protocol_for
 from shadowproxy.protocols.base import OneRow
-from shadowproxy.shadow.sampling import is_sampled
+from shadowproxy.shadow.sampling import MIRROR_PURPOSE, is_sampled, keyed_salt
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,11 @@ class Comparator:
         *,
         queue_size: int = 10_000,
         protocol: PayloadProtocol | None = None,
+        sampling_key: bytes | None = None,
     ) -> None:
         self.config = config
+        # compare.sample_rate decides from the same point as mirroring: see Proxy.
+        self.salt = keyed_salt(sampling_key, MIRROR_PURPOSE)
         self.seed = config.compare.seed
         self.sample_rate = config.compare.sample_rate
         self.outputs = config.compare.outputs
@@ -97,7 +100,9 @@ class Comparator:
     # -- the event-loop side ---------------------------------------------------------
     def submit(self, record: PairRecord) -> None:
         """Queue a record; never blocks (a full inbox drops it, counted)."""
-        if self.sample_rate < 1.0 and not is_sampled(record.request_id, self.sample_rate):
+        if self.sample_rate < 1.0 and not is_sampled(
+            record.request_id, self.sample_rate, self.salt
+        ):
             return
         if not self.queue.put(record):
             self.dropped += 1

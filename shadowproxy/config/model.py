@@ -265,6 +265,19 @@ class Promotion:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How requests are chosen at a ``sample_rate``."""
+
+    key_file: Path | None = spec(
+        None,
+        "file holding a secret (16 bytes or more) that keys every sampling decision "
+        "(candidates' and baseline's sample_rate, compare.sample_rate, pair_log.sample_rate); "
+        "without it a client that sends X-Request-Id can choose which of its requests are "
+        "sampled. Give every replica the same key",
+    )
+
+
+@dataclass(frozen=True)
 class PairLog:
     """JSON-lines log of paired records, for replay and audit."""
 
@@ -306,6 +319,7 @@ class Config:
     compare: Compare = spec(Compare(), "comparator settings")
     promotion: Promotion = spec(Promotion(), "promotion gates")
     pair_log: PairLog = spec(PairLog(), "pair record log")
+    sampling: Sampling = spec(Sampling(), "how requests are chosen at a sample_rate")
     shutdown: Shutdown = spec(Shutdown(), "drain behaviour on SIGTERM")
     source: Path | None = spec(None, "the file this config was read from (set by the loader)")
 

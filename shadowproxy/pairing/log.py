@@ -31,7 +31,7 @@ from shadowproxy.config.model import PairLog
 from shadowproxy.pairing.codec import PairLogError, dumps_record, record_from_dict
 from shadowproxy.pairing.record import PairRecord
 from shadowproxy.pairing.redact import compile_rules
-from shadowproxy.shadow.sampling import is_sampled
+from shadowproxy.shadow.sampling import is_sampled, keyed_salt
 
 __all__ = [
     "SAMPLING_SALT",
@@ -91,10 +91,17 @@ class PairLogWriter:
     modify it after :meth:`submit`.
     """
 
-    def __init__(self, config: PairLog, *, on_drop: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: PairLog,
+        *,
+        on_drop: Callable[[str], None] | None = None,
+        sampling_key: bytes | None = None,
+    ) -> None:
         if config.path is None:
             raise PairLogError("pair_log.path is not set: the pair log is disabled")
         self.config = config
+        self.salt = keyed_salt(sampling_key, SAMPLING_SALT)
         self.path: Path = config.path
         self._on_drop = on_drop
         self._rules = compile_rules(config.redact)
@@ -124,7 +131,7 @@ class PairLogWriter:
         silently. A sampled record that finds the queue full, or the writer closed, is
         counted as dropped.
         """
-        if not is_sampled(record.request_id, self.config.sample_rate, salt=SAMPLING_SALT):
+        if not is_sampled(record.request_id, self.config.sample_rate, salt=self.salt):
             return
         # Under the lock so that no record can slip in behind close()'s stop marker,
         # where the thread would never see it. Uncontended, so cheap on the loop.

@@ -25,6 +25,7 @@ from shadowproxy.proxy.relay import ProductionRelay
 from shadowproxy.proxy.upstream import UpstreamPool, UpstreamTarget, build_request
 from shadowproxy.shadow.dispatch import ShadowTarget
 from shadowproxy.shadow.local import LocalShadowTarget
+from shadowproxy.shadow.sampling import MIRROR_PURPOSE, keyed_salt
 
 
 class Proxy:
@@ -41,6 +42,7 @@ class Proxy:
         pair_stream: PairStream,
         loop: asyncio.AbstractEventLoop,
         local: Mapping[tuple[Role, str], LocalExecutor] | None = None,
+        sampling_key: bytes | None = None,
     ) -> None:
         production = config.production
         local = local or {}
@@ -70,11 +72,15 @@ class Proxy:
                 self, local[("production", production.name)], self.protocol, config.protocol
             )
             self.handle = self._handle_local  # type: ignore[method-assign]
+        # One salt for every target (and the comparator), so the sampled sets nest.
+        salt = keyed_salt(sampling_key, MIRROR_PURPOSE)
         self.targets: list[ShadowTarget | LocalShadowTarget] = []
         for c in config.candidates:
             if c.url is not None:
                 self.targets.append(
-                    ShadowTarget(c, "candidate", limits=self.limits, metrics=metrics, loop=loop)
+                    ShadowTarget(
+                        c, "candidate", limits=self.limits, metrics=metrics, loop=loop, salt=salt
+                    )
                 )
             else:
                 self.targets.append(
@@ -85,12 +91,18 @@ class Proxy:
                         self.protocol,
                         metrics=metrics,
                         loop=loop,
+                        salt=salt,
                     )
                 )
         if config.baseline is not None:
             self.targets.append(
                 ShadowTarget(
-                    config.baseline, "baseline", limits=self.limits, metrics=metrics, loop=loop
+                    config.baseline,
+                    "baseline",
+                    limits=self.limits,
+                    metrics=metrics,
+                    loop=loop,
+                    salt=salt,
                 )
             )
         self.connections: set[ClientConnection] = set()

@@ -43,10 +43,11 @@ class ShadowTarget(MirroredTarget):
         limits: Limits,
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
+        salt: bytes = b"",
     ) -> None:
         assert config.url is not None, "HTTP shadow targets need a url"
         self.calls: set[ShadowCall] = set()
-        super().__init__(config, role, metrics=metrics, loop=loop)
+        super().__init__(config, role, metrics=metrics, loop=loop, salt=salt)
         self.upstream = UpstreamTarget(config.url, config.headers)
         # Client headers left out of the copy: those the target's own headers replace, and
         # those it must not see.

@@ -85,9 +85,10 @@ class LocalShadowTarget(MirroredTarget):
         *,
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
+        salt: bytes = b"",
     ) -> None:
         self.in_flight = 0
-        super().__init__(config, role, metrics=metrics, loop=loop)
+        super().__init__(config, role, metrics=metrics, loop=loop, salt=salt)
         self.executor = executor
         self.footprint = Footprint(executor)
         self.protocol = protocol

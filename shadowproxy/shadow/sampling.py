@@ -3,11 +3,20 @@
 Every replica and every candidate hashes the same request id to the same point in
 [0, 1), so a request sampled at rate r is sampled everywhere at every rate >= r: the
 sampled sets of different candidates nest, and pairs line up across replicas.
+
+A client may send its own ``X-Request-Id``. Without a key it could then pick ids that are
+(or are not) sampled, and so choose which of its requests a candidate is judged on. With
+``sampling.key_file``, every decision hashes the id under a secret the replicas share and
+clients never see (:func:`keyed_salt`): the points stay uniform and agree across replicas,
+and no client can compute them.
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
+
+from shadowproxy.errors import ConfigError, Problem
 
 _SCALE = float(1 << 64)
 
@@ -25,6 +34,61 @@ def sample_point(request_id: str, salt: bytes = b"") -> float:
     """
     digest = hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=8, key=salt)
     return int.from_bytes(digest.digest(), "big") / _SCALE
+
+
+# Mirroring and the comparator's own sample_rate decide from the same point, so the pairs
+# compared at a lower rate are a subset of those mirrored.
+MIRROR_PURPOSE = b""
+MIN_KEY_BYTES = 16
+MAX_KEY_FILE_BYTES = 4096
+KEY_SETTING = "sampling.key_file"
+
+
+def read_sampling_key(path: Path) -> bytes:
+    """The secret held in ``path``, surrounding whitespace removed.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``sampling.key_file``: the file cannot be read, is larger than
+        ``MAX_KEY_FILE_BYTES``, or holds fewer than ``MIN_KEY_BYTES`` bytes.
+    """
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError([Problem(KEY_SETTING, f"cannot read {path}: {reason}")]) from exc
+    key = raw.strip()
+    if len(raw) > MAX_KEY_FILE_BYTES:
+        problem = f"{path} is larger than {MAX_KEY_FILE_BYTES} bytes: not a key file"
+    elif len(key) < MIN_KEY_BYTES:
+        problem = f"{path} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES}"
+    else:
+        return key
+    raise ConfigError([Problem(KEY_SETTING, problem)])
+
+
+def keyed_salt(key: bytes | None, purpose: bytes) -> bytes:
+    """The salt of one kind of sampling decision.
+
+    Parameters
+    ----------
+    key : bytes or None
+        The shared secret (``sampling.key_file``), or None for none.
+    purpose : bytes
+        Separates independent decisions (mirroring vs. pair logging).
+
+    Returns
+    -------
+    bytes
+        ``purpose`` itself without a key; with one, a 32-byte digest of the key and
+        ``purpose``, which a client cannot compute.
+    """
+    if key is None:
+        return purpose
+    master = hashlib.blake2b(key, digest_size=32).digest()
+    return hashlib.blake2b(purpose, key=master, digest_size=32).digest()
 
 
 def is_sampled(request_id: str, rate: float, salt: bytes = b"") -> bool:

@@ -26,8 +26,10 @@ class MirroredTarget:
         *,
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
+        salt: bytes = b"",
     ) -> None:
         self.config = config
+        self.salt = salt  # of the sampling decision: see shadowproxy.shadow.sampling
         self.name = config.name
         self.version = config.version
         self.role = role
@@ -49,7 +51,7 @@ class MirroredTarget:
 
     def wants(self, method: bytes, request_id: str) -> bool:
         """Whether this request is mirrored to this target."""
-        return method in self.methods and is_sampled(request_id, self.sample_rate)
+        return method in self.methods and is_sampled(request_id, self.sample_rate, self.salt)
 
     def drop(self, join: PairJoin, reason: str) -> None:
         """Record a copy that was never sent, and why."""

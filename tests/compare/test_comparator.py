@@ -20,6 +20,7 @@ from shadowproxy.config import config_from_dict
 from shadowproxy.config.model import Config
 from shadowproxy.errors import StateError
 from shadowproxy.pairing.record import Cost, Exchange, PairRecord
+from shadowproxy.shadow.sampling import MIRROR_PURPOSE, is_sampled, keyed_salt
 
 
 def config(agreement: float = 0.98, **promotion: Any) -> Config:
@@ -280,6 +281,21 @@ def test_a_sample_rate_compares_the_same_share_on_every_replica() -> None:
             comparator.submit(r)
     queued = [c.queue.qsize() for c in replicas]
     assert queued[0] == queued[1] and 60 <= queued[0] <= 140  # about a quarter, the same ones
+
+
+def test_with_a_sampling_key_the_comparator_takes_the_keyed_share() -> None:
+    cfg = config_from_dict({**_raw(config()), "compare": {"sample_rate": 0.25, "seed": 7}})
+    key = b"a-secret-the-replicas-share"
+    recs = records(400, seed=8)
+    salt = keyed_salt(key, MIRROR_PURPOSE)
+    keyed = [r.request_id for r in recs if is_sampled(r.request_id, 0.25, salt)]
+    plain = [r.request_id for r in recs if is_sampled(r.request_id, 0.25)]
+    assert keyed != plain
+    comparator = Comparator(cfg, queue_size=1000, sampling_key=key)
+    for r in recs:
+        comparator.submit(r)
+    taken = comparator.queue.take(1000, 0.0)
+    assert [r.request_id for r in taken if r is not None] == keyed
 
 
 def _mixed_records(n: int, seed: int) -> list[PairRecord]:

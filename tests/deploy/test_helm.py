@@ -7,6 +7,7 @@ its ConfigMap is fed to ``shadowproxy validate``.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -30,6 +31,7 @@ KUBE_VERSION = "1.30"
 MONITORING_API = "monitoring.coreos.com/v1"
 RELEASE, NAMESPACE = "shadowproxy", "ml"
 SHA = "0" * 64
+SAMPLING_KEY_DIR = "/etc/shadowproxy-secrets"
 
 
 def local_candidate(path: str = "/models/churn-2.0.0.onnx") -> dict[str, Any]:
@@ -125,6 +127,11 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], list[str]]] = {
     ),
     "snapshot-existing-claim": (
         {"replicaCount": 1, "persistence": {"enabled": True, "existingClaim": "churn-state"}},
+        [],
+    ),
+    "sampling-existing-secret": ({"samplingKey": {"existingSecret": "churn-sampling"}}, []),
+    "sampling-unkeyed": (
+        {"samplingKey": {"create": False}, "config": {"sampling": {"key_file": None}}},
         [],
     ),
     "k8s-example": (example_values(), [MONITORING_API]),
@@ -292,6 +299,11 @@ def validate_config(config: dict[str, Any], folder: Path, model: Any) -> None:
         if "model" in target:
             assert target["model"]["path"].startswith("/models/")
             target["model"].update(path=str(model.path), sha256=model.sha256)
+    key_file = (config.get("sampling") or {}).get("key_file")
+    if key_file is not None:  # mounted from the Secret in the pod; a real file here
+        assert key_file.startswith(SAMPLING_KEY_DIR + "/")
+        (folder / "sampling-key").write_text("a-key-of-sixteen-bytes-or-more\n")
+        config["sampling"]["key_file"] = str(folder / "sampling-key")
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     result = subprocess.run(
@@ -507,6 +519,36 @@ def test_an_existing_claim_serves_one_replica_only(
         with pytest.raises(helm.HelmError, match="existingClaim is one volume") as caught:
             render(values)
         assert "replicaCount: 1" in str(caught.value)
+
+
+def test_the_sampling_key_is_a_mounted_secret_shared_by_every_replica(
+    renderings: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = renderings["default"]
+    secret = one(docs, "Secret")
+    key = base64.b64decode(secret["data"]["sampling-key"])
+    assert len(key) == 48 and key.isalnum()  # random, well above the 16-byte minimum
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert volumes["sampling-key"]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volumes["sampling-key"]["secret"]["defaultMode"] == 0o440
+    mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
+    assert mounts["sampling-key"] == {
+        "name": "sampling-key",
+        "mountPath": SAMPLING_KEY_DIR,
+        "readOnly": True,
+    }
+    assert rendered_config(docs)["sampling"]["key_file"] == f"{SAMPLING_KEY_DIR}/sampling-key"
+    # The operator's own Secret instead: the chart makes none and mounts that one.
+    own = renderings["sampling-existing-secret"]
+    assert "Secret" not in kinds(own)
+    own_volumes = {v["name"]: v for v in pod_spec(own)["volumes"]}
+    assert own_volumes["sampling-key"]["secret"]["secretName"] == "churn-sampling"
+    # Neither: nothing mounted, and the config says unkeyed.
+    off = renderings["sampling-unkeyed"]
+    assert "Secret" not in kinds(off)
+    assert "sampling-key" not in {v["name"] for v in pod_spec(off)["volumes"]}
+    # (Helm deletes a key set to null, so the proxy's own default applies: unkeyed.)
+    assert (rendered_config(off).get("sampling") or {}).get("key_file") is None
 
 
 def test_service_takes_over_the_client_name(renderings: dict[str, list[dict[str, Any]]]) -> None:

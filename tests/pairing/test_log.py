@@ -27,7 +27,7 @@ from shadowproxy.pairing.log import (
 )
 from shadowproxy.pairing.record import Exchange, PairRecord
 from shadowproxy.pairing.redact import REDACTED, REDACTED_NON_JSON
-from shadowproxy.shadow.sampling import is_sampled
+from shadowproxy.shadow.sampling import is_sampled, keyed_salt
 
 try:
     import resource
@@ -179,6 +179,22 @@ def test_sampling_writes_exactly_the_sampled_ids(tmp_path: Path) -> None:
     assert len(written) == len(expected) == writer.written
     assert writer.dropped == 0  # sampled out is not a drop
     assert 0.27 < len(written) / len(records) < 0.33
+
+
+def test_with_a_sampling_key_the_log_writes_the_keyed_selection(tmp_path: Path) -> None:
+    cfg = config(tmp_path, sample_rate=0.3)
+    key = b"a-secret-the-replicas-share"
+    records = [make_record(i) for i in range(2000)]
+    writer = PairLogWriter(cfg, sampling_key=key)
+    writer.start()
+    for r in records:
+        writer.submit(r)
+    assert writer.close(CLOSE_S)
+    salt = keyed_salt(key, SAMPLING_SALT)
+    expected = [r.request_id for r in records if is_sampled(r.request_id, 0.3, salt=salt)]
+    plain = [r.request_id for r in records if is_sampled(r.request_id, 0.3, salt=SAMPLING_SALT)]
+    assert expected != plain
+    assert [r.request_id for r in read(cfg)] == expected
 
 
 def test_sample_rate_zero_writes_nothing(tmp_path: Path) -> None:

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import math
 import uuid
+from pathlib import Path
 
 import aiohttp
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shadowproxy.shadow.sampling import is_sampled, sample_point
+from shadowproxy.errors import ConfigError
+from shadowproxy.shadow.sampling import (
+    MIRROR_PURPOSE,
+    is_sampled,
+    keyed_salt,
+    read_sampling_key,
+    sample_point,
+)
 from tests.shadow.helpers import seen_ids
 from tests.support.proxy import make_config, running_proxy
 from tests.support.servers import Backend
@@ -123,6 +132,18 @@ def test_unsalted_and_salted_decisions_differ() -> None:
 
 # -- through the proxy ------------------------------------------------------------------
 
+
+def candidate(name: str, url: str, rate: float) -> dict[str, object]:
+    return {
+        "name": name,
+        "version": "1",
+        "url": url,
+        "sample_rate": rate,
+        "timeout_ms": 2000,
+        "connect_timeout_ms": 2000,
+    }
+
+
 N_REQUESTS = 300
 
 
@@ -149,22 +170,8 @@ async def test_candidates_at_the_same_rate_get_exactly_the_same_requests(backend
         config = make_config(
             backend.url,
             candidates=[
-                {
-                    "name": "c1",
-                    "version": "1",
-                    "url": c1.url,
-                    "sample_rate": 0.5,
-                    "timeout_ms": 2000,
-                    "connect_timeout_ms": 2000,
-                },
-                {
-                    "name": "c2",
-                    "version": "1",
-                    "url": c2.url,
-                    "sample_rate": 0.5,
-                    "timeout_ms": 2000,
-                    "connect_timeout_ms": 2000,
-                },
+                candidate("c1", c1.url, 0.5),
+                candidate("c2", c2.url, 0.5),
             ],
         )
         explicit = [f"sampling-{i}" for i in range(N_REQUESTS // 2)]
@@ -194,22 +201,8 @@ async def test_nested_rates_give_nested_sets(backend: Backend) -> None:
         config = make_config(
             backend.url,
             candidates=[
-                {
-                    "name": "low",
-                    "version": "1",
-                    "url": low.url,
-                    "sample_rate": 0.2,
-                    "timeout_ms": 2000,
-                    "connect_timeout_ms": 2000,
-                },
-                {
-                    "name": "high",
-                    "version": "1",
-                    "url": high.url,
-                    "sample_rate": 0.6,
-                    "timeout_ms": 2000,
-                    "connect_timeout_ms": 2000,
-                },
+                candidate("low", low.url, 0.2),
+                candidate("high", high.url, 0.6),
             ],
         )
         async with running_proxy(config) as rt:
@@ -257,3 +250,84 @@ async def test_replicas_sample_the_same_requests(backend: Backend) -> None:
     finally:
         await cand_a.stop()
         await cand_b.stop()
+
+
+# -- a key clients cannot know -------------------------------------------------------------
+
+KEY = b"0123456789abcdef-replicas-share-this"
+
+
+@given(st.binary(min_size=16, max_size=64), st.binary(max_size=16), ids, rates, rates)
+def test_keyed_decisions_keep_every_property(
+    key: bytes, purpose: bytes, request_id: str, a: float, b: float
+) -> None:
+    salt = keyed_salt(key, purpose)
+    assert len(salt) == 32 and salt == keyed_salt(key, purpose)  # deterministic: replicas agree
+    low, high = min(a, b), max(a, b)
+    if is_sampled(request_id, low, salt):
+        assert is_sampled(request_id, high, salt)
+
+
+def test_without_a_key_the_salt_is_the_purpose() -> None:
+    assert keyed_salt(None, b"pairlog") == b"pairlog"
+    assert keyed_salt(None, MIRROR_PURPOSE) == b""
+
+
+def test_a_key_gives_a_selection_unrelated_to_the_unkeyed_one() -> None:
+    # What a client could compute without the key (the unkeyed point) tells it nothing.
+    plain = {i for i in EMPIRICAL_IDS if is_sampled(i, 0.5)}
+    keyed = {i for i in EMPIRICAL_IDS if is_sampled(i, 0.5, keyed_salt(KEY, MIRROR_PURPOSE))}
+    other = {i for i in EMPIRICAL_IDS if is_sampled(i, 0.5, keyed_salt(KEY[::-1], MIRROR_PURPOSE))}
+    assert _within_binomial(len(keyed), N_EMPIRICAL, 0.5)
+    assert _within_binomial(len(plain & keyed), N_EMPIRICAL, 0.25)
+    assert _within_binomial(len(other & keyed), N_EMPIRICAL, 0.25)
+    # Purposes stay independent under the key too.
+    logged = {i for i in EMPIRICAL_IDS if is_sampled(i, 0.5, keyed_salt(KEY, b"pairlog"))}
+    assert _within_binomial(len(logged & keyed), N_EMPIRICAL, 0.25)
+
+
+def test_reading_the_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_bytes(b"  " + KEY + b"\n")
+    assert read_sampling_key(path) == KEY  # surrounding whitespace is not part of it
+    cases = {
+        tmp_path / "absent": "cannot read",
+        tmp_path: "cannot read",  # a folder
+    }
+    short = tmp_path / "short"
+    short.write_bytes(b"0123456789abcde\n")
+    cases[short] = "holds 15 bytes; a key needs at least 16"
+    big = tmp_path / "big"
+    big.write_bytes(b"k" * 5000)
+    cases[big] = "larger than 4096 bytes"
+    for bad, message in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            read_sampling_key(bad)
+        (problem,) = caught.value.problems
+        assert problem.path == "sampling.key_file" and message in problem.message, problem
+
+
+async def test_with_a_key_the_proxy_mirrors_the_keyed_selection(
+    backend: Backend, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "sampling.key"
+    key_file.write_bytes(KEY)
+    cand = await Backend().start()
+    try:
+        config = make_config(
+            backend.url,
+            candidates=[candidate("cand", cand.url, 0.5)],
+            sampling={"key_file": str(key_file)},
+        )
+        explicit = [f"keyed-{i}" for i in range(200)]
+        salt = keyed_salt(KEY, MIRROR_PURPOSE)
+        expected = {rid for rid in explicit if is_sampled(rid, 0.5, salt)}
+        unkeyed = {rid for rid in explicit if is_sampled(rid, 0.5)}
+        assert expected != unkeyed  # the test can tell which selection the proxy made
+        async with running_proxy(config) as rt:
+            await _send(rt.traffic_port, explicit, 0)
+            await wait_for(lambda: len(cand.seen) >= len(expected), what="the keyed selection")
+            await settle(lambda: len(cand.seen))
+        assert set(seen_ids(cand)) == expected
+    finally:
+        await cand.stop()

@@ -93,6 +93,15 @@ app.kubernetes.io/component: proxy
 
 {{- define "shadowproxy.modelsVolumeName" -}}models{{- end -}}
 
+{{/* The Secret holding the sampling key: the operator's, or the chart's; empty for none. */}}
+{{- define "shadowproxy.samplingSecret" -}}
+{{- if .Values.samplingKey.existingSecret -}}
+{{- .Values.samplingKey.existingSecret -}}
+{{- else if .Values.samplingKey.create -}}
+{{- printf "%s-sampling" (include "shadowproxy.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The proxy's workload: a StatefulSet when each replica keeps its snapshot on a claim. */}}
 {{- define "shadowproxy.workloadKind" -}}
 {{- ternary "StatefulSet" "Deployment" (.Values.persistence.enabled | default false) -}}
