@@ -83,7 +83,7 @@ def model_problems(config: Config) -> list[Problem]:
         except StateError as exc:
             problems.append(Problem("compare.reference", str(exc)))
     if config.sampling.key_file is not None:
-        from shadowproxy.shadow.sampling import read_sampling_key
+        from shadowproxy.config.sampling_key import read_sampling_key
 
         try:
             read_sampling_key(config.sampling.key_file)

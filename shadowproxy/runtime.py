@@ -38,6 +38,7 @@ from shadowproxy.compare.persist import read_snapshot_file, write_snapshot
 from shadowproxy.compare.reference import Reference
 from shadowproxy.config.loader import redact_url
 from shadowproxy.config.model import Candidate, Config, Executor, ModelFile
+from shadowproxy.config.sampling_key import read_sampling_key
 from shadowproxy.errors import ModelLoadError, ShadowProxyError, UpstreamError
 from shadowproxy.executor import LocalExecutor, create_executor
 from shadowproxy.models.check import check_model
@@ -53,7 +54,6 @@ from shadowproxy.proxy.connection import ClientConnection
 from shadowproxy.proxy.handler import Proxy
 from shadowproxy.proxy.upstream import UpstreamConnection, build_request
 from shadowproxy.shadow.dispatch import ShadowTarget
-from shadowproxy.shadow.sampling import read_sampling_key
 
 log = logging.getLogger("shadowproxy")
 

@@ -14,9 +14,6 @@ and no client can compute them.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-
-from shadowproxy.errors import ConfigError, Problem
 
 _SCALE = float(1 << 64)
 
@@ -39,34 +36,6 @@ def sample_point(request_id: str, salt: bytes = b"") -> float:
 # Mirroring and the comparator's own sample_rate decide from the same point, so the pairs
 # compared at a lower rate are a subset of those mirrored.
 MIRROR_PURPOSE = b""
-MIN_KEY_BYTES = 16
-MAX_KEY_FILE_BYTES = 4096
-KEY_SETTING = "sampling.key_file"
-
-
-def read_sampling_key(path: Path) -> bytes:
-    """The secret held in ``path``, surrounding whitespace removed.
-
-    Raises
-    ------
-    ConfigError
-        Naming ``sampling.key_file``: the file cannot be read, is larger than
-        ``MAX_KEY_FILE_BYTES``, or holds fewer than ``MIN_KEY_BYTES`` bytes.
-    """
-    try:
-        with open(path, "rb") as file:
-            raw = file.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigError([Problem(KEY_SETTING, f"cannot read {path}: {reason}")]) from exc
-    key = raw.strip()
-    if len(raw) > MAX_KEY_FILE_BYTES:
-        problem = f"{path} is larger than {MAX_KEY_FILE_BYTES} bytes: not a key file"
-    elif len(key) < MIN_KEY_BYTES:
-        problem = f"{path} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES}"
-    else:
-        return key
-    raise ConfigError([Problem(KEY_SETTING, problem)])
 
 
 def keyed_salt(key: bytes | None, purpose: bytes) -> bytes:

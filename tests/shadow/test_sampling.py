@@ -15,14 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shadowproxy.config.sampling_key import read_sampling_key
 from shadowproxy.errors import ConfigError
-from shadowproxy.shadow.sampling import (
-    MIRROR_PURPOSE,
-    is_sampled,
-    keyed_salt,
-    read_sampling_key,
-    sample_point,
-)
+from shadowproxy.shadow.sampling import MIRROR_PURPOSE, is_sampled, keyed_salt, sample_point
 from tests.shadow.helpers import seen_ids
 from tests.support.proxy import make_config, running_proxy
 from tests.support.servers import Backend
