@@ -308,11 +308,14 @@ class Comparator:
                 np.concatenate(buf.production_labels), np.concatenate(buf.candidate_labels)
             )
         for side in ("production", "candidate"):
-            for kind in ("latency", "cpu_ms", "rss_mb", "threads", "children"):
-                values = getattr(buf, f"{side}_{kind}")
-                if values:
+            values = {
+                "latency": getattr(buf, f"{side}_latency"),
+                **cost_values(getattr(buf, f"{side}_costs")),
+            }
+            for kind, kind_values in values.items():
+                if kind_values:
                     target = getattr(st, f"{side}_{kind}")
-                    target.add(np.asarray(values, dtype=np.float64))
+                    target.add(np.asarray(kind_values, dtype=np.float64))
         buf.clear()
 
     # -- late ground truth ----------------------------------------------------------
@@ -424,14 +427,10 @@ class _Pending:
         self.candidate_label_values: list[str] = []
         self.production_latency: list[float] = []
         self.candidate_latency: list[float] = []
-        self.production_cpu_ms: list[float] = []
-        self.candidate_cpu_ms: list[float] = []
-        self.production_rss_mb: list[float] = []
-        self.candidate_rss_mb: list[float] = []
-        self.production_threads: list[float] = []
-        self.candidate_threads: list[float] = []
-        self.production_children: list[float] = []
-        self.candidate_children: list[float] = []
+        # Costs are kept whole and split into their statistics at the fold: one append per
+        # exchange here instead of four.
+        self.production_costs: list[Cost] = []
+        self.candidate_costs: list[Cost] = []
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -451,29 +450,19 @@ class _Pending:
 
     def add_costs(self, production: Cost | None, candidate: Cost | None) -> None:
         if production is not None:
-            _add_cost(
-                production, self.production_cpu_ms, self.production_rss_mb,
-                self.production_threads, self.production_children,
-            )  # fmt: skip
+            self.production_costs.append(production)
         if candidate is not None:
-            _add_cost(
-                candidate, self.candidate_cpu_ms, self.candidate_rss_mb,
-                self.candidate_threads, self.candidate_children,
-            )  # fmt: skip
+            self.candidate_costs.append(candidate)
 
 
-def _add_cost(
-    cost: Cost, cpu_ms: list[float], rss_mb: list[float], threads: list[float],
-    children: list[float],
-) -> None:  # fmt: skip
-    if cost.cpu_s is not None:
-        cpu_ms.append(cost.cpu_s * 1000)
-    if cost.rss_bytes is not None:
-        rss_mb.append(cost.rss_bytes / MiB)
-    if cost.threads is not None:
-        threads.append(float(cost.threads))
-    if cost.child_processes is not None:
-        children.append(float(cost.child_processes))
+def cost_values(costs: list[Cost]) -> dict[str, list[float]]:
+    """The buffered costs of one side as the values of each cost statistic, in order."""
+    return {
+        "cpu_ms": [c.cpu_s * 1000 for c in costs if c.cpu_s is not None],
+        "rss_mb": [c.rss_bytes / MiB for c in costs if c.rss_bytes is not None],
+        "threads": [float(c.threads) for c in costs if c.threads is not None],
+        "children": [float(c.child_processes) for c in costs if c.child_processes is not None],
+    }
 
 
 def _offer_example(

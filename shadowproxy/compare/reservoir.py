@@ -9,6 +9,13 @@ exactly the sample of the union. Memory is bounded by ``capacity`` rows.
 The ids are kept next to the rows (``capacity`` short strings at most): they make a sampled
 row traceable to its request, let a snapshot be checked against its seed when it is read
 back, and give duplicate offers of one id a single place in the sample.
+
+Offers are not merged into the sample one batch at a time: those that can still enter
+(a key below the largest kept one) wait in a buffer, and the buffer is merged once it
+holds ``capacity`` items, or as soon as anything reads the sample. Merging re-sorts the
+whole sample, so doing it per batch of a few hundred would cost O(capacity) per batch; the
+buffer makes it O(log capacity) per offer, amortised. What the sample holds is a function
+of the set of offers, so when the merge happens never changes it.
 """
 
 from __future__ import annotations
@@ -28,10 +35,17 @@ _U64 = 2**64
 
 def item_keys(seed: int, ids: Sequence[str]) -> np.ndarray:
     """The ``uint64`` key of every id: an 8-byte blake2b digest keyed with ``seed``."""
-    salt = seed.to_bytes(8, "big")
-    digest = b"".join(
-        hashlib.blake2b(i.encode("utf-8"), key=salt, digest_size=8).digest() for i in ids
-    )
+    # Copying a keyed state is cheaper than keying a new one, and hashes the same.
+    start = hashlib.blake2b(key=seed.to_bytes(8, "big"), digest_size=8).copy
+    digests = []
+    try:
+        for i in ids:
+            h = start()
+            h.update(i.encode("utf-8"))
+            digests.append(h.digest())
+    except AttributeError as exc:  # only str has .encode among what could be passed
+        raise ValueError("ids must be strings") from exc
+    digest = b"".join(digests)
     # Big-endian so the key orders like the digest bytes; native uint64 for fast sorting.
     return np.frombuffer(digest, dtype=">u8").astype(np.uint64)
 
@@ -73,22 +87,29 @@ class Reservoir:
         self._keys = np.zeros(0, dtype=np.uint64)
         self._ids = np.zeros(0, dtype=object)
         self._rows = np.zeros((0, width), dtype=np.float64)
+        # Offers waiting to be merged in (see the module docs): chunks of keys, ids, rows.
+        self._waiting: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._waiting_items = 0
 
     def __len__(self) -> int:
+        self._settle()
         return int(self._keys.size)
 
     @property
     def keys(self) -> np.ndarray:
         """The kept keys, ascending (a copy)."""
+        self._settle()
         return self._keys.copy()
 
     @property
     def ids(self) -> list[str]:
         """The kept ids, in key order."""
+        self._settle()
         return [str(i) for i in self._ids]
 
     def rows(self) -> np.ndarray:
         """The kept rows, shape ``(len(self), width)``, in key order (a copy)."""
+        self._settle()
         return self._rows.copy()
 
     def add(self, ids: Sequence[str], rows: np.ndarray) -> None:
@@ -101,12 +122,10 @@ class Reservoir:
             raise ValueError(
                 f"rows must have shape ({len(ids)}, {self.width}), got {np.shape(rows)}"
             )
-        if not all(isinstance(i, str) for i in ids):
-            raise ValueError("ids must be strings")
-        self.seen += len(ids)
         if not ids:
             return
-        keys = item_keys(self.seed, ids)
+        keys = item_keys(self.seed, ids)  # ValueError for an id that is not a string
+        self.seen += len(ids)
         # Cheap vectorised pre-filters before the full sort: a key above the current largest
         # of a full sample cannot enter, nor one above the batch's own capacity-th smallest
         # distinct key (distinct, because repeated ids share a key and one place).
@@ -122,7 +141,22 @@ class Reservoir:
                 return
             keys, array = keys[keep], array[keep]
             ids = [i for i, k in zip(ids, keep.tolist(), strict=True) if k]
-        self._absorb(keys, np.asarray(ids, dtype=object), array)
+        self._waiting.append((keys, np.asarray(ids, dtype=object), array))
+        self._waiting_items += keys.size
+        if self._waiting_items >= self.capacity:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Merge the waiting offers into the sample."""
+        if not self._waiting:
+            return
+        chunks = self._waiting
+        self._waiting, self._waiting_items = [], 0
+        self._absorb(
+            np.concatenate([keys for keys, _, _ in chunks]),
+            np.concatenate([ids for _, ids, _ in chunks]),
+            np.concatenate([rows for _, _, rows in chunks]),
+        )
 
     def merge(self, other: Reservoir) -> None:
         """Fold in another sample; the result is the sample of the union of both streams."""
@@ -136,6 +170,8 @@ class Reservoir:
                 f"{mine} vs {theirs}"
             )
         self.seen += other.seen
+        self._settle()
+        other._settle()
         if len(other):
             self._absorb(other._keys, other._ids, other._rows)
 
@@ -161,6 +197,8 @@ class Reservoir:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Reservoir):
             return NotImplemented
+        self._settle()
+        other._settle()
         return (
             (self.capacity, self.seed, self.width, self.seen)
             == (other.capacity, other.seed, other.width, other.seen)
@@ -179,6 +217,7 @@ class Reservoir:
 
     def to_json(self) -> dict[str, Any]:
         """A strict-JSON dict; keys as 16 hex digits, non-finite row values as strings."""
+        self._settle()
         return {
             "schema": RESERVOIR_SCHEMA,
             "capacity": self.capacity,

@@ -149,6 +149,46 @@ def test_merge_of_parts_equals_one_process(
     assert merged.seen == whole.seen == len(ids)
 
 
+@settings(max_examples=100, deadline=None)
+@given(split_items(), st.integers(1, 20), st.integers(0, 2**64 - 1), st.data())
+def test_batch_by_batch_with_reads_between_equals_one_add(
+    data: tuple[list[str], np.ndarray, list], capacity: int, seed: int, draw: st.DataObject
+) -> None:
+    # Offers wait in a buffer until it holds ``capacity`` items or the sample is read:
+    # neither when that happens nor reading in between may change the sample.
+    ids, rows, _ = data
+    whole = Reservoir(capacity, seed, 2)
+    whole.add(ids, rows)
+    batched = Reservoir(capacity, seed, 2)
+    at = 0
+    while at < len(ids):
+        step = draw.draw(st.integers(1, 7))
+        batched.add(ids[at : at + step], rows[at : at + step])
+        at += step
+        if draw.draw(st.booleans()):
+            assert len(batched) <= capacity  # a read merges what waits
+    assert batched == whole
+    assert batched.to_json() == whole.to_json()
+
+
+def test_offers_are_merged_once_capacity_of_them_wait() -> None:
+    ids, rows = items(50)
+    res = Reservoir(8, 0, 2)
+    for i in range(7):
+        res.add(ids[i : i + 1], rows[i : i + 1])
+    assert res._keys.size == 0  # seven offers wait: fewer than the capacity
+    res.add(ids[7:8], rows[7:8])
+    assert res._keys.size == 8 and not res._waiting
+
+
+def test_add_refuses_ids_that_are_not_strings() -> None:
+    res = Reservoir(4, 0, 1)
+    for bad in ([b"bytes"], [7], ["ok", None]):
+        with pytest.raises(ValueError, match="ids must be strings"):
+            res.add(bad, np.zeros((len(bad), 1)))
+    assert res.seen == 0 and len(res) == 0
+
+
 @pytest.mark.parametrize("other", [(8, 1, 2), (4, 2, 2), (4, 1, 3)])
 def test_merge_refuses_other_settings(other: tuple[int, int, int]) -> None:
     with pytest.raises(StateError, match=r"\(4, 1, 2\)"):
