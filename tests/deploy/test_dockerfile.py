@@ -4,7 +4,9 @@ The Dockerfile is parsed and held to the rules of the deployment (slim Debian ba
 dependencies before the source, numeric unprivileged user, exec-form entrypoint, no build
 tools at run time, OCI labels) and to checkov's Dockerfile policies. Then its build stage is
 replayed for real: the same COPY and RUN steps, with the same ENV, in a fresh virtualenv and
-a context filtered by .dockerignore; and the runtime stage's ENTRYPOINT and CMD are started
+a context filtered by .dockerignore; the runtime stage's RUN steps run as root in a private
+mount namespace, over overlays that stand in for the base image's /usr/local, /etc and
+/var/lib; and the runtime stage's ENTRYPOINT and CMD are started
 as its USER, with the source tree and the config read-only and only the VOLUMEs writable,
 until the admin port reports ready and SIGTERM ends the process with exit code 0.
 """
@@ -17,6 +19,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import string
 import subprocess
 import sys
@@ -359,6 +362,186 @@ def test_checkov_dockerfile_policies_pass_or_are_justified(checkov: Path) -> Non
         reason = check["check_result"].get("suppress_comment", "")
         assert len(reason) > 20, f"{check['check_id']} skipped without a reason"
         assert f"checkov:skip={check['check_id']}:" in text
+
+
+# ---- the runtime stage's RUN steps, replayed over a stand-in of the base image ---------------
+
+# What the official python image installs into site-packages and the runtime stage removes.
+BASE_SITE_PACKAGES = re.compile(
+    r"^(pip|setuptools|wheel)(-[^/]*\.dist-info)?$|^(_distutils_hack|pkg_resources)$"
+    r"|^distutils-precedence\.pth$|^README\.txt$"
+)
+STDLIB = "lib/python3.11"
+
+
+def _base_image_layer(prefix: Path, layer: Path) -> list[str]:
+    """An overlay layer that makes ``prefix`` look like the base image's /usr/local.
+
+    ``prefix`` is a CPython 3.11 installed from source, as the base image's is. The official
+    image ships no bytecode and nothing in site-packages but pip, setuptools and wheel: the
+    layer hides every ``__pycache__`` of the standard library (whiteouts) and replaces
+    site-packages (an opaque folder) with copies of just those. Returns what it copied.
+    """
+    stdlib = prefix / STDLIB
+    assert (stdlib / "os.py").is_file() and (prefix / "bin/python").exists(), prefix
+    site = layer / STDLIB / "site-packages"
+    site.mkdir(parents=True)
+    os.setxattr(site, "trusted.overlay.opaque", b"y")
+    copied = []
+    for entry in sorted((stdlib / "site-packages").iterdir()):
+        if BASE_SITE_PACKAGES.match(entry.name):
+            copy = shutil.copytree if entry.is_dir() else shutil.copy2
+            copy(entry, site / entry.name)
+            copied.append(entry.name)
+    for folder, dirs, _ in os.walk(stdlib):
+        here = Path(folder)
+        if here == stdlib:
+            dirs.remove("site-packages")
+        if "__pycache__" in dirs:
+            dirs.remove("__pycache__")
+            hidden = layer / here.relative_to(prefix) / "__pycache__"
+            hidden.parent.mkdir(parents=True, exist_ok=True)
+            os.mknod(hidden, 0o600 | stat.S_IFCHR, os.makedev(0, 0))  # an overlay whiteout
+    return copied
+
+
+# Runs in the private mount namespace: the RUN steps, then what they left, as JSON.
+_RUNTIME_REPLAY = """
+import grp, importlib.util, json, os, pwd, subprocess, sys
+steps, uid, gid = json.loads(sys.argv[1])
+python = "/usr/local/bin/python"
+
+def as_user(code):
+    return subprocess.run([python, "-c", code], capture_output=True, text=True,
+                          user=uid, group=gid, extra_groups=[],
+                          # /usr/local/lib is in the image's ld.so.cache, not in this one's.
+                          env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/usr/local/lib"})
+
+def stat_of(path):
+    st = os.stat(path)
+    return [oct(st.st_mode & 0o7777), st.st_uid, st.st_gid]
+
+before = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, text=True)
+for command, env in steps:
+    done = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True)
+    if done.returncode:
+        print(json.dumps({"failed": command, "output": done.stdout + done.stderr}))
+        sys.exit(0)
+pyc = importlib.util.cache_from_source("/usr/local/lib/python3.11/os.py")
+test_pycs = [p for p in os.listdir("/usr/local/lib/python3.11/test") if p == "__pycache__"]
+user = pwd.getpwuid(uid)
+print(json.dumps({
+    "pip_before": before.returncode,
+    "user": [user.pw_name, user.pw_gid, user.pw_dir, user.pw_shell, grp.getgrgid(gid).gr_name],
+    "home_exists": os.path.exists(user.pw_dir),
+    "etc": stat_of("/etc/shadowproxy"),
+    "state": stat_of("/var/lib/shadowproxy"),
+    "os_pyc_flags": int.from_bytes(open(pyc, "rb").read()[4:8], "little"),
+    "test_pycache": test_pycs,
+    "user_imports": as_user("import asyncio, json, ssl, sqlite3; print('ok')").stdout.strip(),
+    "user_pip": as_user("import pip").stderr.strip().splitlines()[-1:],
+    "user_setuptools": as_user("import setuptools").stderr.strip().splitlines()[-1:],
+    "user_writes": as_user("open('/usr/local/lib/python3.11/x', 'w')").returncode,
+    "distributions": sorted(
+        json.loads(subprocess.run([python, "-c",
+            "import importlib.metadata as m, json; "
+            "print(json.dumps([d.metadata['Name'] for d in m.distributions()]))"],
+            capture_output=True, text=True, check=True).stdout)
+    ),
+}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_runtime_stage_run_steps_strip_pip_compile_the_stdlib_and_add_the_user(
+    tmp_path: Path,
+) -> None:
+    # The RUN steps change the base image's /usr/local, /etc and /var/lib. They run here,
+    # as root, in a private mount namespace where those three are overlays whose changes go
+    # to tmp_path, and the rest of / is read-only: this machine's files stay as they are.
+    # /usr/local is a CPython 3.11 built from source, made to look like the base image's
+    # (see _base_image_layer), and /opt is empty, as in the base image (the virtualenv is
+    # copied in after these steps).
+    runtime = _stage("runtime")
+    copy_at = runtime.index("COPY", "--from=build")
+    assert all(i < copy_at for i, (name, _) in enumerate(runtime.instructions) if name == "RUN")
+    env = {"PATH": IMAGE_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+    steps = []
+    for instruction, value in runtime.instructions[:copy_at]:
+        if instruction == "ARG":
+            name, _, default = value.partition("=")
+            env[name] = default
+        elif instruction == "ENV":
+            _apply_env(value, env)
+        elif instruction == "RUN":
+            steps.append((value, dict(env)))
+        else:
+            assert instruction == "LABEL", f"the runtime stage has a {instruction} before COPY"
+    assert steps, "the runtime stage has no RUN step"
+
+    prefix = Path(sys.base_prefix)
+    copied = _base_image_layer(prefix, tmp_path / "base")
+    assert {"pip", "setuptools"} <= set(copied), copied
+    mounts = []
+    for target, lower in (
+        ("/etc", "/etc"),
+        ("/var/lib", "/var/lib"),
+        ("/usr/local", f"{tmp_path / 'base'}:{prefix}"),
+    ):
+        name = target.strip("/").replace("/", "-")
+        upper, work = tmp_path / "upper" / name, tmp_path / "work" / name
+        upper.mkdir(parents=True)
+        work.mkdir(parents=True)
+        options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+        mounts.append(f"mount -t overlay overlay -o {shlex.quote(options)} {target}")
+    mounts.append("mount -t tmpfs -o mode=0755 tmpfs /opt")
+    # Anything else the steps might write (a home folder, say) fails instead of landing here;
+    # /tmp is a fresh tmpfs, as a build step's /tmp is a folder of the image.
+    mounts.append("mount -o remount,bind,ro /")
+    mounts.append("mount -t tmpfs -o mode=1777 tmpfs /tmp")
+    uid, gid = _user(runtime)
+    script = " && ".join(
+        [
+            *mounts,
+            shlex.join([sys.executable, "-c", _RUNTIME_REPLAY, json.dumps([steps, uid, gid])]),
+        ]
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "failed" not in result, result
+
+    assert result["pip_before"] == 0  # the stand-in had pip, as the base image has
+    # pip, setuptools and wheel are gone: the container cannot install code.
+    assert not {"pip", "setuptools", "wheel"} & set(result["distributions"])
+    assert result["user_pip"] == ["ModuleNotFoundError: No module named 'pip'"]
+    assert result["user_setuptools"] == ["ModuleNotFoundError: No module named 'setuptools'"]
+    # The standard library is compiled, with bytecode that is never checked against the
+    # source (a read-only filesystem could not rewrite it anyway); tests are left out.
+    assert result["os_pyc_flags"] == 0b01
+    assert result["test_pycache"] == []
+    assert result["user_imports"] == "ok"
+    assert result["user_writes"] != 0
+    # The unprivileged user and group, without a home, a login shell or a lastlog entry.
+    assert result["user"] == [
+        "shadowproxy",
+        gid,
+        "/nonexistent",
+        "/usr/sbin/nologin",
+        "shadowproxy",
+    ]
+    assert result["home_exists"] is False
+    assert result["etc"] == ["0o755", 0, 0]
+    assert result["state"] == ["0o750", uid, gid]
+    # And this machine is untouched.
+    assert not Path("/var/lib/shadowproxy").exists()
+    assert "shadowproxy" not in Path("/etc/passwd").read_text()
 
 
 # ---- the build stage replayed, the runtime stage started -------------------------------------
