@@ -187,7 +187,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         reference = None
         if config.compare.reference is not None:
             reference = Reference.load(config.compare.reference)
-        merged = read_sources(args.sources, config, reference)
+        # _load has read the sampling key once already: it is there and well-formed.
+        key = None
+        if config.sampling.key_file is not None:
+            from shadowproxy.compare.comparator import reservoir_key
+            from shadowproxy.config.sampling_key import read_sampling_key
+
+            key = reservoir_key(read_sampling_key(config.sampling.key_file))
+        merged = read_sources(args.sources, config, reference, reservoir_key=key)
     except StateError as exc:
         print(f"--source: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -323,7 +323,7 @@ class Runtime:
         snapshot = self.comparator.snapshot()
         if self.config.compare.snapshot.path is not None:
             write_snapshot(self.config.compare.snapshot.path, snapshot)
-        targets = read_snapshot(snapshot, None, "live state")
+        targets = read_snapshot(snapshot, None, "live state", self.comparator.reservoir_key)
         self.decisions.report = report_for(self.config, targets, self.comparator.reference)
 
     async def _snapshots(self) -> None:

@@ -36,7 +36,12 @@ from shadowproxy.errors import StateError
 from shadowproxy.pairing.record import Cost, PairRecord
 from shadowproxy.protocols import PayloadProtocol, protocol_for
 from shadowproxy.protocols.base import OneRow
-from shadowproxy.shadow.sampling import MIRROR_PURPOSE, is_sampled, keyed_salt
+from shadowproxy.shadow.sampling import (
+    MIRROR_PURPOSE,
+    RESERVOIR_PURPOSE,
+    is_sampled,
+    keyed_salt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,9 @@ class Comparator:
         self.config = config
         # compare.sample_rate decides from the same point as mirroring: see Proxy.
         self.salt = keyed_salt(sampling_key, MIRROR_PURPOSE)
+        # Request ids may come from clients: with a key, none can compute which of its
+        # requests enter the reservoirs (see shadowproxy.compare.reservoir).
+        self.reservoir_key = reservoir_key(sampling_key)
         self.seed = config.compare.seed
         self.sample_rate = config.compare.sample_rate
         self.outputs = config.compare.outputs
@@ -157,8 +165,9 @@ class Comparator:
         state = self.targets.get(name)
         if state is None:
             state = self.targets[name] = TargetState(
-                role, name, version, self.seed, dict(self.layouts), dict(self.category_layouts)
-            )
+                role, name, version, self.seed, dict(self.layouts), dict(self.category_layouts),
+                reservoir_key=self.reservoir_key,
+            )  # fmt: skip
         return state
 
     def update(self, record: PairRecord) -> None:
@@ -377,7 +386,7 @@ class Comparator:
 
     def load(self, snapshot: dict[str, Any], source: str = "snapshot") -> None:
         """Merge a snapshot into this state; StateError when its layout differs."""
-        targets = read_snapshot(snapshot, self.fingerprint(), source)
+        targets = read_snapshot(snapshot, self.fingerprint(), source, self.reservoir_key)
         with self.lock:
             for name, state in targets.items():
                 if name in self.targets:
@@ -386,10 +395,19 @@ class Comparator:
                     self.targets[name] = state
 
 
+def reservoir_key(sampling_key: bytes | None) -> bytes:
+    """The reservoirs' secret for a sampling key (empty without one)."""
+    return b"" if sampling_key is None else keyed_salt(sampling_key, RESERVOIR_PURPOSE)
+
+
 def read_snapshot(
-    snapshot: dict[str, Any], expected: dict[str, Any] | None, source: str
+    snapshot: dict[str, Any],
+    expected: dict[str, Any] | None,
+    source: str,
+    reservoir_key: bytes | None = b"",
 ) -> dict[str, TargetState]:
-    """The target states of a snapshot document, checked against ``expected``."""
+    """The target states of a snapshot document, checked against ``expected``;
+    ``reservoir_key`` as in :meth:`Reservoir.from_json`."""
     if not isinstance(snapshot, dict) or snapshot.get("schema") != SCHEMA:
         found = snapshot.get("schema") if isinstance(snapshot, dict) else type(snapshot).__name__
         raise StateError(f"{source}: not a {SCHEMA} snapshot (schema {found!r})")
@@ -402,7 +420,10 @@ def read_snapshot(
     targets = snapshot.get("targets")
     if not isinstance(targets, dict):
         raise StateError(f"{source}: snapshot has no targets")
-    return {name: TargetState.from_json(data) for name, data in targets.items()}
+    try:
+        return {name: TargetState.from_json(data, reservoir_key) for name, data in targets.items()}
+    except StateError as exc:
+        raise StateError(f"{source}: {exc}") from exc
 
 
 class _Pending:
@@ -493,17 +514,25 @@ def _add_slices(st: TargetState, rows: dict[str, np.ndarray], flipped: np.ndarra
             cell[1] += int(f)
 
 
-def merge_snapshots(snapshots: list[tuple[str, dict[str, Any]]]) -> dict[str, TargetState]:
-    """Merge snapshots from several sources exactly; they must share one layout."""
+def merge_snapshots(
+    snapshots: list[tuple[str, dict[str, Any]]], reservoir_key: bytes | None = None
+) -> dict[str, TargetState]:
+    """Merge snapshots from several sources exactly; they must share one layout.
+
+    ``reservoir_key`` checks the reservoirs against the replicas' sampling key; None (no
+    key at hand) takes keyed reservoirs as stored (see :meth:`Reservoir.from_json`)."""
     if not snapshots:
         raise StateError("no snapshot to merge")
     first_source, first = snapshots[0]
     expected = first.get("layout") if isinstance(first, dict) else None
     merged: dict[str, TargetState] = {}
     for source, snapshot in snapshots:
-        for name, state in read_snapshot(snapshot, expected, source).items():
+        for name, state in read_snapshot(snapshot, expected, source, reservoir_key).items():
             if name in merged:
-                merged[name].merge(state)
+                try:
+                    merged[name].merge(state)
+                except StateError as exc:
+                    raise StateError(f"{source}: {exc}") from exc
             else:
                 merged[name] = state
     return merged

@@ -6,6 +6,12 @@ is the ``capacity`` items with the smallest keys. Because the key depends only o
 they were split between replicas: merging two samples and keeping the smallest keys gives
 exactly the sample of the union. Memory is bounded by ``capacity`` rows.
 
+With ``sampling.key_file`` the hash is also keyed with a secret derived from it
+(``key``): request ids can come from clients, and with the seed alone (0 by default, and
+written in every snapshot) a client could compute which ids enter the sample and fill it with
+requests of its choosing. Replicas share the key, so their samples still merge exactly. A
+snapshot records the key's id (a digest that reveals nothing of it), never the key.
+
 The ids are kept next to the rows (``capacity`` short strings at most): they make a sampled
 row traceable to its request, let a snapshot be checked against its seed when it is read
 back, and give duplicate offers of one id a single place in the sample.
@@ -31,12 +37,22 @@ from shadowproxy.errors import StateError
 
 RESERVOIR_SCHEMA = "shadowproxy.reservoir/v1"
 _U64 = 2**64
+MAX_KEY_BYTES = 56  # blake2b takes a 64-byte key: 8 for the seed, the rest for the secret
 
 
-def item_keys(seed: int, ids: Sequence[str]) -> np.ndarray:
-    """The ``uint64`` key of every id: an 8-byte blake2b digest keyed with ``seed``."""
+def key_id(key: bytes) -> str | None:
+    """The public id of a reservoir key: a digest that tells keys apart and reveals nothing
+    of them; None for no key."""
+    if not key:
+        return None
+    return hashlib.blake2b(key, digest_size=8, person=b"shadowproxy-rkid").hexdigest()
+
+
+def item_keys(seed: int, ids: Sequence[str], key: bytes = b"") -> np.ndarray:
+    """The ``uint64`` key of every id: an 8-byte blake2b digest keyed with ``seed`` and
+    ``key``."""
     # Copying a keyed state is cheaper than keying a new one, and hashes the same.
-    start = hashlib.blake2b(key=seed.to_bytes(8, "big"), digest_size=8).copy
+    start = hashlib.blake2b(key=seed.to_bytes(8, "big") + key, digest_size=8).copy
     digests = []
     try:
         for i in ids:
@@ -61,6 +77,9 @@ class Reservoir:
         Hash seed, ``0 <= seed < 2**64``; replicas must share it for their samples to merge.
     width
         Each row holds ``width`` float64 values.
+    key
+        Secret bytes hashed with the seed (at most 56), so that clients cannot compute which
+        ids enter the sample; replicas must share it too. Empty for none.
 
     Attributes
     ----------
@@ -74,15 +93,19 @@ class Reservoir:
     kept, which keeps the result independent of order.
     """
 
-    def __init__(self, capacity: int, seed: int, width: int) -> None:
+    def __init__(self, capacity: int, seed: int, width: int, key: bytes = b"") -> None:
         for name, value, low in (("capacity", capacity, 1), ("width", width, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _U64:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        if not isinstance(key, bytes) or len(key) > MAX_KEY_BYTES:
+            raise ValueError(f"key must be at most {MAX_KEY_BYTES} bytes")
         self.capacity = capacity
         self.seed = seed
         self.width = width
+        self.key: bytes | None = key  # None: read from a snapshot without its key (see from_json)
+        self.key_id = key_id(key)
         self.seen = 0
         self._keys = np.zeros(0, dtype=np.uint64)
         self._ids = np.zeros(0, dtype=object)
@@ -124,7 +147,12 @@ class Reservoir:
             )
         if not ids:
             return
-        keys = item_keys(self.seed, ids)  # ValueError for an id that is not a string
+        if self.key is None:
+            raise StateError(
+                f"this reservoir was read without its sampling key (key id {self.key_id}): "
+                "it can be merged and read, not added to"
+            )
+        keys = item_keys(self.seed, ids, self.key)  # ValueError for an id that is not a string
         self.seen += len(ids)
         # Cheap vectorised pre-filters before the full sort: a key above the current largest
         # of a full sample cannot enter, nor one above the batch's own capacity-th smallest
@@ -169,6 +197,12 @@ class Reservoir:
                 "cannot merge reservoirs with different (capacity, seed, width): "
                 f"{mine} vs {theirs}"
             )
+        if self.key_id != other.key_id:
+            raise StateError(
+                f"cannot merge a reservoir drawn under {_describe(self.key_id)} with one "
+                f"drawn under {_describe(other.key_id)}: the replicas must share "
+                "sampling.key_file"
+            )
         self.seen += other.seen
         self._settle()
         other._settle()
@@ -200,8 +234,8 @@ class Reservoir:
         self._settle()
         other._settle()
         return (
-            (self.capacity, self.seed, self.width, self.seen)
-            == (other.capacity, other.seed, other.width, other.seen)
+            (self.capacity, self.seed, self.width, self.key_id, self.seen)
+            == (other.capacity, other.seed, other.width, other.key_id, other.seen)
             and np.array_equal(self._keys, other._keys)
             and self.ids == other.ids
             and np.array_equal(self._rows, other._rows, equal_nan=True)
@@ -216,12 +250,15 @@ class Reservoir:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """A strict-JSON dict; keys as 16 hex digits, non-finite row values as strings."""
+        """A strict-JSON dict; keys as 16 hex digits, non-finite row values as strings.
+        The key itself is never written: ``key_id`` (present only with a key) names it."""
         self._settle()
+        keyed = {} if self.key_id is None else {"key_id": self.key_id}
         return {
             "schema": RESERVOIR_SCHEMA,
             "capacity": self.capacity,
             "seed": self.seed,
+            **keyed,
             "width": self.width,
             "seen": self.seen,
             "keys": [f"{int(k):016x}" for k in self._keys],
@@ -230,14 +267,23 @@ class Reservoir:
         }
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Reservoir:
+    def from_json(cls, d: Mapping[str, Any], key: bytes | None = b"") -> Reservoir:
         """Rebuild a sample; ``StateError`` if malformed or if a key does not match its id
-        under the stored seed (the snapshot was altered or made with another hash)."""
+        under the stored seed (the snapshot was altered or made with another hash).
+
+        ``key`` is the secret the sample must have been drawn under (empty: none); a
+        sample drawn under another one is refused. With ``key=None`` (a report run
+        without ``sampling.key_file``) a keyed sample is taken as stored, unchecked, and
+        can then be merged and read but not added to.
+        """
         if not isinstance(d, Mapping) or d.get("schema") != RESERVOIR_SCHEMA:
             got = d.get("schema") if isinstance(d, Mapping) else type(d).__name__
             raise StateError(f"reservoir has schema {got!r}, expected {RESERVOIR_SCHEMA!r}")
         try:
-            res = cls(d["capacity"], d["seed"], d["width"])
+            stored_id = d.get("key_id")
+            if stored_id is not None and not isinstance(stored_id, str):
+                raise ValueError(f"key_id must be a string, got {stored_id!r}")
+            res = cls(d["capacity"], d["seed"], d["width"], key or b"")
             seen, ids, rows, keys = d["seen"], list(d["ids"]), d["rows"], d["keys"]
             if isinstance(seen, bool) or not isinstance(seen, int) or seen < 0:
                 raise ValueError(f"seen must be a non-negative integer, got {seen!r}")
@@ -254,7 +300,16 @@ class Reservoir:
             stored = np.asarray([int(k, 16) for k in keys], dtype=np.uint64)
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"reservoir is malformed: {exc}") from exc
-        expected = item_keys(res.seed, ids)
+        if key is None and stored_id is not None:
+            res.key, res.key_id, expected = None, stored_id, stored
+        elif stored_id != res.key_id:
+            raise StateError(
+                f"reservoir was drawn under {_describe(stored_id)} and is read with "
+                f"{_describe(res.key_id)}: give the sampling.key_file of the replicas "
+                "that wrote it"
+            )
+        else:
+            expected = item_keys(res.seed, ids, res.key or b"")
         if not np.array_equal(stored, expected):
             raise StateError(
                 f"reservoir keys do not match its ids under seed {res.seed}; "
@@ -266,6 +321,10 @@ class Reservoir:
         if len(res) != len(ids):
             raise StateError("reservoir snapshot holds the same id more than once")
         return res
+
+
+def _describe(key_id: str | None) -> str:
+    return "no sampling key" if key_id is None else f"the sampling key with id {key_id}"
 
 
 def _encode_float(v: float) -> float | str:

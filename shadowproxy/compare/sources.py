@@ -65,9 +65,17 @@ class SourceState:
 
 
 def read_sources(
-    sources: Sequence[str], config: Config, reference: Reference | None, timeout_s: float = 10.0
+    sources: Sequence[str],
+    config: Config,
+    reference: Reference | None,
+    timeout_s: float = 10.0,
+    *,
+    reservoir_key: bytes | None = None,
 ) -> SourceState:
-    """Read and merge every source; StateError naming the source that cannot be used."""
+    """Read and merge every source; StateError naming the source that cannot be used.
+
+    ``reservoir_key`` (from the config's sampling key) checks the snapshots' reservoirs;
+    without it keyed reservoirs are taken as stored (see :func:`merge_snapshots`)."""
     if not sources:
         raise StateError("no source given")
     prometheus = [s for s in sources if is_prometheus_source(s)]
@@ -93,7 +101,10 @@ def read_sources(
         )  # fmt: skip
     documents = [doc for source in sources for doc in read_snapshots(source, timeout_s)]
     return SourceState(
-        "snapshot", merge_snapshots(documents), tuple(sources), tuple(o for o, _ in documents)
+        "snapshot",
+        merge_snapshots(documents, reservoir_key),
+        tuple(sources),
+        tuple(o for o, _ in documents),
     )
 
 

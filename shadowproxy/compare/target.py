@@ -54,6 +54,8 @@ class TargetState:
     seed: int
     feature_layouts: dict[str, BinLayout] = field(default_factory=dict)
     category_layouts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The reservoir's secret (see shadowproxy.compare.reservoir); never written out.
+    reservoir_key: bytes = field(default=b"", repr=False, compare=False)
     requests: int = 0  # pair records that include this target
     compared: int = 0  # of which both answers could be compared
     rows: int = 0
@@ -89,7 +91,7 @@ class TargetState:
 
     def __post_init__(self) -> None:
         if self.reservoir is None:
-            self.reservoir = Reservoir(RESERVOIR_ROWS, self.seed, 4)
+            self.reservoir = Reservoir(RESERVOIR_ROWS, self.seed, 4, self.reservoir_key)
         for name, layout in self.feature_layouts.items():
             self.inputs.setdefault(name, Histogram(layout))
         for name, categories in self.category_layouts.items():
@@ -169,7 +171,8 @@ class TargetState:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TargetState:
+    def from_json(cls, data: dict[str, Any], reservoir_key: bytes | None = b"") -> TargetState:
+        """Rebuild a state; ``reservoir_key`` as in :meth:`Reservoir.from_json`."""
         try:
             state = cls(
                 role=data["role"],
@@ -183,11 +186,15 @@ class TargetState:
                 category_layouts={
                     k: tuple(str(c) for c in v) for k, v in data.get("category_layouts", {}).items()
                 },
+                reservoir_key=reservoir_key or b"",
             )
             for attr in _COUNTERS:
                 value = data[attr]
                 setattr(state, attr, dict(value) if isinstance(value, dict) else int(value))
             for attr in _MERGEABLE:
+                if attr == "reservoir":
+                    state.reservoir = Reservoir.from_json(data[attr], reservoir_key)
+                    continue
                 kind = type(getattr(state, attr))
                 setattr(state, attr, kind.from_json(data[attr]))
             state.inputs = {k: Histogram.from_json(v) for k, v in data["inputs"].items()}

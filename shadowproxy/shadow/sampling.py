@@ -36,6 +36,9 @@ def sample_point(request_id: str, salt: bytes = b"") -> float:
 # Mirroring and the comparator's own sample_rate decide from the same point, so the pairs
 # compared at a lower rate are a subset of those mirrored.
 MIRROR_PURPOSE = b""
+# The comparator's reservoirs hash request ids under their own secret (nothing samples at a
+# rate with it).
+RESERVOIR_PURPOSE = b"compare-reservoir"
 
 
 def keyed_salt(key: bytes | None, purpose: bytes) -> bytes:

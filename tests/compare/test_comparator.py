@@ -13,9 +13,10 @@ import orjson
 import pytest
 
 from shadowproxy.background import BACKGROUND_NICE
-from shadowproxy.compare.comparator import Comparator, merge_snapshots
+from shadowproxy.compare.comparator import Comparator, merge_snapshots, reservoir_key
 from shadowproxy.compare.decide import report_for
 from shadowproxy.compare.persist import read_snapshot_file, write_snapshot
+from shadowproxy.compare.reservoir import key_id
 from shadowproxy.config import config_from_dict
 from shadowproxy.config.model import Config
 from shadowproxy.errors import StateError
@@ -375,3 +376,33 @@ def test_the_one_row_fast_path_leaves_exactly_the_state_of_the_full_extraction(
     for request_id in ("req-12000000", "req-12000007"):
         assert fast.feedback(request_id, 1) == slow.feedback(request_id, 1)
     assert fast.snapshot()["targets"] == slow.snapshot()["targets"]
+
+
+def test_with_a_sampling_key_reservoirs_are_keyed_and_snapshots_checked_against_it() -> None:
+    cfg = config()
+    key = b"a-secret-the-replicas-share"
+    recs = records(300, seed=9)
+    keyed = [Comparator(cfg, sampling_key=key) for _ in range(2)]
+    for comparator, part in zip(keyed, (recs[::2], recs[1::2]), strict=True):
+        for r in part:
+            comparator.update(r)
+    left, right = (c.snapshot() for c in keyed)
+    assert left["targets"]["cand"]["reservoir"]["key_id"] == key_id(reservoir_key(key))
+    assert key.decode() not in orjson.dumps(left).decode()
+    plain = fold(cfg, recs).snapshot()
+    assert plain["targets"]["cand"]["reservoir"]["ids"] != (
+        merge_snapshots([("a", left), ("b", right)])["cand"].reservoir.ids  # type: ignore[union-attr]
+    )
+    # A restart with the key resumes; with another key, or none, the snapshot is refused.
+    Comparator(cfg, sampling_key=key).load(left, "a.json")
+    with pytest.raises(StateError, match=r"^a\.json: reservoir was drawn under the sampling"):
+        Comparator(cfg, sampling_key=b"another-secret-entirely").load(left, "a.json")
+    with pytest.raises(StateError, match="is read with no sampling key"):
+        Comparator(cfg).load(left, "a.json")
+    # Replicas that do not share the key cannot be merged; a report without the key merges
+    # the keyed ones as stored, with the key it checks them.
+    with pytest.raises(StateError, match=r"^plain: cannot merge a reservoir drawn under"):
+        merge_snapshots([("a", left), ("plain", plain)])
+    unchecked = merge_snapshots([("a", left), ("b", right)])
+    checked = merge_snapshots([("a", left), ("b", right)], reservoir_key(key))
+    assert unchecked["cand"].to_json() == checked["cand"].to_json()

@@ -64,6 +64,11 @@ async def test_traffic_to_a_report_with_a_promoted_and_a_rejected_candidate(
             {"metric": "child_processes", "max": 0},
         ]},
     )  # fmt: skip
+    # The replicas' shared secret: the reservoirs are keyed with it (clients send their own
+    # request ids here) and the report checks the snapshots against it.
+    key_file = tmp_path / "sampling-key"
+    key_file.write_bytes(os.urandom(32))
+    config["sampling"] = {"key_file": str(key_file)}
     # Production is the same model, served locally: the twin must agree with it exactly.
     config["production"] = {
         "name": "prod", "version": "1", "model": logreg_model.config(), "timeout_ms": 2000,
@@ -161,6 +166,20 @@ async def test_traffic_to_a_report_with_a_promoted_and_a_rejected_candidate(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "Prometheus" in bad.stderr
+    # Under another key the snapshot is refused; without one it is read as stored.
+    (tmp_path / "other-key").write_bytes(os.urandom(32))
+    runs = {}
+    for name, sampling in (("other", {"key_file": str(tmp_path / "other-key")}), ("none", {})):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**config, "sampling": sampling}))
+        runs[name] = subprocess.run(
+            [sys.executable, "-m", "shadowproxy", "report", "--config",
+             str(tmp_path / f"{name}.yaml"), "--source", str(snap), "--out",
+             str(tmp_path / f"r-{name}"), "--candidate", "constant"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert runs["other"].returncode == 2
+    assert "reservoir was drawn under the sampling key with id" in runs["other"].stderr
+    assert runs["none"].returncode == 1, runs["none"].stderr  # constant: rejected, as above
 
 
 async def test_a_restart_resumes_from_the_snapshot_and_refuses_a_foreign_one(

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from shadowproxy.compare.reservoir import Reservoir, item_keys
+from shadowproxy.compare.reservoir import Reservoir, item_keys, key_id
 from shadowproxy.errors import StateError
 
 
@@ -187,6 +187,80 @@ def test_add_refuses_ids_that_are_not_strings() -> None:
         with pytest.raises(ValueError, match="ids must be strings"):
             res.add(bad, np.zeros((len(bad), 1)))
     assert res.seen == 0 and len(res) == 0
+
+
+KEY = b"k" * 32
+
+
+def test_a_key_is_hashed_after_the_seed() -> None:
+    import hashlib
+
+    digest = hashlib.blake2b(b"abc", key=(7).to_bytes(8, "big") + KEY, digest_size=8).digest()
+    assert int(item_keys(7, ["abc"], KEY)[0]) == int.from_bytes(digest, "big")
+    assert item_keys(7, ["abc"], b"") == item_keys(7, ["abc"])
+
+
+def test_without_the_key_the_seed_does_not_tell_which_ids_enter() -> None:
+    # What a client knowing the seed (it is in every snapshot) computes, against the sample a
+    # keyed reservoir draws: about capacity**2 / n ids in common, as for unrelated samples.
+    ids, rows = items(4000)
+    plain, keyed = Reservoir(100, 0, 2), Reservoir(100, 0, 2, KEY)
+    plain.add(ids, rows)
+    keyed.add(ids, rows)
+    assert len(set(plain.ids) & set(keyed.ids)) <= 12  # 2.5 expected; P(> 12) < 1e-5
+    again = Reservoir(100, 0, 2, KEY)
+    again.add(ids[::-1], rows[::-1])
+    assert again == keyed  # a replica with the same key draws the same sample
+
+
+def test_a_keyed_reservoir_writes_the_key_id_never_the_key() -> None:
+    ids, rows = items(60)
+    res = Reservoir(10, 3, 2, KEY)
+    res.add(ids, rows)
+    d = roundtrip(res.to_json())
+    assert d["key_id"] == key_id(KEY) and len(d["key_id"]) == 16
+    assert KEY.decode() not in json.dumps(d)
+    assert "key_id" not in Reservoir(10, 3, 2).to_json()  # unkeyed snapshots are unchanged
+    back = Reservoir.from_json(d, KEY)
+    assert back == res
+    back.add(*items(5, start=100))  # read with its key, it goes on sampling
+    assert back.seen == 65
+
+
+def test_a_keyed_reservoir_is_refused_under_another_key_or_none() -> None:
+    ids, rows = items(60)
+    res = Reservoir(10, 3, 2, KEY)
+    res.add(ids, rows)
+    d = roundtrip(res.to_json())
+    with pytest.raises(StateError, match=f"drawn under the sampling key with id {key_id(KEY)}"):
+        Reservoir.from_json(d, b"another-key")
+    with pytest.raises(StateError, match="is read with no sampling key"):
+        Reservoir.from_json(d)
+    plain = Reservoir(10, 3, 2)
+    plain.add(ids, rows)
+    with pytest.raises(StateError, match="drawn under no sampling key"):
+        Reservoir.from_json(roundtrip(plain.to_json()), KEY)
+    with pytest.raises(StateError, match="must share sampling.key_file"):
+        plain.merge(res)
+
+
+def test_without_its_key_a_keyed_reservoir_is_read_as_stored_merged_but_not_added_to() -> None:
+    # A report run without sampling.key_file: the replicas' samples still merge exactly.
+    ids, rows = items(300)
+    whole, left, right = (Reservoir(20, 5, 2, KEY) for _ in range(3))
+    whole.add(ids, rows)
+    left.add(ids[:150], rows[:150])
+    right.add(ids[150:], rows[150:])
+    merged = Reservoir.from_json(roundtrip(left.to_json()), None)
+    merged.merge(Reservoir.from_json(roundtrip(right.to_json()), None))
+    assert merged == whole
+    assert merged.key is None and merged.key_id == key_id(KEY)
+    with pytest.raises(StateError, match="read without its sampling key"):
+        merged.add(["x"], np.zeros((1, 2)))
+    tampered = roundtrip(left.to_json())
+    tampered["key_id"] = 5
+    with pytest.raises(StateError, match="key_id must be a string"):
+        Reservoir.from_json(tampered, None)
 
 
 @pytest.mark.parametrize("other", [(8, 1, 2), (4, 2, 2), (4, 1, 3)])
