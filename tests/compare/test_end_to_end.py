@@ -54,7 +54,7 @@ async def test_traffic_to_a_report_with_a_promoted_and_a_rejected_candidate(
             {"name": "twin", "version": "2", "model": logreg_model.config(), "timeout_ms": 2000,
              "executor": {"kind": "process", "warmup_runs": 1, "max_wait_ms": 1}},
             {"name": "constant", "version": "3", "url": candidate_backend.url,
-             "timeout_ms": 2000},
+             "timeout_ms": 2000, "connect_timeout_ms": 2000},
         ],
         compare={"outputs": {"score": "probabilities", "label": "label"}, "seed": 3,
                  "snapshot": {"path": str(tmp_path / "snapshot.json"), "interval_s": 0.2}},

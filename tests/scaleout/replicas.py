@@ -77,13 +77,15 @@ def replica_config(
         production,
         # Generous deadlines and budgets: a shadow dropped or timed out in one replica and
         # not in the other would make the halves differ from the whole for a reason that
-        # has nothing to do with merging.
+        # has nothing to do with merging. The connect deadline too: three replicas, their
+        # models and the client share one event loop here, and on a busy machine opening a
+        # connection can take longer than the default 100 ms.
         candidates=[
             {"name": "retrain", "version": "2", "url": retrain, "timeout_ms": 10000,
-             "max_in_flight": 10000},
+             "connect_timeout_ms": 10000, "max_in_flight": 10000},
             # Sampled from the request id: every replica mirrors the same half.
             {"name": "shifted", "version": "3", "url": shifted, "timeout_ms": 10000,
-             "max_in_flight": 10000, "sample_rate": 0.5},
+             "connect_timeout_ms": 10000, "max_in_flight": 10000, "sample_rate": 0.5},
         ],
         compare={"outputs": {"score": "probabilities", "label": "label"}, "seed": 5,
                  "features": list(FEATURES), "reference": str(reference_path)},
