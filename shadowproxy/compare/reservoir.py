@@ -4,7 +4,8 @@ Every item gets a pseudo-random key from a keyed hash of its id and the seed; th
 is the ``capacity`` items with the smallest keys. Because the key depends only on
 ``(seed, id)``, the sample of a stream does not depend on the order of the items or on how
 they were split between replicas: merging two samples and keeping the smallest keys gives
-exactly the sample of the union. Memory is bounded by ``capacity`` rows.
+exactly the sample of the union. Memory is bounded by ``capacity`` rows kept, plus fewer
+than twice that many offers waiting to be merged in (below).
 
 With ``sampling.key_file`` the hash is also keyed with a secret derived from it
 (``key``): request ids can come from clients, and with the seed alone (0 by default, and

@@ -422,8 +422,14 @@ def stat_of(path):
     return [oct(st.st_mode & 0o7777), st.st_uid, st.st_gid]
 
 before = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, text=True)
+# Each step gets a fresh, writable /tmp of its own, as a build step does. Only the step: this
+# interpreter may itself live under /tmp (a checkout there), and must stay visible.
+fresh_tmp = 'mount -t tmpfs -o mode=1777 tmpfs /tmp && exec /bin/sh -c "$0"'
 for command, env in steps:
-    done = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", fresh_tmp, command],
+        env=env, capture_output=True, text=True,
+    )
     if done.returncode:
         print(json.dumps({"failed": command, "output": done.stdout + done.stderr}))
         sys.exit(0)
@@ -496,10 +502,8 @@ def test_runtime_stage_run_steps_strip_pip_compile_the_stdlib_and_add_the_user(
         options = f"lowerdir={lower},upperdir={upper},workdir={work}"
         mounts.append(f"mount -t overlay overlay -o {shlex.quote(options)} {target}")
     mounts.append("mount -t tmpfs -o mode=0755 tmpfs /opt")
-    # Anything else the steps might write (a home folder, say) fails instead of landing here;
-    # /tmp is a fresh tmpfs, as a build step's /tmp is a folder of the image.
+    # Anything else the steps might write (a home folder, say) fails instead of landing here.
     mounts.append("mount -o remount,bind,ro /")
-    mounts.append("mount -t tmpfs -o mode=1777 tmpfs /tmp")
     uid, gid = _user(runtime)
     script = " && ".join(
         [
