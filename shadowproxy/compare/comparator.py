@@ -29,7 +29,8 @@ from shadowproxy.compare.pairs import (
     read,
 )
 from shadowproxy.compare.reference import Reference
-from shadowproxy.compare.target import EXAMPLE_BYTES, TOP_EXAMPLES, TargetState
+from shadowproxy.compare.reservoir import Reservoir
+from shadowproxy.compare.target import EXAMPLE_BYTES, RESERVOIR_ROWS, TOP_EXAMPLES, TargetState
 from shadowproxy.compare.target import Example as TopExample
 from shadowproxy.config.model import Config
 from shadowproxy.errors import StateError
@@ -166,7 +167,7 @@ class Comparator:
         if state is None:
             state = self.targets[name] = TargetState(
                 role, name, version, self.seed, dict(self.layouts), dict(self.category_layouts),
-                reservoir_key=self.reservoir_key,
+                reservoir=Reservoir(RESERVOIR_ROWS, self.seed, 4, self.reservoir_key),
             )  # fmt: skip
         return state
 

@@ -54,8 +54,6 @@ class TargetState:
     seed: int
     feature_layouts: dict[str, BinLayout] = field(default_factory=dict)
     category_layouts: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # The reservoir's secret (see shadowproxy.compare.reservoir); never written out.
-    reservoir_key: bytes = field(default=b"", repr=False, compare=False)
     requests: int = 0  # pair records that include this target
     compared: int = 0  # of which both answers could be compared
     rows: int = 0
@@ -91,7 +89,7 @@ class TargetState:
 
     def __post_init__(self) -> None:
         if self.reservoir is None:
-            self.reservoir = Reservoir(RESERVOIR_ROWS, self.seed, 4, self.reservoir_key)
+            self.reservoir = Reservoir(RESERVOIR_ROWS, self.seed, 4)
         for name, layout in self.feature_layouts.items():
             self.inputs.setdefault(name, Histogram(layout))
         for name, categories in self.category_layouts.items():
@@ -186,7 +184,6 @@ class TargetState:
                 category_layouts={
                     k: tuple(str(c) for c in v) for k, v in data.get("category_layouts", {}).items()
                 },
-                reservoir_key=reservoir_key or b"",
             )
             for attr in _COUNTERS:
                 value = data[attr]
