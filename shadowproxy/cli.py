@@ -11,12 +11,17 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shadowproxy import __version__
 from shadowproxy.config import load_config
 from shadowproxy.config.model import Config
 from shadowproxy.errors import ConfigError, ModelError, Problem, ShadowProxyError, StateError
+
+if TYPE_CHECKING:
+    from shadowproxy.compare.reference import Reference
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -61,9 +66,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def model_problems(config: Config) -> list[Problem]:
-    """Checks of the files a config names: every local model (hash, format, operators), the
-    input reference and the sampling key; one problem per file."""
+@dataclass(frozen=True)
+class CheckedFiles:
+    """What the files a config names held when they were checked.
+
+    A command uses these rather than reading the files again, which could give something
+    else than what was checked.
+    """
+
+    reference: Reference | None = None
+    sampling_key: bytes | None = None
+
+
+def check_files(config: Config, *, reference: bool = True) -> tuple[CheckedFiles, list[Problem]]:
+    """Read and check the files a config names: every local model (hash, format,
+    operators), the input reference (unless ``reference`` is false) and the sampling key;
+    one problem per bad file."""
+    from shadowproxy.config.sampling_key import read_sampling_key
     from shadowproxy.models.check import check_model
     from shadowproxy.runtime import local_models
 
@@ -75,40 +94,43 @@ def model_problems(config: Config) -> list[Problem]:
             # The model's errors already start with the key they are about.
             message = str(exc).removeprefix(f"{spec.where}: ")
             problems.append(Problem(spec.where, message))
-    if config.compare.reference is not None:
+    loaded_reference = None
+    if reference and config.compare.reference is not None:
         from shadowproxy.compare.reference import Reference
 
         try:
-            Reference.load(config.compare.reference)
+            loaded_reference = Reference.load(config.compare.reference)
         except StateError as exc:
             problems.append(Problem("compare.reference", str(exc)))
+    key = None
     if config.sampling.key_file is not None:
-        from shadowproxy.config.sampling_key import read_sampling_key
-
         try:
-            read_sampling_key(config.sampling.key_file)
+            key = read_sampling_key(config.sampling.key_file)
         except ConfigError as exc:
             problems.extend(exc.problems)
-    return problems
+    return CheckedFiles(loaded_reference, key), problems
 
 
-def _load(path: Path) -> Config | None:
+def _load(path: Path, *, reference: bool = True) -> tuple[Config, CheckedFiles] | None:
+    """The config at ``path`` and its files, checked; None (every problem printed) when
+    anything is wrong."""
     try:
         config = load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return None
-    problems = model_problems(config)
+    files, problems = check_files(config, reference=reference)
     for problem in problems:
         print(problem, file=sys.stderr)
-    return None if problems else config
+    return None if problems else (config, files)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
+    loaded = _load(args.config)
+    if loaded is None:
         return EXIT_INVALID
+    config = loaded[0]
     targets = len(config.shadow_targets())
     print(f"{args.config}: valid ({targets} shadow target{'s' if targets != 1 else ''})")
     return EXIT_OK
@@ -117,9 +139,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from shadowproxy.runtime import Runtime, install_uvloop
 
-    config = _load(args.config)
-    if config is None:
+    loaded = _load(args.config)
+    if loaded is None:
         return EXIT_INVALID
+    config = loaded[0]  # the runtime reads the files again at start, and says if they changed
     install_uvloop()
 
     async def run() -> None:
@@ -174,26 +197,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Exit 0 promote, 1 reject, 3 insufficient data, 2 usage, config or source errors."""
     from shadowproxy.compare.binned import BinnedEvaluator
+    from shadowproxy.compare.comparator import reservoir_key_from
     from shadowproxy.compare.decide import report_for
-    from shadowproxy.compare.reference import Reference
     from shadowproxy.compare.sources import read_sources
     from shadowproxy.report.document import exit_code
     from shadowproxy.report.writer import write_report
 
-    config = _load(args.config)
-    if config is None:
+    loaded = _load(args.config)
+    if loaded is None:
         return EXIT_INVALID
+    config, files = loaded
+    reference = files.reference
+    key = None if files.sampling_key is None else reservoir_key_from(files.sampling_key)
     try:
-        reference = None
-        if config.compare.reference is not None:
-            reference = Reference.load(config.compare.reference)
-        # _load has read the sampling key once already: it is there and well-formed.
-        key = None
-        if config.sampling.key_file is not None:
-            from shadowproxy.compare.comparator import reservoir_key
-            from shadowproxy.config.sampling_key import read_sampling_key
-
-            key = reservoir_key(read_sampling_key(config.sampling.key_file))
         merged = read_sources(args.sources, config, reference, reservoir_key=key)
     except StateError as exc:
         print(f"--source: {exc}", file=sys.stderr)
@@ -226,10 +242,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_reference(args: argparse.Namespace) -> int:
     from shadowproxy.compare.reference import build_reference
 
-    config = _load(args.config)
-    if config is None:
+    # The reference the config names may be the very file this command is about to write.
+    loaded = _load(args.config, reference=False)
+    if loaded is None:
         return EXIT_INVALID
-    features = config.compare.features or None
+    features = loaded[0].compare.features or None
     try:
         reference = build_reference(args.data, features, bins=args.bins)
     except (StateError, ValueError, OSError) as exc:

@@ -225,6 +225,17 @@ def test_validate_refuses_an_unreadable_reference(tmp_path: Path) -> None:
     assert result.stderr.startswith("compare.reference:")
 
 
+@pytest.mark.parametrize("command", ["validate", "serve", "report"])
+def test_a_missing_reference_exits_2_naming_its_key(tmp_path: Path, command: str) -> None:
+    path = _write(tmp_path, "ref.yaml", GOOD + "compare: {reference: reference.json}\n")
+    extra = ["--source", str(tmp_path / "s.json"), "--out", str(tmp_path / "out")]
+    result = _run(command, "--config", str(path), *(extra if command == "report" else []))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("compare.reference:"), result.stderr
+    assert "reference.json: cannot read" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_sampling_key_is_checked_by_validate_and_refused_by_serve(tmp_path: Path) -> None:
     text = GOOD + "sampling: {key_file: sampling.key}\n"  # relative to the config's folder
     path = _write(tmp_path, "keyed.yaml", text)
@@ -254,3 +265,15 @@ def test_reference_builds_from_a_csv_and_validate_accepts_it(tmp_path: Path) -> 
     bad = _run("reference", "--config", str(config), "--data", str(tmp_path / "nope.csv"),
                "--out", str(out))  # fmt: skip
     assert bad.returncode == 2 and "--data" in bad.stderr
+
+
+def test_reference_builds_the_file_its_config_names_before_it_exists(tmp_path: Path) -> None:
+    # The usual order: write the config that names the reference, then build it.
+    (tmp_path / "train.csv").write_text("x,y\n" + "".join(f"{i},{i % 3}\n" for i in range(50)))
+    text = GOOD + "compare: {features: [x, y], reference: reference.json}\n"
+    config = _write(tmp_path, "c.yaml", text)
+    assert _run("validate", "--config", str(config)).returncode == 2  # not built yet
+    result = _run("reference", "--config", str(config), "--data", str(tmp_path / "train.csv"),
+                  "--out", str(tmp_path / "reference.json"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert _run("validate", "--config", str(config)).returncode == 0

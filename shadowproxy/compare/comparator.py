@@ -71,7 +71,7 @@ class Comparator:
         self.salt = keyed_salt(sampling_key, MIRROR_PURPOSE)
         # Request ids may come from clients: with a key, none can compute which of its
         # requests enter the reservoirs (see shadowproxy.compare.reservoir).
-        self.reservoir_key = reservoir_key(sampling_key)
+        self.reservoir_key = reservoir_key_from(sampling_key)
         self.seed = config.compare.seed
         self.sample_rate = config.compare.sample_rate
         self.outputs = config.compare.outputs
@@ -396,7 +396,7 @@ class Comparator:
                     self.targets[name] = state
 
 
-def reservoir_key(sampling_key: bytes | None) -> bytes:
+def reservoir_key_from(sampling_key: bytes | None) -> bytes:
     """The reservoirs' secret for a sampling key (empty without one)."""
     return b"" if sampling_key is None else keyed_salt(sampling_key, RESERVOIR_PURPOSE)
 

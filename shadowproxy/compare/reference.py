@@ -225,10 +225,13 @@ class Reference:
 
     @classmethod
     def load(cls, path: Path) -> Reference:
-        """Read a saved reference; ``StateError`` naming the file if its content is bad."""
+        """Read a saved reference; ``StateError`` naming the file if it cannot be read or
+        its content is bad."""
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise StateError(f"{path}: cannot read: {exc.strerror or exc}") from exc
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StateError(f"{path}: not a JSON reference file: {exc}") from exc
         try:

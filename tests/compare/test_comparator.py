@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from shadowproxy.background import BACKGROUND_NICE
-from shadowproxy.compare.comparator import Comparator, merge_snapshots, reservoir_key
+from shadowproxy.compare.comparator import Comparator, merge_snapshots, reservoir_key_from
 from shadowproxy.compare.decide import report_for
 from shadowproxy.compare.persist import read_snapshot_file, write_snapshot
 from shadowproxy.compare.reservoir import key_id
@@ -387,7 +387,7 @@ def test_with_a_sampling_key_reservoirs_are_keyed_and_snapshots_checked_against_
         for r in part:
             comparator.update(r)
     left, right = (c.snapshot() for c in keyed)
-    assert left["targets"]["cand"]["reservoir"]["key_id"] == key_id(reservoir_key(key))
+    assert left["targets"]["cand"]["reservoir"]["key_id"] == key_id(reservoir_key_from(key))
     assert key.decode() not in orjson.dumps(left).decode()
     plain = fold(cfg, recs).snapshot()
     assert plain["targets"]["cand"]["reservoir"]["ids"] != (
@@ -404,5 +404,5 @@ def test_with_a_sampling_key_reservoirs_are_keyed_and_snapshots_checked_against_
     with pytest.raises(StateError, match=r"^plain: cannot merge a reservoir drawn under"):
         merge_snapshots([("a", left), ("plain", plain)])
     unchecked = merge_snapshots([("a", left), ("b", right)])
-    checked = merge_snapshots([("a", left), ("b", right)], reservoir_key(key))
+    checked = merge_snapshots([("a", left), ("b", right)], reservoir_key_from(key))
     assert unchecked["cand"].to_json() == checked["cand"].to_json()
