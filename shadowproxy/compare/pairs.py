@@ -15,6 +15,7 @@ index.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,9 +53,9 @@ def extract(protocol: PayloadProtocol, outputs: Outputs, exchange: Exchange) -> 
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class RowCompared:
-    """Two one-row answers lined up: :class:`Compared` for a single row, in plain values."""
+class RowCompared(NamedTuple):
+    """Two one-row answers lined up: :class:`Compared` for a single row, in plain values
+    (a named tuple, like :class:`OneRow`, because one is built per pair)."""
 
     production_score: float | None  # both scores are set, or neither
     candidate_score: float | None
