@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from shadowproxy.compare.comparator import Comparator
+from shadowproxy.compare.comparator import Comparator, truth_labels
 from shadowproxy.config import redacted_config
 from shadowproxy.config.model import Config
 from shadowproxy.observability.metrics import Metrics
@@ -76,8 +76,12 @@ def build_admin_app(
             return _json({"error": "body: not JSON"}, status=400)
         if not isinstance(body, dict) or not isinstance(body.get("request_id"), str):
             return _json({"error": "request_id: required, a string"}, status=400)
-        if "label" not in body or isinstance(body["label"], (dict, list)) and not body["label"]:
+        if "label" not in body:
             return _json({"error": "label: required"}, status=400)
+        try:
+            truth_labels(body["label"])  # checked here too, to answer 400 before any work
+        except ValueError as exc:
+            return _json({"error": str(exc)}, status=400)
         joined = await asyncio.to_thread(comparator.feedback, body["request_id"], body["label"])
         if not joined:
             return _json(

@@ -36,6 +36,7 @@ from shadowproxy.config.model import Config
 from shadowproxy.errors import StateError
 from shadowproxy.pairing.record import Cost, PairRecord
 from shadowproxy.protocols import PayloadProtocol, protocol_for
+from shadowproxy.protocols.arrays import json_type
 from shadowproxy.protocols.base import OneRow
 from shadowproxy.shadow.sampling import (
     MIRROR_PURPOSE,
@@ -337,12 +338,16 @@ class Comparator:
             self._labels.popitem(last=False)
 
     def feedback(self, request_id: str, label: Any) -> bool:
-        """Join a late true label to a remembered request; False when it is not known."""
+        """Join a late true label to a remembered request; False when it is not known.
+
+        Raises ``ValueError`` (and forgets nothing) when ``label`` is not a label: see
+        :func:`truth_labels`.
+        """
+        truth = truth_labels(label)
         with self.lock:
             entry = self._labels.pop(request_id, None)
             if entry is None:
                 return False
-            truth = np.asarray([label]).astype(str).reshape(-1)
             for target, labels in entry.items():
                 st = self.targets[target]
                 production, candidate = np.asarray(labels[0]), np.asarray(labels[1])
@@ -394,6 +399,31 @@ class Comparator:
                     self.targets[name].merge(state)
                 else:
                     self.targets[name] = state
+
+
+def truth_labels(label: Any) -> np.ndarray:
+    """The ground truth sent to ``/admin/feedback``, as the text the comparator compares.
+
+    One label (for every row of the request), or a list with one per row. A label is a
+    string, a number or a boolean, turned into text as the models' labels are (``1`` is
+    ``"1"``, ``1.0`` is ``"1.0"``, ``true`` is ``"True"``), so send it in the type the
+    models answer with.
+
+    Raises
+    ------
+    ValueError
+        ``label`` is null, an empty list, an object, or a list holding anything but labels.
+    """
+    values = label if type(label) is list else [label]
+    if not values:
+        raise ValueError("label: an empty list; send one label, or one per row")
+    for value in values:
+        if type(value) not in (str, int, float, bool):
+            raise ValueError(
+                f"label: expected a string, number or boolean, or a list of them; "
+                f"got {json_type(value)}"
+            )
+    return np.array([str(value) for value in values], dtype=str)
 
 
 def reservoir_key_from(sampling_key: bytes | None) -> bytes:

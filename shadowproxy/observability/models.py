@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shadowproxy.config.loader import redact_url
 from shadowproxy.config.model import Executor
 from shadowproxy.executor import LocalExecutor
 from shadowproxy.observability.scrape import RemoteResources
@@ -69,7 +70,8 @@ class ModelEntry:
             out |= {
                 "source": "remote",
                 "url": self.url,
-                "metrics_url": None if self.remote is None else self.remote.url,
+                # The admin listener has no authentication: no credential leaves it.
+                "metrics_url": None if self.remote is None else redact_url(self.remote.url),
                 "resources": None if self.remote is None else self.remote.figures.as_dict(),
             }
         return out

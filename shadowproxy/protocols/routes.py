@@ -16,10 +16,10 @@ v1 (KServe V1)::
 
 json: ``POST`` to any path is ``infer``.
 
-A known path with another method is ``method_not_allowed`` (``Route.allow`` lists the
-methods); an unknown path, another model's name or another version is ``not_found``. The
-query string is ignored; path segments are percent-decoded. A versioned path matches only
-the configured version exactly.
+``HEAD`` is taken wherever ``GET`` is. A known path with another method is
+``method_not_allowed`` (``Route.allow`` lists the methods); an unknown path, another model's
+name or another version is ``not_found``. The query string is ignored; path segments are
+percent-decoded. A versioned path matches only the configured version exactly.
 """
 
 from __future__ import annotations
@@ -99,10 +99,12 @@ def route(method: bytes, path: bytes, protocol: str, model_name: str, model_vers
         return NOT_FOUND
     if kind is None:
         return NOT_FOUND
-    wanted = b"POST" if kind in _POST_KINDS else b"GET"
-    if method != wanted:
-        return Route("method_not_allowed", (wanted.decode(),))
-    return Route(kind)
+    if kind in _POST_KINDS:
+        return Route(kind) if method == b"POST" else Route("method_not_allowed", ("POST",))
+    # RFC 9110 §9.1: HEAD goes wherever GET does (the answer is sent without its body).
+    if method in (b"GET", b"HEAD"):
+        return Route(kind)
+    return Route("method_not_allowed", ("GET", "HEAD"))
 
 
 def _v2_kind(segments: list[str], model_name: str, model_version: str) -> RouteKind | None:

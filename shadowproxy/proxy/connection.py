@@ -29,7 +29,13 @@ import httptools
 import orjson
 
 from shadowproxy.config.model import Limits
-from shadowproxy.proxy.headers import RequestHead, list_tokens, offers_only_h2c, valid_host
+from shadowproxy.proxy.headers import (
+    RequestHead,
+    list_tokens,
+    offers_only_h2c,
+    pick_request_id,
+    valid_host,
+)
 
 if TYPE_CHECKING:
     from shadowproxy.proxy.handler import Proxy
@@ -112,19 +118,22 @@ _EMPTY_HEAD = RequestHead()  # placeholder until a head is complete; never mutat
 _FEED_BYTES = 4096
 
 
-def error_response(status: int, message: str, request_id: str | None, close: bool) -> bytes:
-    """A small JSON error response written by the proxy itself."""
+def error_response(
+    status: int, message: str, request_id: str, close: bool, *, head_only: bool = False
+) -> bytes:
+    """A small JSON error response written by the proxy itself; ``head_only`` (for a HEAD
+    request) leaves the body out but keeps its length, as RFC 9110 §9.3.2 asks."""
     body = orjson.dumps({"error": message, "status": status, "request_id": request_id})
     head = [
         b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
         b"Content-Type: application/json\r\n",
         b"Content-Length: %d\r\n" % len(body),
+        b"X-Request-Id: " + request_id.encode() + b"\r\n",
     ]
-    if request_id:
-        head.append(b"X-Request-Id: " + request_id.encode() + b"\r\n")
     if close:
         head.append(b"Connection: close\r\n")
-    return b"".join(head) + b"\r\n" + body
+    head.append(b"\r\n")
+    return b"".join(head) if head_only else b"".join(head) + body
 
 
 class ClientConnection(asyncio.Protocol):
@@ -458,7 +467,15 @@ class ClientConnection(asyncio.Protocol):
 
     def _answer_refusal(self, rejection: Rejection) -> None:
         self.proxy.metrics.client_errors.labels(rejection.reason).inc()
-        self.write(error_response(rejection.status, rejection.message, None, close=True))
+        # Parsing stopped at the refused message, so what was read of its head is still
+        # here: the client's own request id if it got that far and is well formed, else
+        # a new one, as for any other answer.
+        request_id = pick_request_id(self._raw_headers)
+        head_only = self._in_message and self._parser.get_method() == b"HEAD"
+        response = error_response(
+            rejection.status, rejection.message, request_id, close=True, head_only=head_only
+        )
+        self.write(response)
         self.close()
 
     def _reset_message(self) -> None:

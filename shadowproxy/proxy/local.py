@@ -40,12 +40,25 @@ _STATUS_LINES = {
 _FAILURE_STATUS = {"timeout": 504, "dropped": 503, "invalid": 400, "error": 500}
 
 
-def http_response(status: int, body: bytes, request_id: str, close: bool) -> bytes:
-    """A complete JSON response in one buffer (one write, one syscall)."""
+def http_response(
+    status: int,
+    body: bytes,
+    request_id: str,
+    close: bool,
+    *,
+    head_only: bool = False,
+    headers: bytes = b"",
+) -> bytes:
+    """A complete JSON response in one buffer (one write, one syscall).
+
+    ``head_only`` answers a HEAD request: the same head, with the length the body would
+    have, and no body (RFC 9110 §9.3.2). ``headers`` are extra header lines, CRLF-ended.
+    """
     head = b"%sContent-Type: application/json\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n" % (
         _STATUS_LINES[status], len(body), request_id.encode(),
     )  # fmt: skip
-    return head + (b"Connection: close\r\n\r\n" if close else b"\r\n") + body
+    head += headers + (b"Connection: close\r\n\r\n" if close else b"\r\n")
+    return head if head_only else head + body
 
 
 class LocalProduction:
@@ -75,6 +88,11 @@ class LocalProduction:
         if where.kind == "infer":
             answer.inference = True
             self._infer(answer, request)
+        elif where.kind == "method_not_allowed":
+            allowed = ", ".join(where.allow)
+            body = self.protocol.encode_error(f"method not allowed; use {allowed}")
+            # RFC 9110 §15.5.6: a 405 lists the methods the route takes.
+            answer.respond(405, body, None, headers=b"Allow: %s\r\n" % allowed.encode())
         else:
             status, body = self._route_answer(where)
             answer.respond(status, body, None)
@@ -97,9 +115,6 @@ class LocalProduction:
                     self.name, self.version, signature.inputs, signature.outputs
                 )
                 return 200, body
-            case "method_not_allowed":
-                allowed = ", ".join(where.allow)
-                return 405, self.protocol.encode_error(f"method not allowed; use {allowed}")
             case _:
                 return 404, self.protocol.encode_error("no such route or model")
 
@@ -194,13 +209,18 @@ class LocalAnswer:
         outcome: Outcome | None,
         detail: str = "",
         cost: Cost | None = None,
+        headers: bytes = b"",
     ) -> None:
         if self.done:
             return
         self.done = True
         keep_alive = self.request.keep_alive and not self.client.closing
         if not self.gone:
-            self.client.write(http_response(status, body, self.request_id, not keep_alive))
+            response = http_response(
+                status, body, self.request_id, not keep_alive,
+                head_only=self.request.method == b"HEAD", headers=headers,
+            )  # fmt: skip
+            self.client.write(response)
         if outcome is not None:
             self._account(status, body, outcome, detail, cost)
         if not self.gone:

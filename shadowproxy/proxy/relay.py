@@ -137,7 +137,13 @@ class ProductionRelay:
         status = 504 if exc.outcome == "timeout" else 502
         self.status = status
         message = "production timed out" if status == 504 else "production unavailable"
-        self.client.write(error_response(status, message, self.request_id, not self.keep_alive))
+        if self.client.closing:  # draining: every answer says so, this one too
+            self.keep_alive = False
+        response = error_response(
+            status, message, self.request_id, not self.keep_alive,
+            head_only=self.request.method == b"HEAD",
+        )  # fmt: skip
+        self.client.write(response)
         self._finish(exc.outcome, str(exc))
         self.client.finished(self.keep_alive)
 

@@ -13,7 +13,12 @@ import orjson
 import pytest
 
 from shadowproxy.background import BACKGROUND_NICE
-from shadowproxy.compare.comparator import Comparator, merge_snapshots, reservoir_key_from
+from shadowproxy.compare.comparator import (
+    Comparator,
+    merge_snapshots,
+    reservoir_key_from,
+    truth_labels,
+)
 from shadowproxy.compare.decide import report_for
 from shadowproxy.compare.persist import read_snapshot_file, write_snapshot
 from shadowproxy.compare.reservoir import key_id
@@ -200,6 +205,34 @@ def test_late_ground_truth_gives_accuracy_for_each_side() -> None:
     assert comparator.feedback("unknown", 1) is False
     st = comparator.targets["cand"]
     assert (st.feedback_rows, st.production_correct, st.candidate_correct) == (2, 2, 1)
+
+
+def test_a_bad_feedback_label_is_refused_and_forgets_nothing() -> None:
+    cfg = config()
+    comparator = fold(cfg, [record(1, 0.9, 0.2)])
+    for bad in (None, [], {"a": 1}, [[1], [2]], ["1", None]):
+        with pytest.raises(ValueError, match="^label: "):
+            comparator.feedback("req-1", bad)
+    assert comparator.targets["cand"].feedback_rows == 0
+    assert comparator.feedback("req-1", 1) is True  # still remembered
+    assert comparator.targets["cand"].feedback_rows == 1
+
+
+@pytest.mark.parametrize(
+    ("label", "text"),
+    [
+        (1, ["1"]),
+        (1.0, ["1.0"]),
+        (True, ["True"]),
+        ("yes", ["yes"]),
+        ([1, 2.5, "a"], ["1", "2.5", "a"]),
+    ],
+)
+def test_feedback_labels_become_text_as_model_labels_do(label: object, text: list[str]) -> None:
+    assert truth_labels(label).tolist() == text
+    # The same conversion the comparator applies to the models' own labels.
+    if type(label) is not list:
+        assert truth_labels(label).tolist() == np.asarray([label]).astype(str).tolist()
 
 
 def test_the_thread_folds_what_is_queued_and_a_full_queue_drops_and_counts() -> None:

@@ -103,6 +103,17 @@ async def test_traffic_to_a_report_with_a_promoted_and_a_rejected_candidate(
             assert r.status == 404
         async with session.post(admin + "/admin/feedback", data=b"nope") as r:
             assert r.status == 400
+        # A label that is not one is a 400, and the request stays open for a good label.
+        for bad in (None, [], {"a": 1}, [[1], [2, 3]], [1, None]):
+            async with session.post(
+                admin + "/admin/feedback", json={"request_id": ids[1], "label": bad}
+            ) as r:
+                assert r.status == 400, bad
+                assert (await r.json())["error"].startswith("label:")
+        async with session.post(
+            admin + "/admin/feedback", json={"request_id": ids[1], "label": 1}
+        ) as r:
+            assert r.status == 202
         # The gates are evaluated on the snapshot timer and exported for rollout tools.
         await wait_for(
             lambda: metric_value(rt, "shadowproxy_candidate_decision", candidate="constant") == -1,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import numpy as np
 import onnxruntime as ort
@@ -9,6 +11,7 @@ import orjson
 
 from shadowproxy.pairing.record import PairRecord
 from tests.local.test_local_candidate import ROWS, v2_request
+from tests.proxy._util import connect, read_response, request_bytes
 from tests.support.models import BuiltModel
 from tests.support.proxy import make_config, metric_value, running_proxy
 from tests.support.servers import Backend
@@ -57,6 +60,33 @@ async def test_serves_inference_health_and_metadata(logreg_model: BuiltModel) ->
             rt, "shadowproxy_requests_total",
             role="production", model="prod", version="1.0", outcome="ok",
         ) == 1  # fmt: skip
+
+
+async def test_head_and_wrong_methods_get_proper_heads_on_one_connection(
+    logreg_model: BuiltModel,
+) -> None:
+    async with (
+        running_proxy(local_production(logreg_model)) as rt,
+        connect(rt.traffic_port) as (reader, writer),
+    ):
+        # HEAD on the health route and on the inference route (405), then a GET, all on
+        # one keep-alive connection: a body after a HEAD answer would desynchronise it.
+        for method, target, status in (
+            ("HEAD", "/v2/health/ready", 200),
+            ("HEAD", "/v2/models/prod/infer", 405),
+            ("DELETE", "/v2/health/ready", 405),
+            ("GET", "/v2/models/prod/infer", 405),
+            ("GET", "/v2/health/live", 200),
+        ):
+            writer.write(request_bytes(method, target))
+            head_only = method == "HEAD"
+            resp = await asyncio.wait_for(read_response(reader, head_request=head_only), 3)
+            assert resp.status == status, (method, target)
+            if status == 405:  # RFC 9110 §15.5.6
+                allowed = "POST" if target.endswith("/infer") else "GET, HEAD"
+                assert resp.get("Allow") == allowed, resp.headers
+            if not head_only:
+                assert len(resp.body) == int(resp.get("Content-Length") or -1)
 
 
 async def test_a_bad_body_is_a_400_in_the_protocol_format_and_serving_goes_on(

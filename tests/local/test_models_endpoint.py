@@ -30,7 +30,9 @@ async def test_models_endpoint_lists_local_and_remote_models_with_resources(
 
     backend.handler = prom
     config = make_config(backend.url, candidates=[candidate(logreg_model)])
-    config["production"]["metrics_url"] = backend.url + "/metrics"
+    # Credentials in the scrape URL, as a user might give them: never shown by the admin API.
+    scrape_url = backend.url.replace("http://", "http://scraper:s3cret@") + "/metrics"
+    config["production"]["metrics_url"] = scrape_url
     config["production"]["metrics_interval_s"] = 0.1
     async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
         await post(session, rt.traffic_port, v2_request())
@@ -52,6 +54,8 @@ async def test_models_endpoint_lists_local_and_remote_models_with_resources(
     assert local["resources"]["rss_bytes"] > 10e6 and local["resources"]["threads"] >= 1
     remote = models["prod"]
     assert remote["source"] == "remote" and remote["url"] == backend.url
+    assert "s3cret" not in remote["metrics_url"]
+    assert remote["metrics_url"] == scrape_url.replace("s3cret", "[redacted]")
     # The test process is the "remote model" here: its own figures must come back.
     me = psutil.Process(os.getpid())
     assert abs(remote["resources"]["rss_bytes"] - me.memory_info().rss) < 0.5 * me.memory_info().rss

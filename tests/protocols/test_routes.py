@@ -45,8 +45,15 @@ def test_method_not_allowed_lists_the_allowed_method() -> None:
     assert route(b"GET", b"/v2/models/churn/infer", "v2", "churn", "3") == Route(
         "method_not_allowed", ("POST",)
     )
-    assert route(b"DELETE", b"/v2/health/ready", "v2", "churn", "3").allow == ("GET",)
-    assert route(b"POST", b"/v2/health/ready", "v2", "churn", "3").allow == ("GET",)
+    assert route(b"DELETE", b"/v2/health/ready", "v2", "churn", "3").allow == ("GET", "HEAD")
+    assert route(b"POST", b"/v2/health/ready", "v2", "churn", "3").allow == ("GET", "HEAD")
+    assert route(b"HEAD", b"/v2/models/churn/infer", "v2", "churn", "3").allow == ("POST",)
+
+
+@pytest.mark.parametrize("path", [b"/v2/health/ready", b"/v2", b"/v2/models/churn/ready"])
+def test_head_goes_wherever_get_goes(path: bytes) -> None:
+    assert route(b"HEAD", path, "v2", "churn", "3") == route(b"GET", path, "v2", "churn", "3")
+    assert route(b"HEAD", b"/v1/models/churn", "v1", "churn", "") == Route("model_ready")
 
 
 def test_versioned_paths_need_a_configured_version() -> None:

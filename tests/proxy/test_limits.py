@@ -53,6 +53,10 @@ def parse_error(raw: bytes, status: int) -> dict[str, object]:
     assert len(body) < 512
     data = json.loads(body)
     assert data["error"] and data["status"] == status
+    # Every answer carries a request id, the proxy's own refusals too.
+    ids = [line[len(b"x-request-id: ") :] for line in head.lower().split(b"\r\n")
+           if line.startswith(b"x-request-id: ")]  # fmt: skip
+    assert len(ids) == 1 and ids[0] and data["request_id"] == ids[0].decode()
     return data
 
 
@@ -73,6 +77,29 @@ def client_errors(rt: Runtime, reason: str) -> float:
 
 
 # -- sizes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sent_id", ["client-id-413", "bad id with spaces", None])
+async def test_a_refusal_answers_under_the_clients_id_or_a_new_one(
+    limited: Runtime, sent_id: str | None
+) -> None:
+    headers = [] if sent_id is None else [("X-Request-Id", sent_id)]
+    data = request_bytes("POST", "/in", headers, body=b"x" * (MAX_BODY + 1))
+    answer = parse_error(await refused(limited.traffic_port, data), 413)
+    if sent_id == "client-id-413":
+        assert answer["request_id"] == sent_id
+    else:  # none sent, or one not well formed: a fresh one, as for any other request
+        assert isinstance(answer["request_id"], str) and answer["request_id"] != sent_id
+        assert len(answer["request_id"]) >= 16
+
+
+async def test_a_refused_head_request_gets_a_head_without_a_body(limited: Runtime) -> None:
+    long_target = "/" + "p" * MAX_HEADER_BYTES
+    raw = await refused(limited.traffic_port, request_bytes("HEAD", long_target))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ")
+    assert body == b""  # RFC 9110: never a body in answer to HEAD
+    assert b"\r\ncontent-length: " in head.lower()  # the length a GET would have had
 
 
 async def test_body_at_the_limit_is_forwarded(limited: Runtime, backend: Backend) -> None:
@@ -240,12 +267,15 @@ async def test_trickling_head_is_cut_at_header_timeout(limited: Runtime, backend
 async def test_head_then_half_body_then_stall_is_408(limited: Runtime, backend: Backend) -> None:
     async with connect(limited.traffic_port) as (reader, writer):
         started = time.monotonic()
-        writer.write(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"b" * 50)
+        writer.write(
+            b"POST /slow HTTP/1.1\r\nHost: a\r\nX-Request-Id: slow-body-1\r\n"
+            b"Content-Length: 100\r\n\r\n" + b"b" * 50
+        )
         await writer.drain()
         raw = await read_all_until_close(reader, timeout=SHORT + 2)
         elapsed = time.monotonic() - started
     assert SHORT * 0.8 <= elapsed < SHORT + 1.5
-    parse_error(raw, 408)
+    assert parse_error(raw, 408)["request_id"] == "slow-body-1"  # the client's own id
     await nothing_forwarded(backend)
     assert client_errors(limited, "body_timeout") == 1
 

@@ -83,6 +83,39 @@ async def test_hung_production_is_504_within_the_timeout() -> None:
         assert len(upstream.requests) == 1  # a timed-out request is not retried
 
 
+async def test_a_head_request_to_hung_production_gets_a_504_head_only() -> None:
+    async with (
+        raw_upstream(hang) as upstream,
+        running_proxy(make_config(upstream.url, production={"timeout_ms": TIMEOUT_MS})) as rt,
+        connect(rt.traffic_port) as (reader, writer),
+    ):
+        writer.write(request_bytes("HEAD", "/hang", [("X-Request-Id", "head-1")]))
+        resp = await asyncio.wait_for(read_response(reader, head_request=True), 3)
+        assert resp.status == 504 and resp.get("X-Request-Id") == "head-1"
+        assert int(resp.get("Content-Length") or 0) > 0  # what a GET's body would measure
+        # No body follows the head: the next answer on the keep-alive connection is the
+        # next request's, not the JSON of this one read as a response.
+        writer.write(request_bytes("HEAD", "/hang", [("X-Request-Id", "head-2")]))
+        resp = await asyncio.wait_for(read_response(reader, head_request=True), 3)
+        assert resp.status == 504 and resp.get("X-Request-Id") == "head-2"
+
+
+async def test_a_504_during_the_drain_says_connection_close() -> None:
+    async with (
+        raw_upstream(hang) as upstream,
+        running_proxy(make_config(upstream.url, production={"timeout_ms": TIMEOUT_MS})) as rt,
+        connect(rt.traffic_port) as (reader, writer),
+    ):
+        writer.write(request_bytes("GET", "/hang"))
+        await writer.drain()
+        await asyncio.sleep(0.05)  # in flight when the stop comes
+        rt.request_stop()
+        resp = await asyncio.wait_for(read_response(reader), 3)
+        assert_json_error(resp, 504)
+        assert (resp.get("Connection") or "").lower() == "close"
+        assert await asyncio.wait_for(reader.read(), 3) == b""  # and the proxy closes
+
+
 async def test_production_hanging_mid_body_cuts_the_client() -> None:
     async def head_then_hang(
         _req: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
