@@ -1,7 +1,9 @@
-"""Command line: ``shadowproxy serve | validate | replay``.
+"""Command line: ``shadowproxy serve | validate | report | reference | replay | demo``.
 
-Exit codes follow the contract: 0 success, 2 invalid config (one line per problem, each
-naming the dotted key).
+Exit codes follow the contract: 0 success, 2 invalid config or input (one line per
+problem, each naming the dotted key or argument); ``report`` adds 1 reject and 3
+insufficient data. An unexpected error exits 70 with its traceback, so that no crash can
+be read as a decision.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_INVALID = 2
+EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): an unexpected error, never a decision
+
+log = logging.getLogger("shadowproxy")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -168,19 +173,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Exit 0 when every request got an answer, 1 when some failed in transit, 2 on bad input."""
-    from shadowproxy.pairing.log import ReadStats, read_pair_log
-    from shadowproxy.pairing.replay import replay
+    from shadowproxy.pairing.log import PairLogError, ReadStats, check_pair_logs, read_pair_log
+    from shadowproxy.pairing.replay import replay, target_problem
 
     if args.concurrency < 1:
         print("--concurrency: must be >= 1", file=sys.stderr)
         return EXIT_INVALID
+    # Both checked before anything is sent: a bad one would otherwise show up as requests
+    # failed in transit (exit 1), or as an empty replay that exits 0.
+    problem = target_problem(args.target)
+    if problem is not None:
+        print(f"--target: {problem}", file=sys.stderr)
+        return EXIT_INVALID
     stats = ReadStats()
     try:
+        check_pair_logs(args.logs)
         summary = asyncio.run(
             replay(read_pair_log(args.logs, stats=stats), args.target,
                    concurrency=args.concurrency)
         )  # fmt: skip
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PairLogError) as exc:
         print(f"--log: {exc}", file=sys.stderr)
         return EXIT_INVALID
     statuses = ", ".join(f"{code}: {n}" for code, n in sorted(summary.statuses.items()))
@@ -215,10 +227,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"--source: {exc}", file=sys.stderr)
         return EXIT_INVALID
     targets = merged.targets
-    if args.candidate is not None and args.candidate not in targets:
-        known = ", ".join(sorted(n for n, t in targets.items() if t.role == "candidate"))
-        print(f"--candidate: no candidate {args.candidate!r} in the sources ({known})",
-              file=sys.stderr)  # fmt: skip
+    candidates = sorted(n for n, t in targets.items() if t.role == "candidate")
+    if args.candidate is not None and args.candidate not in candidates:
+        print(f"--candidate: no candidate {args.candidate!r} in the sources "
+              f"({', '.join(candidates)})", file=sys.stderr)  # fmt: skip
         return EXIT_INVALID
     # Prometheus holds the exported part of the state: its own evaluator says what that
     # decides and marks the rest as needing snapshots.
@@ -227,7 +239,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         evaluator = BinnedEvaluator(config.promotion, config.compare.seed)
     report = report_for(config, targets, reference, only=args.candidate, evaluator=evaluator)
     report["source"] = merged.describe()
-    paths = write_report(report, args.out)
+    try:
+        paths = write_report(report, args.out)
+    except OSError as exc:
+        print(f"--out: cannot write the report to {args.out}: {exc.strerror or exc}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INVALID
     for candidate in report["candidates"]:
         deciding = next((g for g in candidate["gates"] if g["passed"] is False), None)
         if deciding is None:
@@ -240,7 +257,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    from shadowproxy.compare.reference import build_reference
+    """Exit 0 when the reference was written, 2 on a bad config, argument or data file."""
+    from shadowproxy.compare.reference import build_reference, check_bins, check_destination
+
+    def cannot_write(exc: OSError) -> int:
+        print(f"--out: cannot write the reference to {args.out}: {exc.strerror or exc}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INVALID
 
     # The reference the config names may be the very file this command is about to write.
     loaded = _load(args.config, reference=False)
@@ -248,11 +271,24 @@ def cmd_reference(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     features = loaded[0].compare.features or None
     try:
+        check_bins(args.bins)
+    except ValueError as exc:
+        print(f"--bins: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    # Before the data is read, which may take a while; the write checks again.
+    try:
+        check_destination(args.out)
+    except OSError as exc:
+        return cannot_write(exc)
+    try:
         reference = build_reference(args.data, features, bins=args.bins)
     except (StateError, ValueError, OSError) as exc:
         print(f"--data: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    reference.save(args.out)
+    try:
+        reference.save(args.out)
+    except OSError as exc:
+        return cannot_write(exc)
     names = ", ".join(f.name for f in reference.features)
     print(f"reference of {reference.rows} rows, features {names}: {args.out}")
     return EXIT_OK
@@ -289,3 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShadowProxyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except Exception:
+        # A defect, not a verdict: Python's own exit code 1 would read as "reject" to a
+        # pipeline gating on ``report``, so a crash gets a code of its own.
+        log.exception("internal error in %s", args.command)
+        return EXIT_INTERNAL

@@ -18,12 +18,14 @@ import concurrent.futures
 import contextlib
 import gc
 import logging
+import shutil
 import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -227,15 +229,26 @@ class Runtime:
                     spec.role, spec.name, spec.version, executor=executor, settings=spec.executor
                 )
             )
+        # Production's model must be up before anything is served; candidates load and warm
+        # up beside the traffic (their mirrors are dropped as "starting" meanwhile), so a
+        # slow or hanging candidate can never hold production back. Readiness waits for
+        # all of them (started, or disabled after executor.start_timeout_s).
+        production = {key: e for key, e in self.local.items() if key[0] == "production"}
         try:
-            await asyncio.gather(
-                *(_start_or_disable(role, executor) for (role, _), executor in self.local.items())
-            )
+            await asyncio.gather(*(e.start() for e in production.values()))
         except BaseException:
             await asyncio.gather(
                 *(executor.close() for executor in self.local.values()), return_exceptions=True
             )
             raise
+        candidates = [e for key, e in self.local.items() if key[0] != "production"]
+        if candidates:
+            self.spawn(self._start_candidates(candidates), "candidate-models")
+        else:
+            self.models_loading = False
+
+    async def _start_candidates(self, executors: list[LocalExecutor]) -> None:
+        await asyncio.gather(*(_start_or_disable(executor) for executor in executors))
         self.models_loading = False
 
     def _catalog_remote_models(self, proxy: Proxy) -> None:
@@ -314,7 +327,9 @@ class Runtime:
         path = compare.snapshot.path
         if path is not None and path.exists():
             # A restart resumes where the last snapshot left off.
-            comparator.load(read_snapshot_file(path), str(path))
+            left_out = comparator.load(read_snapshot_file(path), str(path))
+            if left_out:
+                keep_superseded(path, left_out)
         return comparator
 
     def persist(self) -> None:
@@ -334,6 +349,8 @@ class Runtime:
                 await asyncio.get_running_loop().run_in_executor(self.persist_thread, self.persist)
             except (OSError, ShadowProxyError) as exc:
                 log.warning("comparator snapshot failed: %s", exc)
+            except Exception:  # a bug must not end the snapshots for the life of the pod
+                log.exception("comparator snapshot failed; retrying at the next interval")
 
     async def _sweep_deadlines(self) -> None:
         assert self.proxy is not None
@@ -423,25 +440,37 @@ class Runtime:
         log.info("drained, exiting")
 
 
-async def _start_or_disable(role: Role, executor: LocalExecutor) -> None:
-    """Start a local model; a candidate that passed its checks but fails to load is disabled.
+async def _start_or_disable(executor: LocalExecutor) -> None:
+    """Start a candidate's model; one that passed its checks but fails to load is disabled.
 
     Its file was checked before anything listened (a bad file exits 2); what failed here
-    is running it: the session, a worker dying or out of memory while loading. Production
-    serves on without the candidate, which is counted and reported disabled. A local
-    production model that cannot load still stops the start.
+    is running it: the session, a worker dying, out of memory or out of time while loading.
+    Production serves on without the candidate, which is counted and reported disabled.
+    (A local production model that cannot load stops the start: see ``Runtime.start``.)
     """
     try:
         await executor.start()
     except ModelLoadError as exc:
-        if role == "production":
-            raise
         executor.disable(f"executor {executor.name!r} disabled: it failed to start: {exc}")
 
 
 def _requests_sent(stats: ExchangeStats) -> int:
     """Requests actually sent to an upstream: every outcome but ``dropped``."""
     return sum(stats.outcomes.values()) - stats.outcomes["dropped"]
+
+
+def keep_superseded(path: Path, left_out: dict[str, str]) -> Path:
+    """Copy a snapshot whose evidence was partly left out next to it, and say so.
+
+    The next snapshot overwrites ``path`` without that evidence; the copy keeps it for a
+    report on the models it measured (``shadowproxy report --source COPY``).
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    copy = path.with_name(f"{path.name}.superseded-{stamp}")
+    shutil.copyfile(path, copy)
+    for name, why in left_out.items():
+        log.warning("snapshot evidence of %r left out (%s); kept in %s", name, why, copy)
+    return copy
 
 
 @dataclass(frozen=True)

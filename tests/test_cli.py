@@ -277,3 +277,86 @@ def test_reference_builds_the_file_its_config_names_before_it_exists(tmp_path: P
                   "--out", str(tmp_path / "reference.json"))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert _run("validate", "--config", str(config)).returncode == 0
+
+
+def _reference(tmp_path: Path, data: Path, out: Path, *extra: str, features: str = "[age, b]"
+               ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    config = _write(tmp_path, "ref.yaml", GOOD + f"compare: {{features: {features}}}\n")
+    return _run("reference", "--config", str(config), "--data", str(data), "--out", str(out),
+                *extra)  # fmt: skip
+
+
+def _one_clean_line(result: subprocess.CompletedProcess[str], prefix: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "directory"])
+def test_reference_out_that_cannot_be_written_exits_2_naming_it(tmp_path: Path, where: str) -> None:
+    data = tmp_path / "train.csv"
+    data.write_text("age,b\n1,2\n3,4\n")
+    out = tmp_path / "nope" / "r.json" if where == "missing-folder" else tmp_path
+    line = _one_clean_line(_reference(tmp_path, data, out), "--out:")
+    assert str(out) in line
+    reason = "folder" if where == "missing-folder" else "directory"
+    assert reason in line, line
+
+
+def test_reference_refuses_an_npy_header_promising_more_than_the_file(tmp_path: Path) -> None:
+    import numpy as np
+
+    data = tmp_path / "big.npy"
+    with data.open("wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f8", "fortran_order": False, "shape": (100_000_000_000, 3)}
+        )
+        fh.write(b"\0" * 64)
+    line = _one_clean_line(
+        _reference(tmp_path, data, tmp_path / "r.json", features="[a, b, c]"), "--data:"
+    )
+    assert str(data) in line
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("latin1.csv", "age,b\nzürich,2\n".encode("latin-1"), "not UTF-8"),
+        ("quote.csv", b'age,b\n1,"2\n3,4\n', "malformed CSV"),
+        ("header.csv", b'"age,b\n1,2\n3,4\n', "malformed CSV"),
+        ("cut.npy", None, "cut short"),
+    ],
+)
+def test_reference_data_errors_name_the_file(
+    tmp_path: Path, name: str, content: bytes | None, says: str
+) -> None:
+    data = tmp_path / name
+    if content is None:
+        import numpy as np
+
+        np.save(data, np.zeros((100, 2)))
+        data.write_bytes(data.read_bytes()[:-50])
+    else:
+        data.write_bytes(content)
+    line = _one_clean_line(_reference(tmp_path, data, tmp_path / "r.json"), "--data:")
+    assert str(data) in line and says in line, line
+
+
+def test_reference_reads_a_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
+    data = tmp_path / "excel.csv"
+    data.write_bytes(b"\xef\xbb\xbfage,b\r\n1,2\r\n3,4\r\n")
+    result = _reference(tmp_path, data, tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert "features age, b" in result.stdout
+
+
+@pytest.mark.parametrize("bins", ["0", "1", "100000000000"])
+def test_reference_bad_bins_are_reported_as_bins(tmp_path: Path, bins: str) -> None:
+    data = tmp_path / "train.csv"
+    data.write_text("age,b\n1,x\n3,y\n")  # b is categorical: bins are still checked
+    line = _one_clean_line(
+        _reference(tmp_path, data, tmp_path / "r.json", "--bins", bins), "--bins:"
+    )
+    assert bins in line

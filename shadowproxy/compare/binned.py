@@ -61,7 +61,7 @@ EXACT = (
     "samples", "label_agreement", "label_flip_rate", "noise_adjusted_flip_rate", "score_psi",
     "score_js", "score_max_abs_diff", "input_psi_max", "cpu_ms_per_request", "cpu_ratio",
     "rss_mb", "rss_delta_mb", "threads", "child_processes", "error_rate", "timeout_rate",
-    "invalid_rate", "error_rate_delta", "accuracy_delta",
+    "invalid_rate", "error_rate_delta", "accuracy_delta", "score_nonfinite_rate",
 )  # fmt: skip
 
 
@@ -164,15 +164,16 @@ def binned_wasserstein_bounds(
         ``(value, low, high)``: ``value`` is the distance between the two histograms with
         each bin's mass at its midpoint (and the last bin's at ``e_last``); ``low`` and
         ``high`` bound the distance of any raw data with these bin counts, from the range
-        each CDF can take inside a bin. ``None`` when the lower outer bin holds values,
-        since below ``e0`` the distance has no bound.
+        each CDF can take inside a bin. ``high`` is ``inf`` when the upper outer bin holds
+        values (they may lie anywhere above ``e_last``), and the result is ``None`` when
+        the lower outer bin does, since below ``e0`` not even the value has a bound.
 
     Notes
     -----
     ``W1 = integral |F_p - F_q| dx``. On a bin ``[a, b)`` each CDF lies between its values
     at ``a`` and ``b``, which bounds the integrand by the largest and smallest gap between
-    those two ranges. Values in the last bin are taken to equal ``e_last`` (scores are
-    probabilities: at most 1), so past it both CDFs are 1 and add nothing.
+    those two ranges. Past ``e_last`` the integrand is not negative, so ``low`` holds
+    whatever lies there; ``high`` only when nothing does.
     """
     p_arr, q_arr = np.asarray(p_counts, dtype=float), np.asarray(q_counts, dtype=float)
     if len(p_arr) != len(edges) + 1:
@@ -187,6 +188,8 @@ def binned_wasserstein_bounds(
     low = float(np.sum(widths * np.maximum(0.0, np.maximum(q_lo - p_hi, p_lo - q_hi))))
     points = np.concatenate([[edges[0]], (np.asarray(edges[:-1]) + edges[1:]) / 2, [edges[-1]]])
     value = float(sps.wasserstein_distance(points, points, p_arr, q_arr))
+    if p_arr[-1] or q_arr[-1]:
+        high = math.inf  # a score of 1 and one of 3 share the upper outer bin
     return value, low, high
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
+import secrets
 import threading
 import time
 from typing import Any
@@ -95,6 +97,9 @@ class Comparator:
             else {}
         )
         self.targets: dict[str, TargetState] = {}
+        # Names this replica's line of snapshots: kept across restarts (load takes it from
+        # the snapshot), so a report given the same replica twice can tell.
+        self.replica_id = secrets.token_hex(8)
         self.lock = threading.Lock()
         self.queue: Inbox[PairRecord | None] = Inbox(queue_size)
         self.dropped = 0
@@ -188,7 +193,10 @@ class Comparator:
             st = self.state(name, shadow.role, shadow.version)
             st.requests += 1
             st.candidate_outcomes[shadow.outcome] += 1
-            st.production_outcomes[production.outcome] += 1
+            if shadow.outcome != "dropped":
+                # Production's outcomes on the requests the target was sent, so that
+                # error_rate_delta compares the two on the same requests.
+                st.production_outcomes[production.outcome] += 1
             if rows is not None:
                 for feature, hist in st.inputs.items():
                     if feature in rows:
@@ -377,11 +385,9 @@ class Comparator:
             return {
                 "schema": SCHEMA,
                 "written_at": time.time(),
+                "replica": self.replica_id,
                 "layout": self.fingerprint(),
-                "production": {
-                    "name": self.config.production.name,
-                    "version": self.config.production.version,
-                },
+                "production": self.production(),
                 "comparator": {
                     "processed": self.processed,
                     "dropped": self.dropped,
@@ -390,40 +396,115 @@ class Comparator:
                 "targets": {name: st.to_json() for name, st in self.targets.items()},
             }
 
-    def load(self, snapshot: dict[str, Any], source: str = "snapshot") -> None:
-        """Merge a snapshot into this state; StateError when its layout differs."""
+    def production(self) -> dict[str, str]:
+        """The production model every comparison was made against."""
+        return {"name": self.config.production.name, "version": self.config.production.version}
+
+    def load(self, snapshot: dict[str, Any], source: str = "snapshot") -> dict[str, str]:
+        """Merge a snapshot into this state; StateError when its layout differs.
+
+        Evidence about another production, or about another version of a configured
+        target, is left out: it measured other models. Returns why, per target left out.
+        """
         targets = read_snapshot(snapshot, self.fingerprint(), source, self.reservoir_key)
+        left_out = superseded(snapshot.get("production"), targets, self.config)
         with self.lock:
+            if isinstance(snapshot.get("replica"), str):
+                self.replica_id = snapshot["replica"]
             for name, state in targets.items():
+                if name in left_out:
+                    continue
                 if name in self.targets:
                     self.targets[name].merge(state)
                 else:
                     self.targets[name] = state
+        return left_out
+
+
+def superseded(
+    production: object, targets: dict[str, TargetState], config: Config
+) -> dict[str, str]:
+    """Which stored targets measured other models than ``config`` names, and why (pure).
+
+    All of them when production was another model or version; otherwise those whose name
+    is configured with another version or role. Targets no longer configured are kept:
+    their evidence still describes the version it names.
+    """
+    now = {"name": config.production.name, "version": config.production.version}
+    if isinstance(production, dict) and production != now:
+        why = (
+            f"measured against production {production.get('name')!r} version "
+            f"{production.get('version')!r}, not {now['name']!r} version {now['version']!r}"
+        )
+        return dict.fromkeys(targets, why)
+    configured = {c.name: ("candidate", c.version) for c in config.candidates}
+    if config.baseline is not None:
+        configured[config.baseline.name] = ("baseline", config.baseline.version)
+    out = {}
+    for name, state in targets.items():
+        role_version = configured.get(name)
+        if role_version is not None and (state.role, state.version) != role_version:
+            out[name] = (
+                f"{state.role} {name!r} version {state.version!r} is now configured as "
+                f"{role_version[0]} version {role_version[1]!r}"
+            )
+    return out
 
 
 def truth_labels(label: Any) -> np.ndarray:
     """The ground truth sent to ``/admin/feedback``, as the text the comparator compares.
 
-    One label (for every row of the request), or a list with one per row. A label is a
-    string, a number or a boolean, turned into text as the models' labels are (``1`` is
-    ``"1"``, ``1.0`` is ``"1.0"``, ``true`` is ``"True"``), so send it in the type the
-    models answer with.
+    One label (for every row of the request), or a list with one per row. Labels are read
+    as the models' labels are (:func:`shadowproxy.protocols.arrays.labels_array`): a
+    string as it is, an integer as its digits, ``true``/``false`` as ``1``/``0`` and a
+    whole float as the integer it holds, so ``1``, ``1.0`` and ``true`` all match a model
+    that answers ``1`` or ``true``.
 
     Raises
     ------
     ValueError
-        ``label`` is null, an empty list, an object, or a list holding anything but labels.
+        ``label`` is null, an empty list, an object, a fraction, or a list holding
+        anything but labels.
     """
     values = label if type(label) is list else [label]
     if not values:
         raise ValueError("label: an empty list; send one label, or one per row")
-    for value in values:
-        if type(value) not in (str, int, float, bool):
-            raise ValueError(
-                f"label: expected a string, number or boolean, or a list of them; "
-                f"got {json_type(value)}"
+    return np.array([_label_text(value) for value in values], dtype=str)
+
+
+def _label_text(value: object) -> str:
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[return-value]
+    if kind is bool:
+        return "1" if value else "0"
+    if kind is int:
+        return str(value)
+    if kind is float:
+        if math.isfinite(value) and float(value).is_integer():  # type: ignore[arg-type]
+            return str(int(value))  # type: ignore[call-overload]
+        raise ValueError(f"label: {value!r} is not a whole number; labels are integers or text")
+    raise ValueError(
+        f"label: expected a string, number or boolean, or a list of them; got {json_type(value)}"
+    )
+
+
+def check_distinct_replicas(snapshots: list[tuple[str, dict[str, Any]]]) -> None:
+    """StateError when two snapshots come from the same replica (see ``merge_snapshots``).
+
+    Snapshots written before replicas were named carry no id and cannot be checked.
+    """
+    seen: dict[str, str] = {}
+    for source, snapshot in snapshots:
+        replica = snapshot.get("replica") if isinstance(snapshot, dict) else None
+        if not isinstance(replica, str):
+            continue
+        if replica in seen:
+            raise StateError(
+                f"{source}: the same replica as {seen[replica]} (replica {replica}); its "
+                "traffic would count twice: give each replica once"
             )
-    return np.array([str(value) for value in values], dtype=str)
+        seen[replica] = source
 
 
 def reservoir_key_from(sampling_key: bytes | None) -> bytes:
@@ -546,18 +627,36 @@ def _add_slices(st: TargetState, rows: dict[str, np.ndarray], flipped: np.ndarra
 
 
 def merge_snapshots(
-    snapshots: list[tuple[str, dict[str, Any]]], reservoir_key: bytes | None = None
+    snapshots: list[tuple[str, dict[str, Any]]],
+    reservoir_key: bytes | None = None,
+    *,
+    layout: dict[str, Any] | None = None,
+    production: dict[str, str] | None = None,
 ) -> dict[str, TargetState]:
-    """Merge snapshots from several sources exactly; they must share one layout.
+    """Merge snapshots from several sources exactly.
 
-    ``reservoir_key`` checks the reservoirs against the replicas' sampling key; None (no
-    key at hand) takes keyed reservoirs as stored (see :meth:`Reservoir.from_json`)."""
+    They must share one layout (``layout`` when given, else the first one's) and one
+    production model (``production`` when given), and no replica may come twice: the same
+    replica's state given twice (a file and its admin URL, or two copies taken at different
+    times) would count its traffic twice. ``reservoir_key`` checks the reservoirs against
+    the replicas' sampling key; None (no key at hand) takes keyed reservoirs as stored (see
+    :meth:`Reservoir.from_json`)."""
     if not snapshots:
         raise StateError("no snapshot to merge")
     first_source, first = snapshots[0]
-    expected = first.get("layout") if isinstance(first, dict) else None
+    expected = layout
+    if expected is None:
+        expected = first.get("layout") if isinstance(first, dict) else None
+    check_distinct_replicas(snapshots)
     merged: dict[str, TargetState] = {}
     for source, snapshot in snapshots:
+        stored = snapshot.get("production") if isinstance(snapshot, dict) else None
+        if production is not None and isinstance(stored, dict) and stored != production:
+            raise StateError(
+                f"{source}: measured against production {stored.get('name')!r} version "
+                f"{stored.get('version')!r}, but the config's production is "
+                f"{production['name']!r} version {production['version']!r}"
+            )
         for name, state in read_snapshot(snapshot, expected, source, reservoir_key).items():
             if name in merged:
                 try:

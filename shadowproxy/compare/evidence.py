@@ -16,7 +16,7 @@ import numpy as np
 
 from shadowproxy.compare import stats
 from shadowproxy.compare.reference import Reference
-from shadowproxy.compare.target import ABS_DIFF, C_SCORE, DIFF, P_SCORE, TargetState
+from shadowproxy.compare.target import ABS_DIFF, C_SCORE, DIFF, OTHER, P_SCORE, TargetState
 from shadowproxy.config.model import Promotion
 from shadowproxy.pairing.redact import redact_body
 
@@ -32,6 +32,12 @@ def _metric(value: float | None, interval: Interval = (None, None)) -> dict[str,
         return None if x is None or not math.isfinite(x) else float(x)
 
     return {"value": clean(value), "ci_low": clean(interval[0]), "ci_high": clean(interval[1])}
+
+
+# Estimated from the sample: without an interval, not decided.
+SAMPLED_INTERVALS = (
+    "score_mae", "score_bias", "score_p50_abs_diff", "score_p95_abs_diff", "score_p99_abs_diff",
+)  # fmt: skip
 
 
 class Evaluator:
@@ -72,6 +78,10 @@ class Evaluator:
         else:
             m["noise_adjusted_flip_rate"] = m["label_flip_rate"]
         m.update(self._scores(st))
+        scored = st.abs_diff.count + st.abs_diff.nonfinite
+        if scored:
+            # A NaN or infinite score on either side is a broken answer, not a small one.
+            m["score_nonfinite_rate"] = self.rate(st.abs_diff.nonfinite, scored)
         if "score_mae" in m:
             # Diffy's idea: what production disagrees with itself is noise, not the candidate.
             noise_mae = _metric(0.0, (0.0, 0.0))
@@ -89,6 +99,9 @@ class Evaluator:
     def _scores(self, st: TargetState) -> dict[str, Any]:
         out: dict[str, Any] = {}
         sample = st.reservoir.rows() if st.reservoir is not None else np.empty((0, 4))
+        # The moments and sketches leave non-finite scores out (score_nonfinite_rate counts
+        # them); the intervals and tests over the sample must leave out the same rows.
+        sample = sample[np.isfinite(sample).all(axis=1)]
         if st.abs_diff.count:
             out["score_mae"] = _metric(
                 st.abs_diff.mean,
@@ -119,6 +132,12 @@ class Evaluator:
             out["score_js"] = _metric(
                 stats.js_distance(st.production_hist.counts, st.candidate_hist.counts)
             )
+            if len(sample) < 2:
+                # An estimate whose interval cannot be computed must not pass on its point
+                # value alone: the gate stays undecided.
+                why = f"{len(sample)} finite sampled rows, too few for an interval"
+                for name in SAMPLED_INTERVALS:
+                    out[name]["unavailable"] = why
         if len(sample) >= 2:
             p, c = sample[:, P_SCORE], sample[:, C_SCORE]
             out["score_wasserstein"] = _metric(stats.wasserstein1(p, c))
@@ -159,9 +178,11 @@ class Evaluator:
         c = st.candidate_outcomes
         failed = c.get("error", 0) + c.get("timeout", 0) + c.get("invalid", 0)
         error_rate = self.rate(failed, sent)
+        # Production's outcomes are counted on the requests sent to the target (snapshots
+        # written before that counted every request: their totals are then larger).
         p = st.production_outcomes
         prod_failed = p.get("error", 0) + p.get("timeout", 0) + p.get("invalid", 0)
-        prod_rate = self.rate(prod_failed, max(1, st.requests - p.get("dropped", 0)))
+        prod_rate = self.rate(prod_failed, max(1, sum(p.values()) - p.get("dropped", 0)))
         return {
             "error_rate": error_rate,
             "timeout_rate": self.rate(c.get("timeout", 0), sent),
@@ -321,15 +342,17 @@ def _resource_bars(st: TargetState, side: str) -> dict[str, float | None]:
 
 
 def _flip_matrix(st: TargetState) -> dict[str, Any]:
-    labels = sorted({part for key in st.flips if key != "other" for part in key.split("\x1f")})
+    """Production label × candidate label counts; ``too_many_pairs`` (and no matrix) when
+    more distinct pairs were seen than the state keeps (``target.MAX_FLIP_PAIRS``)."""
+    if OTHER in st.flips:
+        return {"labels": [], "counts": [], "too_many_pairs": True}
+    labels = sorted({part for key in st.flips for part in key.split("\x1f")})
     index = {label: i for i, label in enumerate(labels)}
     counts = [[0] * len(labels) for _ in labels]
     for key, n in st.flips.items():
-        if key == "other":
-            continue
         p, c = key.split("\x1f")
         counts[index[p]][index[c]] += n
-    return {"labels": labels, "counts": counts}
+    return {"labels": labels, "counts": counts, "too_many_pairs": False}
 
 
 def _slices(st: TargetState, reference: Reference | None) -> list[dict[str, Any]]:

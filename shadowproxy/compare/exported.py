@@ -42,7 +42,7 @@ TARGET = ("role", "model", "version")
 SIDES = ("production", "candidate")
 NAN_BIN = "nan"
 UNSEEN_CELL, MISSING_CELL = "unseen", "missing"
-FOLDED_PAIR = "other"  # the flip matrix's key for label pairs beyond its cap
+FOLDED_PAIR = "other"  # the flip matrix's only key once it holds too many label pairs
 
 Merge = Literal["sum", "min", "max", "count"]
 T = TypeVar("T")
@@ -95,7 +95,8 @@ LABEL_PAIRS = _counter(
     "candidate_label",
 )
 LABEL_PAIRS_FOLDED = _counter(
-    "label_pairs_folded", "Compared rows whose label pair is beyond the flip matrix's cap."
+    "label_pairs_folded",
+    "Every compared row, once more distinct label pairs were seen than the flip matrix keeps.",
 )
 BINS = _counter(
     "bin",

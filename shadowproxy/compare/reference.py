@@ -10,6 +10,7 @@ the reference's fingerprint identifies it in snapshots and reports.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import math
@@ -30,6 +31,11 @@ REFERENCE_SCHEMA = "shadowproxy.reference/v1"
 
 # Cells that mean "no value" in a CSV, compared case-insensitively after stripping.
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none"})
+
+# Quantile bins per numeric feature, at most. Every bin is a count in each snapshot and a
+# series of the exported input histogram, so the bound keeps both small; PSI does not get
+# any better from bins holding a thousandth of the training rows.
+MAX_BINS = 1000
 
 FeatureKind = Literal["numeric", "categorical"]
 
@@ -198,8 +204,16 @@ class Reference:
         return ref
 
     def save(self, path: Path) -> None:
-        """Write to ``path`` atomically: a temporary file beside it, fsync, then rename."""
+        """Write to ``path`` atomically: a temporary file beside it, fsync, then rename.
+
+        Raises
+        ------
+        OSError
+            ``path`` cannot be written (see :func:`check_destination`); its ``strerror``
+            says why.
+        """
         path = Path(path)
+        check_destination(path)
         text = json.dumps(self.to_json(), indent=1, sort_keys=False, allow_nan=False) + "\n"
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
@@ -240,6 +254,36 @@ class Reference:
             raise StateError(f"{path}: {exc}") from exc
 
 
+def check_destination(path: Path) -> None:
+    """Refuse a reference destination that can never be written, before any work is done.
+
+    Checked up front because the failures the atomic write would meet later name its
+    temporary file rather than ``path`` (a missing folder), or come only after the
+    temporary file was written beside a folder that is in the way.
+
+    Raises
+    ------
+    OSError
+        ``path`` is a directory, or its folder does not exist or is a file; ``strerror``
+        says which and ``filename`` is ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{path.parent} is not a folder", str(path))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"folder {path.parent} does not exist", str(path))
+
+
+def check_bins(bins: int) -> None:
+    """``ValueError`` unless ``bins`` is a usable number of quantile bins (2 to
+    :data:`MAX_BINS`); the message does not name the argument, the caller does."""
+    integer = isinstance(bins, int | np.integer) and not isinstance(bins, bool)
+    if not (integer and 2 <= bins <= MAX_BINS):
+        raise ValueError(f"must be an integer from 2 to {MAX_BINS}, got {bins!r}")
+
+
 # -- training data -----------------------------------------------------------------------
 
 
@@ -251,10 +295,15 @@ def load_training_data(
     A ``.npy`` file must hold a 2-D numeric array; its columns are named by ``features``
     (one name per column) or ``f0 .. fn``. It is read with pickle disabled and an array of
     objects is refused before any of it is loaded. Any other file is read as CSV with a
-    header row: ``features`` then selects columns by name (in that order). A CSV column whose
-    every present cell parses as a number is numeric (``float64``, missing cells ``NaN``);
-    any other column is categorical (an ``object`` array of ``str``, missing cells ``None``).
-    Missing cells are those in :data:`MISSING_TOKENS`.
+    header row, in UTF-8 (a leading byte-order mark is dropped): ``features`` then selects
+    columns by name (in that order). A CSV column whose every present cell parses as a
+    number is numeric (``float64``, missing cells ``NaN``); any other column is categorical
+    (an ``object`` array of ``str``, missing cells ``None``). Missing cells are those in
+    :data:`MISSING_TOKENS`.
+
+    A ``.npy`` file is checked against its header before its data is read, so a file that
+    is cut short, or whose header claims more data than the file holds, is refused instead
+    of being allocated for.
 
     Raises
     ------
@@ -279,12 +328,26 @@ def _load_npy(
                 shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
         except ValueError as exc:
             raise ValueError(f"{path}: not a valid .npy file: {exc}") from exc
-    # Checked from the header alone, so a pickled payload is never even read.
-    if dtype.hasobject or dtype.kind not in "biuf":
-        raise ValueError(f"{path}: .npy must hold a numeric array, got dtype {dtype}")
-    if len(shape) != 2:
-        raise ValueError(f"{path}: .npy must hold a 2-D array, got shape {shape}")
-    array = np.load(path, allow_pickle=False).astype(np.float64)
+        # Checked from the header alone, so a pickled payload is never even read.
+        if dtype.hasobject or dtype.kind not in "biuf":
+            raise ValueError(f"{path}: .npy must hold a numeric array, got dtype {dtype}")
+        if len(shape) != 2:
+            raise ValueError(f"{path}: .npy must hold a 2-D array, got shape {shape}")
+        # numpy allocates the whole array before reading into it: a header that claims
+        # more than the file holds would fail only after asking for that much memory.
+        needed = math.prod(shape) * dtype.itemsize
+        held = os.fstat(fh.fileno()).st_size - fh.tell()
+        if held < needed:
+            raise ValueError(
+                f"{path}: .npy is cut short or corrupt: its header says shape {shape} of "
+                f"{dtype}, {needed} bytes of data, but the file holds {held}"
+            )
+        # Read from the file just checked, not from the path again.
+        fh.seek(0)
+        try:
+            array = np.lib.format.read_array(fh, allow_pickle=False).astype(np.float64)
+        except (ValueError, MemoryError) as exc:
+            raise ValueError(f"{path}: cannot load the array: {exc}") from exc
     n_cols = array.shape[1]
     if features is None:
         names = tuple(f"f{i}" for i in range(n_cols))
@@ -300,18 +363,16 @@ def _load_npy(
 def _load_csv(
     path: Path, features: Sequence[str] | None
 ) -> tuple[list[np.ndarray], tuple[str, ...]]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise ValueError(f"{path}: CSV file is empty (no header row)") from None
-        except csv.Error as exc:
-            raise ValueError(f"{path}: bad CSV: {exc}") from exc
-        try:
-            records = [row for row in reader if row]
-        except csv.Error as exc:
-            raise ValueError(f"{path}, line {reader.line_num}: bad CSV: {exc}") from exc
+    try:
+        rows = _read_csv(path)
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not UTF-8 text ({_first_undecodable(path) or exc.reason}); save it as UTF-8"
+        ) from exc
+    if not rows:
+        raise ValueError(f"{path}: CSV file is empty (no header row)")
+    header = [h.strip() for h in rows[0]]
+    records = [row for row in rows[1:] if row]
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes or "" in header:
         raise ValueError(f"{path}: header names must be unique and non-empty, got {header}")
@@ -327,6 +388,41 @@ def _load_csv(
             raise ValueError(f"{path}: no column(s) {missing} in header {header}")
     columns = [_parse_column([row[header.index(n)] for row in records]) for n in names]
     return columns, names
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    """Every row of a CSV file, the header first; ``ValueError`` naming the file and line
+    of a malformed row."""
+    # utf-8-sig drops the byte-order mark Excel writes, which would otherwise become part
+    # of the first column's name.
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        # Strict, so that a quote never closed is an error rather than one last cell that
+        # swallows the rest of the file.
+        reader = csv.reader(fh, strict=True)
+        rows = []
+        while True:
+            # The reader hands back blank lines as empty rows, so the next row starts on
+            # the line after the last one read.
+            start = reader.line_num + 1
+            try:
+                rows.append(next(reader))
+            except StopIteration:
+                return rows
+            except csv.Error as exc:
+                hint = " (a quoted cell is never closed)" if "end of data" in str(exc) else ""
+                raise ValueError(f"{path}, line {start}: malformed CSV: {exc}{hint}") from exc
+
+
+def _first_undecodable(path: Path) -> str | None:
+    """Where the first byte that is not UTF-8 is (``"line 3: byte 0xe9, ..."``), if found."""
+    with path.open("rb") as fh:
+        # Splitting on newlines never cuts a UTF-8 sequence: none of its bytes is 0x0a.
+        for n, line in enumerate(fh, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"line {n}: byte 0x{line[exc.start]:02x}, {exc.reason}"
+    return None
 
 
 def _parse_column(cells: list[str]) -> np.ndarray:
@@ -352,8 +448,13 @@ def build_reference(path: Path, features: Sequence[str] | None = None, bins: int
     Raises
     ------
     ValueError
-        The data has no rows, or a feature has no value at all (the message names it).
+        ``bins`` is out of range (see :func:`check_bins`), the data has no rows, or a
+        feature has no value at all (the message names it).
     """
+    try:
+        check_bins(bins)
+    except ValueError as exc:
+        raise ValueError(f"bins {exc}") from None
     columns, names = load_training_data(path, features)
     rows = len(columns[0]) if columns else 0
     if rows == 0:

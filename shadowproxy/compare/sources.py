@@ -16,6 +16,7 @@ and it holds the exported part of the state only (:mod:`shadowproxy.compare.binn
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -99,13 +100,33 @@ def read_sources(
             "prometheus", state.targets, (prometheus[0],), state.replicas,
             state.evaluated_at, state.query,
         )  # fmt: skip
+    check_distinct_sources(sources)
     documents = [doc for source in sources for doc in read_snapshots(source, timeout_s)]
-    return SourceState(
-        "snapshot",
-        merge_snapshots(documents, reservoir_key),
-        tuple(sources),
-        tuple(o for o, _ in documents),
+    # Checked against what the config would measure now, not only against each other: a
+    # report evaluated under this config must not read state counted under another.
+    comparator = Comparator(config, reference)
+    merged = merge_snapshots(
+        documents,
+        reservoir_key,
+        layout=comparator.fingerprint(),
+        production=comparator.production(),
     )
+    return SourceState("snapshot", merged, tuple(sources), tuple(o for o, _ in documents))
+
+
+def check_distinct_sources(sources: Sequence[str]) -> None:
+    """StateError when one file or URL is given twice: its state would count twice."""
+    seen: dict[str, str] = {}
+    for source in sources:
+        if "://" in source:
+            key = source.rstrip("/").removesuffix(SNAPSHOT_PATH)
+        else:
+            key = str(Path(source).resolve())
+        if key in seen:
+            raise StateError(
+                f"{source}: given twice (also as {seen[key]}); its state would count twice"
+            )
+        seen[key] = source
 
 
 def read_snapshots(source: str, timeout_s: float = 10.0) -> list[tuple[str, dict[str, Any]]]:
@@ -128,6 +149,13 @@ def read_snapshots(source: str, timeout_s: float = 10.0) -> list[tuple[str, dict
             "dns+http://NAME:PORT or prometheus+http://HOST:PORT)"
         )
     if source.startswith(("http://", "https://")):
+        try:
+            parts = urllib.parse.urlsplit(source)
+            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise StateError(f"{source}: not a valid URL: {exc}") from exc
+        if not parts.hostname:
+            raise StateError(f"{source}: not a valid URL: no host")
         return [(source, read_admin(source, source, timeout_s))]
     return [(source, read_snapshot_file(Path(source)))]
 

@@ -25,7 +25,12 @@ from shadowproxy.pairing.record import OUTCOMES
 # Scores are mostly probabilities; values outside [0, 1] land in the outer bins.
 SCORE_LAYOUT = BinLayout.uniform(0.0, 1.0, 20)
 ABS_DIFF_LAYOUT = BinLayout((0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5))
-MAX_LABELS = 32  # distinct labels in the flip matrix; more fold into "other"
+# Distinct (production, candidate) label pairs the flip matrix keeps. Past that many the
+# matrix is too large to read and its memory unbounded: it becomes one "other" cell. The
+# rule depends only on the set of pairs seen, never on their order, so merging replicas
+# gives what one process would have kept.
+MAX_FLIP_PAIRS = 1024
+OTHER = "other"
 TOP_EXAMPLES = 10
 EXAMPLE_BYTES = 2048
 RESERVOIR_ROWS = 4096
@@ -105,19 +110,29 @@ class TargetState:
         self.label_rows += int(production.shape[0])
         same = production == candidate
         self.agree += int(np.count_nonzero(same))
+        if OTHER in self.flips:
+            self.flips[OTHER] += int(production.shape[0])
+            return
         pairs, counts = np.unique(
             np.char.add(np.char.add(production, "\x1f"), candidate), return_counts=True
         )
         for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
-            key = pair if pair in self.flips or len(self.flips) < MAX_LABELS**2 else "other"
-            self.flips[key] = self.flips.get(key, 0) + int(count)
+            self.flips[pair] = self.flips.get(pair, 0) + int(count)
+        self._bound_flips()
+
+    def _bound_flips(self) -> None:
+        if OTHER in self.flips or len(self.flips) > MAX_FLIP_PAIRS:
+            self.flips = {OTHER: sum(self.flips.values())}
 
     # -- merging ---------------------------------------------------------------------
     def merge(self, other: TargetState) -> None:
-        if (other.name, other.role, other.seed) != (self.name, self.role, self.seed):
+        # Evidence about another version is about another model: never mixed in.
+        identity = (self.name, self.role, self.version, self.seed)
+        if (other.name, other.role, other.version, other.seed) != identity:
             raise StateError(
-                f"cannot merge state of {other.role} {other.name!r} (seed {other.seed}) "
-                f"into {self.role} {self.name!r} (seed {self.seed})"
+                f"cannot merge state of {other.role} {other.name!r} version "
+                f"{other.version!r} (seed {other.seed}) into {self.role} {self.name!r} "
+                f"version {self.version!r} (seed {self.seed})"
             )
         mine_features = sorted([*self.inputs, *self.categorical])
         their_features = sorted([*other.inputs, *other.categorical])
@@ -135,6 +150,7 @@ class TargetState:
         ):
             for key, value in theirs.items():
                 mine[key] = mine.get(key, 0) + value
+        self._bound_flips()
         for key, (rows, flips) in other.slice_rows.items():
             mine_slice = self.slice_rows.setdefault(key, [0, 0])
             mine_slice[0] += rows
@@ -158,14 +174,17 @@ class TargetState:
             "feature_layouts": {k: v.to_json() for k, v in self.feature_layouts.items()},
             "category_layouts": {k: list(v) for k, v in self.category_layouts.items()},
         }
+        # Copies, never the live containers: a snapshot is serialised after the lock that
+        # took it is released, while the comparator thread goes on counting.
         for attr in _COUNTERS:
-            out[attr] = getattr(self, attr)
+            value = getattr(self, attr)
+            out[attr] = dict(value) if isinstance(value, dict) else value
         for attr in _MERGEABLE:
             out[attr] = getattr(self, attr).to_json()
         out["inputs"] = {k: v.to_json() for k, v in self.inputs.items()}
         out["categorical"] = {k: v.to_json() for k, v in self.categorical.items()}
-        out["slice_rows"] = self.slice_rows
-        out["examples"] = [e.__dict__ for e in self.examples]
+        out["slice_rows"] = {k: list(v) for k, v in self.slice_rows.items()}
+        out["examples"] = [dict(e.__dict__) for e in self.examples]
         return out
 
     @classmethod
@@ -185,15 +204,25 @@ class TargetState:
                     k: tuple(str(c) for c in v) for k, v in data.get("category_layouts", {}).items()
                 },
             )
+            if not all(isinstance(data[k], str) for k in ("role", "name", "version")):
+                raise ValueError("role, name and version must be strings")
             for attr in _COUNTERS:
                 value = data[attr]
-                setattr(state, attr, dict(value) if isinstance(value, dict) else int(value))
+                if isinstance(value, dict):
+                    setattr(
+                        state, attr, {str(k): _count(v, f"{attr}[{k}]") for k, v in value.items()}
+                    )
+                else:
+                    setattr(state, attr, _count(value, attr))
             for attr in _MERGEABLE:
                 if attr == "reservoir":
                     state.reservoir = Reservoir.from_json(data[attr], reservoir_key)
-                    continue
-                kind = type(getattr(state, attr))
-                setattr(state, attr, kind.from_json(data[attr]))
+                elif attr in _SCORE_HISTOGRAMS:
+                    # Counted over fixed layouts: one from elsewhere could not be merged.
+                    setattr(state, attr, Histogram.from_json(data[attr], _SCORE_HISTOGRAMS[attr]))
+                else:
+                    kind = type(getattr(state, attr))
+                    setattr(state, attr, kind.from_json(data[attr]))
             state.inputs = {k: Histogram.from_json(v) for k, v in data["inputs"].items()}
             categorical = {
                 k: CategoryCounts.from_json(v) for k, v in data.get("categorical", {}).items()
@@ -204,13 +233,73 @@ class TargetState:
             ) or set(categorical) - set(state.category_layouts):
                 raise StateError("categorical input counts do not match their category lists")
             state.categorical.update(categorical)
-            state.slice_rows = {k: [int(a), int(b)] for k, (a, b) in data["slice_rows"].items()}
+            state.slice_rows = {
+                str(k): [_count(a, f"slice_rows[{k}]"), _count(b, f"slice_rows[{k}]")]
+                for k, (a, b) in data["slice_rows"].items()
+            }
             state.examples = [Example(**e) for e in data["examples"]]
+            state.check_consistent()
         except (KeyError, TypeError, ValueError) as exc:
-            raise StateError(f"target state is malformed: {exc!r}") from exc
+            raise StateError(f"target state of {data.get('name')!r} is malformed: {exc}") from exc
         return state
 
+    def check_consistent(self) -> None:
+        """ValueError unless the counts agree with each other as folding leaves them.
 
+        A snapshot is a file anyone could have edited; counts that contradict each other
+        (more agreements than labelled rows, outcomes that do not add up to the requests)
+        would give rates outside [0, 1] and intervals that mean nothing.
+        """
+        for side, outcomes in (("candidate", self.candidate_outcomes),
+                               ("production", self.production_outcomes)):  # fmt: skip
+            if unknown := set(outcomes) - set(OUTCOMES):
+                raise ValueError(f"{side}_outcomes: unknown outcomes {sorted(unknown)}")
+        sent = self.requests - self.candidate_outcomes.get("dropped", 0)
+        if sum(self.candidate_outcomes.values()) != self.requests:
+            raise ValueError(
+                f"candidate_outcomes add up to {sum(self.candidate_outcomes.values())}, not "
+                f"to the {self.requests} requests"
+            )
+        # Production's: on the requests sent to the target, or (snapshots written before
+        # that was so) on every request.
+        if sum(self.production_outcomes.values()) not in (sent, self.requests):
+            raise ValueError(
+                f"production_outcomes add up to {sum(self.production_outcomes.values())}, "
+                f"neither the {sent} requests sent nor all {self.requests}"
+            )
+        for part, whole in (
+            ("compared", "requests"),
+            ("agree", "label_rows"),
+            ("production_correct", "feedback_rows"),
+            ("candidate_correct", "feedback_rows"),
+        ):
+            if getattr(self, part) > getattr(self, whole):
+                raise ValueError(f"{part} ({getattr(self, part)}) exceeds {whole}")
+        if sum(self.flips.values()) != self.label_rows:
+            raise ValueError(
+                f"the flip matrix holds {sum(self.flips.values())} rows, not {self.label_rows}"
+            )
+        if any(key != OTHER and "\x1f" not in key for key in self.flips):
+            raise ValueError("flip matrix keys must be 'production\\x1fcandidate' label pairs")
+        if any(flips > rows for rows, flips in self.slice_rows.values()):
+            raise ValueError("a slice has more flips than rows")
+
+
+MAX_COUNT = 2**62  # far beyond any real count, and safe for every integer statistic
+
+
+def _count(value: object, name: str) -> int:
+    """A stored count: a non-negative JSON integer, not a float, string or boolean."""
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{name} must be an integer in [0, 2**62], got {value!r}")
+    return value
+
+
+_SCORE_HISTOGRAMS = {
+    "production_hist": SCORE_LAYOUT,
+    "candidate_hist": SCORE_LAYOUT,
+    "abs_hist": ABS_DIFF_LAYOUT,
+}
 _COUNTERS = (
     "requests", "compared", "rows", "candidate_outcomes", "production_outcomes", "label_rows",
     "agree", "flips", "feedback_rows", "production_correct", "candidate_correct",

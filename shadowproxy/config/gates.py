@@ -23,6 +23,7 @@ GATE_METRIC_DOCS = MappingProxyType(
         "score_wasserstein": "earth mover's distance between the two score distributions",
         "score_ks": "Kolmogorov-Smirnov statistic between the two score distributions",
         "score_ks_pvalue": "p-value of the Kolmogorov-Smirnov test",
+        "score_nonfinite_rate": "share of compared rows with a NaN or infinite score on a side",
         "input_psi_max": "largest per-feature PSI of live inputs against the reference",
         "latency_p50_ms": "median candidate latency",
         "latency_p99_ms": "99th percentile candidate latency",

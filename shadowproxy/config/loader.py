@@ -43,14 +43,29 @@ from shadowproxy.config.model import (
     Gate,
     Limits,
     ModelFile,
+    PairLog,
     Production,
 )
+from shadowproxy.config.urls import base_problem, split_url
 from shadowproxy.errors import ConfigError, Problem
 
-__all__ = ["MAX_CONFIG_BYTES", "REDACTED", "config_from_dict", "load_config", "redacted_config"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_YAML_ENTRIES",
+    "REDACTED",
+    "config_from_dict",
+    "load_config",
+    "redacted_config",
+]
 
 MAX_CONFIG_BYTES = 1024 * 1024
 """A config larger than this is refused: it is almost surely the wrong file."""
+
+MAX_YAML_ENTRIES = 1_000_000
+"""Most list items and mapping pairs a config may build once merge keys are flattened.
+
+A 1 MiB file holds fewer written out; only merge keys (``<<``) that copy and recopy the
+same pairs can reach it."""
 
 REDACTED = "[redacted]"
 """What a secret is replaced with in :func:`redacted_config`."""
@@ -81,6 +96,11 @@ _MANAGED_HEADERS = frozenset(
 )
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# Far above any machine's CPU count; os.sched_setaffinity overflows on huge numbers
+# instead of refusing them like a CPU this machine does not have.
+_MAX_CPU = 65535
+# Where a problem of the top-level mapping itself is reported (its dotted path is empty).
+_TOP_LEVEL = "<top level>"
 
 
 class _Invalid:
@@ -105,6 +125,9 @@ class _Walk:
 
     base_dir: Path | None
     problems: list[Problem] = dataclasses.field(default_factory=list)
+    # Dotted paths of the keys the file gives, so that rules can tell a key written out
+    # from one the loader filled with its default.
+    given: set[str] = dataclasses.field(default_factory=set)
 
     def fail(self, path: str, message: str) -> Any:
         """Record a problem and return the marker that stands for the failed value."""
@@ -216,43 +239,146 @@ def _read_text(file: Path, where: str) -> str:
 
 
 def _parse_yaml(text: str, where: str) -> tuple[Any, list[Problem]]:
-    """Parse one YAML document with ``yaml.safe_load``; also report keys given twice.
+    """Parse one YAML document as ``yaml.safe_load`` does; also report keys given twice.
 
     Plain YAML keeps the last of two equal keys without a word, which hides typos such as
     two ``timeout_ms`` lines. Repeats are found on the composed node tree, which holds
-    only scalars and positions: no Python object is ever constructed outside safe_load.
+    only scalars and positions. The tree is checked before any Python object is built from
+    it (with the safe constructor only): merge keys copy what they bring in, so a few lines
+    of them could otherwise fill the memory.
     """
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader) if data is not None else None
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            return None, []
+        _check_expansion(root, where)
+        duplicates = [
+            Problem(where, f"line {line}: key {key!r} is given twice (YAML would keep the last)")
+            for key, line in _repeated_keys(root)
+        ]
+        return _construct(root), duplicates
     except yaml.YAMLError as exc:
         raise ConfigError(Problem(where, _yaml_message(exc))) from exc
-    duplicates = [
-        Problem(where, f"line {line}: key {key!r} is given twice (YAML would keep the last)")
-        for key, line in _repeated_keys(root)
-    ]
-    return data, duplicates
+    except RecursionError:
+        # The composer recurses once per nesting level; no config nests hundreds deep.
+        raise ConfigError(Problem(where, "not valid YAML: nested too deeply")) from None
 
 
-def _repeated_keys(root: yaml.Node | None) -> list[tuple[str, int]]:
-    found: list[tuple[str, int]] = []
-    stack = [root] if root is not None else []
+def _construct(root: yaml.Node) -> Any:
+    """The Python data of a composed document, built by the safe constructor."""
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def _nodes(root: yaml.Node) -> Iterator[yaml.Node]:
+    """Every node of the tree once, in document order.
+
+    An alias is the very node its anchor names, so a node can be reached many times (and,
+    through a recursive alias, from inside itself). Each is visited only once: a walk that
+    followed every alias would be exponential in the number of lines ("billion laughs").
+    """
+    seen: set[int] = set()
+    stack = [root]
     while stack:
         node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
         if isinstance(node, yaml.MappingNode):
-            seen: set[tuple[str, str]] = set()
-            for key_node, value_node in node.value:
-                # Merge keys (<<) may legitimately repeat and be overridden.
-                if isinstance(key_node, yaml.ScalarNode) and not key_node.tag.endswith(":merge"):
-                    ident = (key_node.tag, key_node.value)
-                    if ident in seen:
-                        found.append((key_node.value, key_node.start_mark.line + 1))
-                    seen.add(ident)
-                stack.append(value_node)
+            stack.extend(child for pair in reversed(node.value) for child in reversed(pair))
         elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
+            stack.extend(reversed(node.value))
+
+
+def _repeated_keys(root: yaml.Node) -> list[tuple[str, int]]:
+    """(key, line) of every key written twice in one mapping, each mapping looked at once."""
+    found: list[tuple[str, int]] = []
+    for node in _nodes(root):
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        seen: set[tuple[str, str]] = set()
+        for key_node, _value in node.value:
+            # Merge keys (<<) may legitimately repeat and be overridden.
+            if isinstance(key_node, yaml.ScalarNode) and not _is_merge(key_node):
+                ident = (key_node.tag, key_node.value)
+                if ident in seen:
+                    found.append((key_node.value, key_node.start_mark.line + 1))
+                seen.add(ident)
     found.sort(key=lambda item: item[1])
     return found
+
+
+def _is_merge(key_node: yaml.Node) -> bool:
+    return key_node.tag == "tag:yaml.org,2002:merge"
+
+
+def _check_expansion(root: yaml.Node, where: str) -> None:
+    """Refuse a document whose merge keys would build more than ``MAX_YAML_ENTRIES``.
+
+    Aliases alone cost nothing: the constructor builds each node once and shares it. But a
+    mapping with ``<<`` gets its own copy of every pair merged into it, so nine lines that
+    each merge the previous one nine times build 9**9 pairs. Entries are counted on the
+    tree, each mapping's merged pairs once (memoised), so the count itself stays linear.
+    """
+    merged: dict[int, int] = {}
+    total = 0
+    for node in _nodes(root):
+        if isinstance(node, yaml.SequenceNode):
+            total += len(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += _merged_pairs(node, merged)
+        if total > MAX_YAML_ENTRIES:
+            raise ConfigError(
+                Problem(
+                    where,
+                    f"line {node.start_mark.line + 1}: merge keys (<<) expand the config to "
+                    f"more than {MAX_YAML_ENTRIES:,} entries",
+                )
+            )
+
+
+def _merged_pairs(node: yaml.MappingNode, merged: dict[int, int]) -> int:
+    """How many pairs ``node`` holds once its merge keys are flattened, as PyYAML does.
+
+    Iterative, so that a long chain of merges cannot exhaust the stack; a mapping that
+    merges itself (through a recursive alias) counts its own pairs only once.
+    """
+    active: set[int] = set()
+    stack = [node]
+    while stack:
+        top = stack[-1]
+        if id(top) in merged:
+            stack.pop()
+            continue
+        sources = _merge_sources(top)
+        waiting = [s for s in sources if id(s) not in merged and id(s) not in active]
+        if waiting and id(top) not in active:
+            active.add(id(top))
+            stack.extend(waiting)
+            continue
+        own = sum(1 for key_node, _value in top.value if not _is_merge(key_node))
+        merged[id(top)] = own + sum(merged.get(id(source), 0) for source in sources)
+        active.discard(id(top))
+        stack.pop()
+    return merged[id(node)]
+
+
+def _merge_sources(node: yaml.MappingNode) -> list[yaml.MappingNode]:
+    """The mappings that the merge keys of ``node`` bring in (``<<: *a`` or ``<<: [*a, *b]``)."""
+    sources: list[yaml.MappingNode] = []
+    for key_node, value_node in node.value:
+        if not _is_merge(key_node):
+            continue
+        if isinstance(value_node, yaml.MappingNode):
+            sources.append(value_node)
+        elif isinstance(value_node, yaml.SequenceNode):
+            # Anything but mappings is refused by the constructor afterwards.
+            sources.extend(v for v in value_node.value if isinstance(v, yaml.MappingNode))
+    return sources
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:
@@ -335,10 +461,11 @@ def _build(cls: type, data: Any, path: str, walk: _Walk) -> Any:
     values: dict[str, Any] = {}
     for key, raw in data.items():
         if not isinstance(key, str):
-            walk.fail(path, f"keys must be strings, got {_describe(key)}")
+            walk.fail(path or _TOP_LEVEL, f"keys must be strings, got {_describe(key)}")
         elif key not in settable:
             walk.fail(_join(path, key), "unknown key" + _did_you_mean(key, settable))
         else:
+            walk.given.add(_join(path, key))
             values[key] = _field_value(fields[key], _hints(cls)[key], raw, _join(path, key), walk)
     for name, spec in fields.items():
         if name not in values:
@@ -585,13 +712,10 @@ def _url_problem(url: str) -> str | None:
 
     The URL itself is never quoted back: its userinfo may hold a password.
     """
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
-        return "must not contain spaces or control characters"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "is not a valid URL (check the host and port)"
+    split = split_url(url)
+    if isinstance(split, str):
+        return split
+    parts, port = split
     scheme = parts.scheme.lower()
     if scheme == "https":
         return (
@@ -602,13 +726,7 @@ def _url_problem(url: str) -> str | None:
         return "must be an absolute http:// URL (like http://host:8080)"
     if not parts.hostname:
         return "must name a host (like http://host:8080)"
-    if port == 0:
-        return "port 0 is not a valid destination"
-    if "?" in url:
-        return "must not have a query string (give a base URL; request paths are appended)"
-    if "#" in url:
-        return "must not have a fragment"
-    return None
+    return base_problem(url, port)
 
 
 def _check_request_path(value: str, path: str, walk: _Walk) -> Any:
@@ -656,12 +774,31 @@ def _check_cpus(value: tuple[Any, ...], path: str, walk: _Walk) -> Any:
     for i, cpu in enumerate(value):
         if cpu is not _INVALID and cpu < 0:
             cpu = walk.fail(f"{path}[{i}]", f"must be >= 0, got {cpu}")
+        elif cpu is not _INVALID and cpu > _MAX_CPU:
+            cpu = walk.fail(f"{path}[{i}]", f"must be <= {_MAX_CPU}, got {cpu}")
         elif cpu is not _INVALID and cpu in seen:
             cpu = walk.fail(f"{path}[{i}]", f"CPU {cpu} is listed twice")
         elif cpu is not _INVALID:
             seen.add(cpu)
         cpus.append(cpu)
     return tuple(cpus)
+
+
+def _check_features(value: tuple[Any, ...], path: str, walk: _Walk) -> Any:
+    """Input column names: each names one column, so none is empty or given twice."""
+    first: dict[str, int] = {}
+    features: list[Any] = []
+    for i, name in enumerate(value):
+        if name is not _INVALID and not name:
+            name = walk.fail(f"{path}[{i}]", "must be a non-empty column name")
+        elif name is not _INVALID and name in first:
+            name = walk.fail(
+                f"{path}[{i}]", f"{_show(name)} is listed twice (also {path}[{first[name]}])"
+            )
+        elif name is not _INVALID:
+            first[name] = i
+        features.append(name)
+    return tuple(features)
 
 
 _FIELD_RULES: dict[str, Callable[[Any, str, _Walk], Any]] = {
@@ -673,6 +810,7 @@ _FIELD_RULES: dict[str, Callable[[Any, str, _Walk], Any]] = {
     "methods": _check_methods,
     "drop_headers": _check_header_names,
     "cpus": _check_cpus,
+    "features": _check_features,
     "health_path": _check_request_path,
 }
 
@@ -688,6 +826,17 @@ def _one_source(obj: Production | Candidate, path: str, walk: _Walk) -> None:
         walk.fail(path, "set exactly one of 'url' or 'model'")
 
 
+def _executor_needs_model(obj: Production | Candidate, path: str, walk: _Walk) -> None:
+    """A remote model runs elsewhere: an executor written beside its url would be ignored.
+
+    Only a key the file gives counts; the default executor every model carries does not.
+    """
+    where = _join(path, "executor")
+    if _ok(obj.url, obj.model) and obj.url is not None and obj.model is None:
+        if where in walk.given:
+            walk.fail(where, "only for a local model (model:), not with url:")
+
+
 def _pinned(obj: ModelFile, path: str, walk: _Walk) -> None:
     """An unpinned model file could be swapped under us; opting out must be explicit."""
     if _ok(obj.sha256, obj.allow_unpinned) and obj.sha256 is None and not obj.allow_unpinned:
@@ -700,6 +849,18 @@ def _gate(obj: Gate, path: str, walk: _Walk) -> None:
     if _ok(obj.metric) and obj.metric not in GATE_METRICS:
         hint = _did_you_mean(obj.metric, GATE_METRICS)
         walk.fail(_join(path, "metric"), f"unknown gate metric {obj.metric!r}{hint}")
+
+
+def _pair_log_file(obj: PairLog, path: str, walk: _Walk) -> None:
+    """Every record would fail to be written to a directory, and be dropped.
+
+    A path that does not exist yet is fine: the log creates its file and folders.
+    """
+    if _ok(obj.path) and obj.path is not None and os.path.isdir(obj.path):
+        walk.fail(
+            _join(path, "path"),
+            "is a directory, not a file (name a file in it, like pairs.jsonl)",
+        )
 
 
 def _limits(obj: Limits, path: str, walk: _Walk) -> None:
@@ -834,11 +995,12 @@ def _upstream_urls(cfg: Config) -> Iterator[tuple[str, str]]:
 
 
 _OBJECT_RULES: dict[type, tuple[Callable[[Any, str, _Walk], None], ...]] = {
-    Production: (_one_source,),
-    Candidate: (_one_source,),
+    Production: (_one_source, _executor_needs_model),
+    Candidate: (_one_source, _executor_needs_model),
     ModelFile: (_pinned,),
     Gate: (_gate,),
     Limits: (_limits,),
+    PairLog: (_pair_log_file,),
     Config: (_unique_names, _distinct_services, _no_loop, _listeners_apart, _json_features),
 }
 

@@ -68,10 +68,13 @@ class Limits:
     mirror_max_body_bytes: int = spec(
         10 * MiB, "request bodies above this are not mirrored and counted as skipped", ge=0
     )
+    # Compressed answers are inflated under this cap by zlib, which takes it as a C ssize_t;
+    # an answer is held in memory whole, so 1 TiB is already far beyond any real one.
     shadow_max_response_bytes: int = spec(
         1 * MiB,
         "candidate responses above this are refused (declared) or cut off, counted invalid",
         gt=0,
+        le=1024 * 1024 * MiB,
     )
 
 
@@ -90,8 +93,12 @@ class Executor:
     threads: int = spec(1, "onnxruntime intra-op threads per worker", ge=1, le=256)
     max_batch: int = spec(32, "most rows in one micro-batch", ge=1, le=65536)
     max_wait_ms: float = spec(2.0, "longest a row waits for its batch to fill", ge=0)
+    # A worker's RLIMIT_DATA is about twice this in bytes, and must fit in a C long.
     memory_mb: int = spec(
-        1024, "resident memory cap per worker; a worker above it is killed and respawned", gt=0
+        1024,
+        "resident memory cap per worker; a worker above it is killed and respawned",
+        gt=0,
+        le=16 * MiB,
     )
     nice: int = spec(10, "how much lower than the proxy a worker process is scheduled", ge=0, le=19)
     idle_priority: bool = spec(
@@ -113,6 +120,12 @@ class Executor:
         0.5, "first delay before respawning a crashed worker; doubles per crash", ge=0
     )
     warmup_runs: int = spec(3, "inference runs on synthetic inputs before ready", ge=0)
+    start_timeout_s: float = spec(
+        120.0,
+        "longest a process worker may take to load and warm up; a candidate's that does not "
+        "make it is disabled (production serves on), production's stops the start",
+        gt=0,
+    )
 
 
 @dataclass(frozen=True)
@@ -129,8 +142,11 @@ class Production:
     version: str = spec("", "model version, used as the metrics label")
     url: str | None = spec(None, "base URL of the production model service")
     model: ModelFile | None = spec(None, "a local ONNX model served by shadowproxy instead")
+    # No batching wait for production by default: a client's request goes to the model
+    # at once when a worker is free, and requests that arrive while it is busy still batch.
     executor: Executor = spec(
-        Executor(kind="thread"), "how a local production model is run (thread by default)"
+        Executor(kind="thread", max_wait_ms=0.0),
+        "how a local production model is run (thread by default, with no batching wait)",
     )
     timeout_ms: float = spec(
         1000.0,
@@ -230,7 +246,8 @@ class Compare:
     outputs: Outputs = spec(Outputs(), "which outputs hold scores and labels")
     features: tuple[str, ...] = spec((), "names of the input columns")
     reference: Path | None = spec(None, "input reference made by `shadowproxy reference`")
-    seed: int = spec(0, "seed of every random draw (reservoirs, bootstrap)", ge=0)
+    # The reservoirs key their hash with the seed as 8 bytes: it must fit in 64 bits.
+    seed: int = spec(0, "seed of every random draw (reservoirs, bootstrap)", ge=0, lt=2**64)
     snapshot: Snapshot = spec(Snapshot(), "comparator state persistence")
     enabled: bool = spec(True, "run the comparator in this process (off: pair log only)")
     sample_rate: float = spec(

@@ -118,6 +118,11 @@ class LocalExecutor(Protocol):
     def disabled(self) -> bool: ...
 
     @property
+    def starting(self) -> bool:
+        """Not started yet, or still loading and warming up its model."""
+        ...
+
+    @property
     def disabled_reason(self) -> str | None:
         """Why the executor was switched off; None while it is not."""
         ...

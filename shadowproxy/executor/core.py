@@ -186,6 +186,11 @@ class BatchingExecutor(Generic[W]):
         return self._disabled_reason is not None
 
     @property
+    def starting(self) -> bool:
+        """Not started yet, or loading and warming up its model."""
+        return self._state in ("new", "starting")
+
+    @property
     def disabled_reason(self) -> str | None:
         """Why the executor was switched off; None while it is not."""
         return self._disabled_reason
@@ -414,7 +419,7 @@ class BatchingExecutor(Generic[W]):
     def _complete_bodies(
         self,
         batch: Batch,
-        answers: tuple[tuple[int, bytes], ...],
+        answers: tuple[tuple[int, int, bytes], ...],
         compute_s: float,
         cpu_s: float,
     ) -> None:
@@ -426,14 +431,18 @@ class BatchingExecutor(Generic[W]):
         round_trip = time.perf_counter() - batch.sent_at
         ipc_s = max(0.0, round_trip - compute_s)
         n = len(requests)
+        rows = sum(r for _, r, _ in answers)
         self.batches += 1
         self.requests += n
-        self.rows += n
+        self.rows += rows
         self.batch_cpu_seconds += cpu_s
         self.compute_seconds += compute_s * n
         self.ipc_seconds += ipc_s * n
-        cpu_share = cpu_s / n
-        for request, (status, data) in zip(requests, answers, strict=True):
+        # The batch's CPU is shared by row, as for tensors (_complete): a 1,000-row body
+        # costs what its rows cost. With no row run (every body invalid), per body.
+        cpu_per_row = cpu_s / rows if rows else 0.0
+        for request, (status, body_rows, data) in zip(requests, answers, strict=True):
+            cpu_share = cpu_per_row * body_rows if rows else cpu_s / n
             queue_s = batch.sent_at - request.submitted
             self.queue_seconds += queue_s
             if request.state == DONE:

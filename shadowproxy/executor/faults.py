@@ -11,6 +11,7 @@ against real processes::
     {"leak_mb_per_call": 50}   keep 50 MiB more resident memory after every batch
     {"spawn_children": 14}     start 14 child processes at load, like a stray n_jobs=14
     {"crash_at_start": true}   exit during load, before the worker reports ready
+    {"hang_at_start": true}    never finish loading (never report ready)
 
 Keys combine. An unset or empty variable means no fault.
 """
@@ -37,6 +38,7 @@ class Faults:
     leak_mb_per_call: int = 0
     spawn_children: int = 0
     crash_at_start: bool = False
+    hang_at_start: bool = False
     _leaked: list[bytes] = field(default_factory=list, compare=False, repr=False)
     _children: list[subprocess.Popen[bytes]] = field(
         default_factory=list, compare=False, repr=False
@@ -63,6 +65,8 @@ class Faults:
             self._children.append(subprocess.Popen(["sleep", "600"]))
         if self.crash_at_start:
             _crash("crash_at_start")
+        if self.hang_at_start:
+            _hang("hang_at_start")
 
     def before_call(self, call: int) -> None:
         """Run before the ``call``-th batch (counted from 1)."""
@@ -72,12 +76,19 @@ class Faults:
         if call == self.crash_on_call:
             _crash(f"crash_on_call={call}")
         if call == self.hang_on_call:
-            print(f"test fault: hang_on_call={call}", file=sys.stderr, flush=True)
-            while True:
-                time.sleep(3600)
+            _hang(f"hang_on_call={call}")
 
 
-_KEYS = {"crash_on_call", "hang_on_call", "leak_mb_per_call", "spawn_children", "crash_at_start"}
+_KEYS = {
+    "crash_on_call", "hang_on_call", "leak_mb_per_call", "spawn_children", "crash_at_start",
+    "hang_at_start",
+}  # fmt: skip
+
+
+def _hang(what: str) -> None:
+    print(f"test fault: {what}", file=sys.stderr, flush=True)
+    while True:
+        time.sleep(3600)
 
 
 def _crash(what: str) -> None:

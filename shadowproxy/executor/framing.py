@@ -19,8 +19,9 @@ Wire format, every integer little-endian::
 Request bodies (BODIES) and their answers (ANSWERS) carry ``code`` items, no tensors::
 
     BODIES  item = u32 length, the request body as the client sent it
-    ANSWERS (after the times) item = u8 status, u32 length, bytes
-            status 0: the encoded response; status 1: "reason\0message" (input invalid)
+    ANSWERS (after the times) item = u8 status, u32 rows, u32 length, bytes
+            status 0: the encoded response of ``rows`` rows; status 1: "reason\0message"
+            (input invalid, 0 rows)
 
 Offsets of tensor headers and payloads are multiples of 8 from the start of the body, so
 arrays viewing a received body are aligned for every datatype. ``code`` is the failure
@@ -66,7 +67,7 @@ _FIXED = struct.Struct("<BBHIQ")
 _TIMES = struct.Struct("<dd")
 _TENSOR = struct.Struct("<HBBQ")
 _ELEMENT = struct.Struct("<I")
-_ANSWER = struct.Struct("<BI")
+_ANSWER = struct.Struct("<BII")
 ANSWER_OK, ANSWER_INVALID = 0, 1
 _TEXT_FLAG = 0x80000000
 _ALIGN = 8
@@ -91,7 +92,7 @@ class Message:
     text: str = ""
     # BODIES: the request bodies; ANSWERS: (status, bytes) per body.
     items: tuple[bytes, ...] = ()
-    answers: tuple[tuple[int, bytes], ...] = ()
+    answers: tuple[tuple[int, int, bytes], ...] = ()  # (status, rows, data) per body
 
     def json(self) -> dict[str, Any]:
         value = json.loads(self.text)
@@ -219,12 +220,13 @@ def encode_bodies(batch_id: int, bodies: Sequence[bytes]) -> list[Buffer]:
 
 
 def encode_answers(
-    batch_id: int, answers: Sequence[tuple[int, bytes]], compute_s: float, cpu_s: float
+    batch_id: int, answers: Sequence[tuple[int, int, bytes]], compute_s: float, cpu_s: float
 ) -> list[Buffer]:
-    """One ANSWERS frame: per body of a BODIES frame, its response or why it was invalid."""
+    """One ANSWERS frame: per body of a BODIES frame, its status, its rows (so the parent
+    can share the batch's CPU by row) and its response or why it was invalid."""
     parts: list[Buffer] = [b"", _TIMES.pack(compute_s, cpu_s)]
-    for status, data in answers:
-        parts.append(_ANSWER.pack(status, len(data)))
+    for status, rows, data in answers:
+        parts.append(_ANSWER.pack(status, rows, len(data)))
         parts.append(data)
     parts[0] = _frame_head(Kind.ANSWERS, batch_id, len(answers), sum(map(len, parts)))
     return [b"".join(parts)]
@@ -251,19 +253,21 @@ def _decode_items(view: memoryview, offset: int, count: int) -> tuple[bytes, ...
     return tuple(items)
 
 
-def _decode_answers(view: memoryview, offset: int, count: int) -> tuple[tuple[int, bytes], ...]:
+def _decode_answers(
+    view: memoryview, offset: int, count: int
+) -> tuple[tuple[int, int, bytes], ...]:
     answers = []
     end = len(view)
     for _ in range(count):
         if offset + _ANSWER.size > end:
             raise FrameError("ANSWERS item header truncated")
-        status, size = _ANSWER.unpack_from(view, offset)
+        status, rows, size = _ANSWER.unpack_from(view, offset)
         offset += _ANSWER.size
         if status not in (ANSWER_OK, ANSWER_INVALID):
             raise FrameError(f"unknown answer status {status}")
         if offset + size > end:
             raise FrameError("ANSWERS item truncated")
-        answers.append((status, bytes(view[offset : offset + size])))
+        answers.append((status, rows, bytes(view[offset : offset + size])))
         offset += size
     if offset != end:
         raise FrameError("bytes after the last ANSWERS item")

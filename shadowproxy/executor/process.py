@@ -60,7 +60,6 @@ SAMPLE_INTERVAL_S = 0.25
 # Descendants are looked for on every this-many samples (every 2 s): the search walks all of
 # /proc and would hold the event loop for about half a millisecond each time.
 CHILD_SCAN_EVERY = 8
-LOAD_TIMEOUT_S = 120.0  # check, build and warm-up of one worker
 HANG_GRACE_MIN_S = 1.0
 HANG_GRACE_FACTOR = 10.0
 EXIT_DRAIN_S = 1.0  # after an exit, time for the last frames and stderr lines to arrive
@@ -97,7 +96,6 @@ class _Worker:
         self.stderr_lines = 0
         self.stderr_task: asyncio.Task[None] | None = None
         self.sample = TreeSample()
-        self.startup_cpu = 0.0
         self.started_idle = False  # under SCHED_IDLE before its own code ran (its report)
 
     @property
@@ -182,7 +180,6 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         self.restarts = 0
         self.last_crash: str | None = None
         self._retired_cpu = 0.0  # CPU of reaped workers, as last sampled
-        self._startup_cpu = 0.0  # CPU spent checking, loading and warming up, all workers
         self._peak_rss = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -335,14 +332,15 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             )
             worker.transport = transport
             transport.writelines(framing.encode_json(Kind.HELLO, self._config().as_json()))
-            ready = await asyncio.wait_for(asyncio.shield(worker.ready), LOAD_TIMEOUT_S)
+            deadline = self.settings.start_timeout_s
+            ready = await asyncio.wait_for(asyncio.shield(worker.ready), deadline)
             if ready.get("sha256") != self.model.sha256:
                 self._kill(worker, "loaded different bytes than the proxy checked")
                 raise SpawnFailed("")
         except (SpawnFailed, TimeoutError, OSError) as exc:
             worker.ready.cancel()  # nobody waits for it any more
             if isinstance(exc, TimeoutError):
-                self._kill(worker, f"not ready within {LOAD_TIMEOUT_S:g} s")
+                self._kill(worker, f"not ready within executor.start_timeout_s ({deadline:g} s)")
             # A worker that failed on its own exits by itself: let it, for its exit status.
             await asyncio.wait([asyncio.ensure_future(proc.wait())], timeout=EXIT_DRAIN_S)
             if not worker.exited:
@@ -359,9 +357,7 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             self._kill(worker, "start cancelled")
             raise
         self._refresh(worker)
-        worker.startup_cpu = worker.sample.cpu_seconds
         worker.started_idle = ready.get("started_idle") is True
-        self._startup_cpu += worker.startup_cpu
         worker.ever_ready = worker.alive = True
         worker.idle_since = time.perf_counter()
         log.debug(
@@ -463,8 +459,6 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         if worker in self._all:
             self._all.discard(worker)
             self._retired_cpu += worker.sample.cpu_seconds
-            if not worker.ever_ready:
-                self._startup_cpu += worker.sample.cpu_seconds
         if self._slots[worker.slot] is worker:
             self._slots[worker.slot] = None
 
@@ -649,12 +643,14 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
     def resources(self) -> ResourceFigures:
         live = [w.sample for w in self._all]
         cpu = self._retired_cpu + sum(s.cpu_seconds for s in live)
-        # Per request, the cost of loading and warming up is left out: it is paid once,
-        # and with few requests it would swamp the figure.
-        steady = max(0.0, cpu - self._startup_cpu)
         return ResourceFigures(
             cpu_seconds=cpu,
-            cpu_seconds_per_request=steady / self.requests if self.requests else 0.0,
+            # Per request: the worker's own CPU time measured around each batch (decode,
+            # run, encode), as the thread executor and every pair record count it. The OS
+            # total above also holds loading, warm-up and idle time, in 10 ms ticks.
+            cpu_seconds_per_request=self.batch_cpu_seconds / self.requests
+            if self.requests
+            else 0.0,
             rss_bytes=sum(s.rss_bytes for s in live),
             peak_rss_bytes=self._peak_rss,
             threads=sum(s.threads for s in live),

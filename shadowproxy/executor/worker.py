@@ -271,13 +271,15 @@ class BodyRunner:
 
         from shadowproxy.errors import PayloadError
 
-        answers: list[tuple[int, bytes]] = [(framing.ANSWER_INVALID, b"")] * len(message.items)
+        answers: list[tuple[int, int, bytes]] = [(framing.ANSWER_INVALID, 0, b"")] * len(
+            message.items
+        )
         decoded = []
         for i, body in enumerate(message.items):
             try:
                 decoded.append((i, self.protocol.decode_request(body, self.inputs)))
             except PayloadError as exc:
-                answers[i] = (framing.ANSWER_INVALID, f"{exc.reason}\0{exc}".encode())
+                answers[i] = (framing.ANSWER_INVALID, 0, f"{exc.reason}\0{exc}".encode())
         groups = [decoded] if self.stackable else [[item] for item in decoded]
         for group in groups:
             if not group:
@@ -289,7 +291,7 @@ class BodyRunner:
             for i, d in group:
                 rows = {n: v[start : start + d.rows] for n, v in outputs.items()}
                 start += d.rows
-                answers[i] = (framing.ANSWER_OK, self._encode(rows, d.id))
+                answers[i] = (framing.ANSWER_OK, d.rows, self._encode(rows, d.id))
         compute_s = time.perf_counter() - wall_start
         cpu_s = time.process_time() - cpu_start
         return framing.encode_answers(message.batch_id, answers, compute_s, cpu_s)

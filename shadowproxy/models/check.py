@@ -164,6 +164,11 @@ def _run_checker(model: onnx.ModelProto) -> None:
         # reject at load, with a clearer message.
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise _Refusal(f"is not a valid ONNX model: {exc}") from exc
+        raise _Refusal(f"is not a valid ONNX model: {_one_line(exc)}") from exc
     except Exception as exc:  # the checker is native code; any failure refuses the model
-        raise _Refusal(f"could not be checked as an ONNX model: {exc}") from exc
+        raise _Refusal(f"could not be checked as an ONNX model: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: Exception) -> str:
+    """The checker's message on one line: ``validate`` prints one line per problem."""
+    return " ".join(str(exc).split())

@@ -12,6 +12,8 @@ real ONNX file is never mistaken for one of them.
 
 from __future__ import annotations
 
+import io
+import pickletools
 import re
 import struct
 from dataclasses import dataclass
@@ -45,8 +47,10 @@ _LEGACY_TORCH = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 _OLD_PICKLE_PREFIXES = (b"(dp", b"(lp", b"(tp", b"(i", b"(c", b"}q", b"]q", b"}(", b"](", b")q")
 _OLD_PICKLE_GLOBAL = re.compile(rb"c[A-Za-z_][\w.]*\n[A-Za-z_][\w.]*\n")
 # First opcodes of a protocol 0/1 pickle (MARK, EMPTY_DICT/LIST/TUPLE, GLOBAL, INT, STRING...);
-# together with the final STOP opcode (".") they identify one that the prefixes above miss.
+# with a stream of well-formed opcodes after them, they identify one the prefixes above miss.
 _OLD_PICKLE_OPENERS = frozenset(b"(}])cIJKLNSVXUFGT")
+_PICKLE_SCAN_BYTES = 1 << 16  # how much of such a file is decoded as opcodes, at most
+_PICKLE_SCAN_OPS = 8  # this many well-formed opcodes in a row make a pickle
 
 _ZLIB_HEADERS = (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
 
@@ -64,15 +68,35 @@ def _is_pickle(data: bytes) -> bool:
         return True
     if data.startswith(_OLD_PICKLE_PREFIXES) or _OLD_PICKLE_GLOBAL.match(data):
         return True
-    return bool(data) and data[0] in _OLD_PICKLE_OPENERS and data.rstrip(b"\n").endswith(b".")
+    return bool(data) and data[0] in _OLD_PICKLE_OPENERS and _reads_as_opcodes(data)
+
+
+def _reads_as_opcodes(data: bytes) -> bool:
+    """Whether ``data`` opens with a well-formed protocol 0/1 pickle stream.
+
+    ``pickletools.genops`` only decodes opcodes and their arguments; it builds no object and
+    imports nothing, so this is safe on hostile bytes. A stream that reaches STOP is a
+    pickle, whatever follows it; so is one that decodes cleanly over its first opcodes.
+    """
+    ops = 0
+    try:
+        for opcode, _arg, _pos in pickletools.genops(io.BytesIO(data[:_PICKLE_SCAN_BYTES])):
+            ops += 1
+            if opcode.name == "STOP" or ops >= _PICKLE_SCAN_OPS:
+                return True
+    except (ValueError, UnicodeDecodeError, struct.error):
+        return False
+    return False
 
 
 def _is_safetensors(data: bytes) -> bool:
-    # An 8-byte little-endian header length, then a JSON object header.
+    # An 8-byte little-endian header length, then a JSON object header (which JSON lets
+    # start with whitespace).
     if len(data) < 10:
         return False
     (header_len,) = struct.unpack("<Q", data[:8])
-    return 2 <= header_len <= len(data) - 8 and data[8:10] in (b'{"', b"{}")
+    header = data[8 : 8 + min(header_len, 64)].lstrip(b" \t\r\n")
+    return 2 <= header_len <= len(data) - 8 and header[:2] in (b'{"', b"{}")
 
 
 def _zip_kind(data: bytes) -> Detected:

@@ -35,7 +35,9 @@ CLIENT_ERROR_REASONS = (
     "body_timeout",
     "unsupported",
 )
-SHADOW_DROP_REASONS = ("budget", "breaker_open", "body_too_large", "disabled", "shutdown")
+SHADOW_DROP_REASONS = (
+    "budget", "breaker_open", "body_too_large", "disabled", "shutdown", "starting",
+)  # fmt: skip
 OUTCOMES = ("ok", "error", "timeout", "invalid", "dropped")
 
 

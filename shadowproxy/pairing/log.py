@@ -7,7 +7,8 @@ the disk: a full queue drops the record, and write errors are counted, never rai
 
 Files rotate by size: ``path`` is the file being written, ``path.1`` the newest backup and
 ``path.N`` the oldest. A line is never split across files. :func:`read_pair_log` reads
-them back oldest first.
+them back oldest first; :func:`check_pair_logs` tells a pair log from another file given
+by mistake before anything is read for use.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ import orjson
 
 from shadowproxy.background import let_loop_run, run_in_background
 from shadowproxy.config.model import PairLog
-from shadowproxy.pairing.codec import PairLogError, dumps_record, record_from_dict
+from shadowproxy.pairing.codec import (
+    SCHEMA,
+    PairLogError,
+    dumps_record,
+    loads_record,
+    record_from_dict,
+)
 from shadowproxy.pairing.record import PairRecord
 from shadowproxy.pairing.redact import compile_rules
 from shadowproxy.shadow.sampling import is_sampled, keyed_salt
@@ -38,6 +45,7 @@ __all__ = [
     "PairLogError",
     "PairLogWriter",
     "ReadStats",
+    "check_pair_logs",
     "log_files",
     "read_pair_log",
 ]
@@ -503,13 +511,16 @@ def read_pair_log(paths: Iterable[Path], *, stats: ReadStats | None = None) -> I
     """
     stats = ReadStats() if stats is None else stats
     for path in paths:
-        path = Path(path)
-        files = log_files(path)
-        if not files:
-            raise FileNotFoundError(f"no pair log at {path} (nor any rotated backup)")
-        for file in files:
+        for file in _existing_log_files(Path(path)):
             stats.files.append(file)
             yield from _read_file(file, stats)
+
+
+def _existing_log_files(path: Path) -> list[Path]:
+    files = log_files(path)
+    if not files:
+        raise FileNotFoundError(f"no pair log at {path} (nor any rotated backup)")
+    return files
 
 
 def _read_file(file: Path, stats: ReadStats) -> Iterator[PairRecord]:
@@ -527,3 +538,107 @@ def _read_file(file: Path, stats: ReadStats) -> Iterator[PairRecord]:
                 continue
             stats.records += 1
             yield record
+
+
+# Every line the writer appends starts so; a torn line is a prefix of one.
+_RECORD_START = b'{"schema":"' + SCHEMA.encode() + b'"'
+
+# The first bytes of compressed files, often what rotation tools leave behind. A pair log
+# starts with a record, "{", so none of them can begin one.
+_COMPRESSED = {
+    b"\x1f\x8b": "gzip",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\xfd7zXZ\x00": "xz",
+    b"BZh": "bzip2",
+}
+
+# Longest quote of a line's problem in a message: a bad value is shown with repr().
+_PROBLEM_CHARS = 200
+_JSON_POSITION = re.compile(r": line \d+ column \d+ \(char \d+\)$")
+
+
+def check_pair_logs(paths: Iterable[Path]) -> None:
+    """Check that each path is a pair log before any of it is used.
+
+    Every file of each log (rotated backups included) must hold at least one pair record,
+    or no line at all: a file of which no line is a record is something else given by
+    mistake (a compressed backup, a snapshot, a config), and reading it would only count
+    unreadable lines. The one exception is a file whose only line is a record cut short by
+    a crash during its first write. A file is read only up to its first record.
+
+    Parameters
+    ----------
+    paths : iterable of Path
+        Log paths as given to :func:`read_pair_log`.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path has neither a file nor any backup.
+    PairLogError
+        A file is not a pair log or cannot be read; the message starts with the file and
+        says why (``pairs.jsonl.1: not a pair log (gzip-compressed; decompress it
+        first)``).
+    """
+    for path in paths:
+        for file in _existing_log_files(Path(path)):
+            try:
+                problem = _not_a_pair_log(file)
+            except OSError as exc:
+                raise PairLogError(f"{file}: cannot read: {exc.strerror or exc}") from exc
+            if problem is not None:
+                raise PairLogError(f"{file}: not a pair log ({problem})")
+
+
+def _not_a_pair_log(file: Path) -> str | None:
+    """Why ``file`` is not a pair log; None when it holds a record or nothing at all."""
+    unreadable = 0
+    first: tuple[int, bytes, str] | None = None  # line number, line, problem
+    with file.open("rb") as f:
+        # Known at once, without reading through what may be a large archive.
+        head = f.read(max(len(magic) for magic in _COMPRESSED))
+        kind = next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
+        if kind is not None:
+            return f"{kind}-compressed; decompress it first"
+        f.seek(0)
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                loads_record(line)
+            except (ValueError, PairLogError) as exc:
+                unreadable += 1
+                if first is None:
+                    first = (n, line, str(exc))
+                continue
+            return None
+    if first is None:
+        return None  # empty: a log with nothing in it yet
+    n, line, problem = first
+    if unreadable == 1 and not line.endswith(b"\n") and _starts_like_a_record(line):
+        return None  # a crash cut the first write short
+    if b"\0" in line:
+        return "binary data, not JSON lines"
+    if not _is_utf8(line):
+        return f"line {n} is not UTF-8 text"
+    if line.strip() in (b"{", b"["):
+        return "a JSON document spread over lines, not one pair record per line"
+    # The parser's own position is within the line, which the message already names.
+    problem = _JSON_POSITION.sub("", problem)
+    if len(problem) > _PROBLEM_CHARS:
+        problem = problem[:_PROBLEM_CHARS] + "..."
+    if unreadable == 1:
+        return f"its one line is not a pair record: {problem}"
+    return f"none of its {unreadable} lines is a pair record; line {n}: {problem}"
+
+
+def _starts_like_a_record(line: bytes) -> bool:
+    return line.startswith(_RECORD_START) or _RECORD_START.startswith(line)
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -7,6 +7,9 @@ running when the traffic was recorded, or shadowproxy itself to rebuild comparat
 What cannot be replayed faithfully is not sent: a record whose request body the log cut
 short (``pair_log.max_body_bytes``) is skipped and counted. A body whose fields were
 redacted (``pair_log.redact``) is sent as logged, redaction markers included.
+
+The target is checked before anything is sent (:func:`target_problem`): a target that can
+never be reached would otherwise fail every request in transit, one by one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from shadowproxy.config.urls import base_problem, split_url
 from shadowproxy.pairing.record import PairRecord
 
 REPLAY_HEADER = "X-Shadow-Replay"
@@ -37,6 +41,28 @@ class ReplaySummary:
         return sum(self.errors.values())
 
 
+def target_problem(url: str) -> str | None:
+    """What keeps ``url`` from being a base URL to replay to, if anything.
+
+    A target is an absolute ``http://`` or ``https://`` URL naming a host, with an optional
+    path prefix; each request's path and query are appended to it, so it has neither a
+    query nor a fragment of its own. The URL is never quoted back: its userinfo may hold a
+    password.
+    """
+    example = "like http://127.0.0.1:8080"
+    if not url:
+        return f"must not be empty; give the service's base URL ({example})"
+    split = split_url(url)
+    if isinstance(split, str):
+        return split
+    parts, port = split
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"must be an absolute http:// or https:// URL ({example})"
+    if not parts.netloc or not parts.hostname:
+        return f"must name a host ({example})"
+    return base_problem(url, port)
+
+
 async def replay(
     records: Iterable[PairRecord],
     target_url: str,
@@ -48,7 +74,15 @@ async def replay(
 
     At most ``concurrency`` requests are outstanding; records are read lazily, so a log of
     any size replays in constant memory.
+
+    Raises
+    ------
+    ValueError
+        ``target_url`` is not a usable base URL (see :func:`target_problem`).
     """
+    problem = target_problem(target_url)
+    if problem is not None:
+        raise ValueError(f"target {problem}")
     summary = ReplaySummary()
     base = target_url.rstrip("/")
     limit = asyncio.Semaphore(concurrency)

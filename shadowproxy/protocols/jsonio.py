@@ -10,15 +10,18 @@ Bodies are parsed with orjson. Two things orjson does not decide the way the pro
   turns them into non-finite floats; they are refused as ``nonfinite`` unless
   ``payload.nonfinite`` is ``allow``.
 
-orjson reads integers up to 64 bits exactly and turns longer ones into floats; the array
-conversion (:mod:`shadowproxy.protocols.arrays`) reports those as ``int_overflow`` for
-integer inputs.
+orjson reads integers up to 64 bits exactly and turns longer ones into floats, and refuses
+those beyond the float64 range; such a body is read again with the standard library, which
+keeps them as exact integers. The array conversion (:mod:`shadowproxy.protocols.arrays`)
+reports an integer that does not fit its input as ``int_overflow``; one beyond Python's
+digit limit (4,300 by default) is ``int_overflow`` here.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import sys
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -96,7 +99,8 @@ def parse(body: bytes, *, max_depth: int, allow_nonfinite: bool) -> Any:
     Raises
     ------
     PayloadError
-        ``too_deep``, ``nonfinite`` or ``bad_json``.
+        ``too_deep``, ``nonfinite``, ``int_overflow`` (an integer beyond Python's digit
+        limit) or ``bad_json``.
     """
     check_depth(body, max_depth)
     try:
@@ -105,24 +109,39 @@ def parse(body: bytes, *, max_depth: int, allow_nonfinite: bool) -> Any:
         error = exc
     if "depth limit" in str(error):
         raise PayloadError(f"body nests too deeply: {error}", "too_deep") from error
-    # Only on the error path: tell a non-finite number apart from malformed JSON.
-    value, nonfinite = _parse_nonfinite(body)
-    if nonfinite:
+    # Only on the error path: tell valid JSON orjson cannot hold (non-finite numbers,
+    # integers beyond float64) apart from malformed JSON.
+    outcome, value = _parse_slowly(body)
+    if outcome == "nonfinite":
         if allow_nonfinite:
             return value
         raise PayloadError(
-            "body holds a non-finite number (NaN, Infinity or beyond float64 range)",
+            "body holds a non-finite number (NaN, Infinity or a float beyond float64 range)",
             "nonfinite",
+        ) from error
+    if outcome == "parsed":
+        # Valid JSON: an integer orjson cannot read as a double. The decoders check every
+        # integer against its input's datatype and name it (int_overflow).
+        return value
+    if outcome == "long_integer":
+        raise PayloadError(
+            f"body holds an integer of more than {sys.get_int_max_str_digits()} digits",
+            "int_overflow",
         ) from error
     raise PayloadError(f"body is not valid JSON: {error}", "bad_json") from error
 
 
-def _parse_nonfinite(body: bytes) -> tuple[Any, bool]:
-    """Parse with the standard library; the flag says whether a non-finite number was read.
+_Slow = Literal["parsed", "nonfinite", "long_integer", "invalid"]
 
-    Returns ``(None, False)`` when the body is not JSON even to the standard library, or
-    holds a lone surrogate escape (``"\\ud800"``): orjson refuses those, and a string
-    holding one cannot be written as UTF-8 again (a label in /metrics, a snapshot).
+
+def _parse_slowly(body: bytes) -> tuple[_Slow, Any]:
+    """Parse with the standard library, and say what it found.
+
+    ``nonfinite`` when a NaN, an infinity or a float beyond float64 was read;
+    ``long_integer`` for an integer literal beyond Python's digit limit; ``invalid`` when
+    the body is not JSON even to the standard library, or holds a lone surrogate escape
+    (``"\\ud800"``): orjson refuses those, and a string holding one cannot be written as
+    UTF-8 again (a label in /metrics, a snapshot).
     """
     seen = False
 
@@ -141,11 +160,13 @@ def _parse_nonfinite(body: bytes) -> tuple[Any, bool]:
     try:
         value = json.loads(body.decode("utf-8"), parse_constant=constant, parse_float=real)
         json.dumps(value, ensure_ascii=False).encode("utf-8")  # no lone surrogates
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError) as exc:
         # ValueError covers invalid JSON, invalid UTF-8, over-long integer literals and
         # (UnicodeEncodeError) lone surrogates.
-        return None, False
-    return value, seen
+        if "integer string conversion" in str(exc):
+            return "long_integer", None
+        return "invalid", None
+    return ("nonfinite" if seen else "parsed"), value
 
 
 def dumps(value: Any) -> bytes:

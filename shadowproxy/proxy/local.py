@@ -159,7 +159,9 @@ class LocalProduction:
                 outputs,
                 model_name=self.name,
                 model_version=self.version,
-                request_id=v2_id if v2_id is not None else answer.request_id,
+                # The protocol's own id, when the request gave one (the OIP echoes it);
+                # the proxy's request id is in the X-Request-Id header either way.
+                request_id=v2_id,
             )
         except PayloadError as exc:  # outputs the protocol cannot carry: the model's fault
             answer.respond(500, self.protocol.encode_error(str(exc)), "error", str(exc))

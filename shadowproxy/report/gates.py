@@ -104,10 +104,14 @@ def _describe(
     bounds: bool = False,
 ) -> str:  # fmt: skip
     text = f"{metric_label(metric)} {num(value)}"
-    if lo is not None or hi is not None:
-        # Bounds are every value the binned data allows, not a confidence interval.
-        kind = "bounds" if bounds else f"{percent(confidence)} CI"
-        text += f" ({kind} {interval(lo, hi)})"
+    if bounds:
+        # Every value the binned data allows, not a confidence interval; an open end is
+        # unbounded.
+        low_text = "−∞" if lo is None else num(lo)
+        high_text = "∞" if hi is None else num(hi)
+        text += f" (bounds {low_text}–{high_text})"
+    elif lo is not None or hi is not None:
+        text += f" ({percent(confidence)} CI {interval(lo, hi)})"
     return text
 
 
@@ -189,9 +193,12 @@ def evaluate_gates(
                         f"({min_samples - samples} more)"
                     )
                 else:
-                    lo = value if ci_low is None else ci_low
-                    hi = value if ci_high is None else ci_high
-                    has_ci = ci_low is not None or ci_high is not None
+                    bounds = entry.get("interval") == "bounds"
+                    has_ci = ci_low is not None or ci_high is not None or bounds
+                    # A confidence interval that could not be computed leaves the value;
+                    # bounds with an open end (what binned data allows) are unbounded there.
+                    lo = (-math.inf if bounds else value) if ci_low is None else ci_low
+                    hi = (math.inf if bounds else value) if ci_high is None else ci_high
                     passed, phrase = _judge(op, threshold, lo, hi)
                     if passed is None:
                         reason = f"{head}: the interval {phrase}; more samples are needed"

@@ -132,6 +132,11 @@ def _flip_matrix(ev: Mapping[str, Any]) -> str:
     fm = ev.get("flip_matrix")
     if not isinstance(fm, Mapping):
         return ""
+    if fm.get("too_many_pairs"):
+        return (
+            '<h3>Label flips</h3><p class="note">Too many distinct label pairs for a flip '
+            "matrix; label agreement above counts every row.</p>"
+        )
     labels, counts = fm.get("labels") or [], fm.get("counts") or []
     if not labels or len(counts) != len(labels) or any(len(r) != len(labels) for r in counts):
         return ""

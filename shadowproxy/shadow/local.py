@@ -103,6 +103,8 @@ class LocalShadowTarget(MirroredTarget):
             self.drop(join, "body_too_large")
         elif self.executor.disabled:
             self.drop(join, "disabled")
+        elif self.executor.starting:
+            self.drop(join, "starting")  # still loading or warming up: production serves on
         elif not self.breaker.allow(self.loop.time()):
             self.drop(join, "breaker_open")
         elif self.in_flight >= self.config.max_in_flight:
@@ -127,13 +129,15 @@ class LocalShadowTarget(MirroredTarget):
             return
         self.in_flight += 1
         future = self.executor.submit(decoded.arrays, decoded.rows, self.timeout_s)
-        future.add_done_callback(partial(self._answered, join, started, join.record.request_id))
+        # The answer echoes the request's own id (v2), if it has one, as production's and
+        # the process executor's do.
+        future.add_done_callback(partial(self._answered, join, started, decoded.id))
 
     def _answered(
         self,
         join: PairJoin,
         started: float,
-        request_id: str,
+        request_id: str | None,
         future: asyncio.Future[Inference] | asyncio.Future[BodyAnswer],
     ) -> None:
         self.in_flight -= 1
@@ -164,11 +168,13 @@ class LocalShadowTarget(MirroredTarget):
                 model_version=self.version,
                 request_id=request_id,
             )
-        except PayloadError as exc:  # outputs the protocol cannot carry: the model's fault
-            self.stats.record("invalid", latency)
+        except PayloadError as exc:
+            # Outputs the protocol cannot carry: the model's fault, so an error (as the
+            # process executor's worker counts it), not an invalid input.
+            self.stats.record("error", latency)
             self.stats.pairs += 1
             self.breaker.record(False, self.loop.time())
-            self._publish(join, "invalid", started, detail=f"output: {exc}")
+            self._publish(join, "error", started, detail=f"output: {exc}")
             return
         self.stats.record("ok", latency)
         self.stats.pairs += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -26,6 +27,7 @@ from shadowproxy.config import config_from_dict
 from shadowproxy.config.model import Config
 from shadowproxy.errors import StateError
 from shadowproxy.pairing.record import Cost, Exchange, PairRecord
+from shadowproxy.protocols.arrays import labels_array
 from shadowproxy.shadow.sampling import MIRROR_PURPOSE, is_sampled, keyed_salt
 
 
@@ -222,17 +224,34 @@ def test_a_bad_feedback_label_is_refused_and_forgets_nothing() -> None:
     ("label", "text"),
     [
         (1, ["1"]),
-        (1.0, ["1.0"]),
-        (True, ["True"]),
+        (1.0, ["1"]),
+        (True, ["1"]),
+        (False, ["0"]),
         ("yes", ["yes"]),
-        ([1, 2.5, "a"], ["1", "2.5", "a"]),
+        ([1, 2.0, False, "a"], ["1", "2", "0", "a"]),
     ],
 )
-def test_feedback_labels_become_text_as_model_labels_do(label: object, text: list[str]) -> None:
+def test_feedback_labels_are_read_as_the_models_labels_are(label: object, text: list[str]) -> None:
     assert truth_labels(label).tolist() == text
-    # The same conversion the comparator applies to the models' own labels.
-    if type(label) is not list:
-        assert truth_labels(label).tolist() == np.asarray([label]).astype(str).tolist()
+    if type(label) is not list and type(label) is not str:
+        # The models' own labels, through the protocol reader.
+        assert labels_array([label], "data").astype(str).tolist() == text
+
+
+def test_feedback_matches_boolean_and_float_labels_of_the_models() -> None:
+    cfg = config()
+    answer = {"outputs": [
+        {"name": "label", "shape": [1], "datatype": "BOOL", "data": [True]},
+        {"name": "probabilities", "shape": [1, 2], "datatype": "FP64", "data": [0.2, 0.8]},
+    ]}  # fmt: skip
+    rec = record(1, 0.8, 0.8)
+    rec.production.body = rec.shadows["cand"].body = orjson.dumps(answer)
+    comparator = fold(cfg, [rec])
+    assert comparator.feedback("req-1", True) is True
+    st = comparator.targets["cand"]
+    assert (st.production_correct, st.candidate_correct) == (1, 1)
+    with pytest.raises(ValueError, match="0.5 is not a whole number"):
+        truth_labels(0.5)
 
 
 def test_the_thread_folds_what_is_queued_and_a_full_queue_drops_and_counts() -> None:
@@ -403,7 +422,8 @@ def test_the_one_row_fast_path_leaves_exactly_the_state_of_the_full_extraction(
         slow.update(r)
     slow.flush()
     a, b = fast.snapshot(), slow.snapshot()
-    a.pop("written_at"), b.pop("written_at")
+    for key in ("written_at", "replica"):  # when, and which process: not the state
+        a.pop(key), b.pop(key)
     assert a["targets"]["cand"]["compared"] > 1000
     assert a == b  # bit for bit: reservoirs, sketches, moments, flips, examples
     for request_id in ("req-12000000", "req-12000007"):
@@ -439,3 +459,96 @@ def test_with_a_sampling_key_reservoirs_are_keyed_and_snapshots_checked_against_
     unchecked = merge_snapshots([("a", left), ("b", right)])
     checked = merge_snapshots([("a", left), ("b", right)], reservoir_key_from(key))
     assert unchecked["cand"].to_json() == checked["cand"].to_json()
+
+
+# -- which evidence may be put together ---------------------------------------------------
+
+
+def _versions(candidate: str = "2", production: str = "1") -> Config:
+    return config_from_dict(
+        {
+            "production": {"name": "prod", "version": production, "url": "http://127.0.0.1:9"},
+            "candidates": [{"name": "cand", "version": candidate, "url": "http://127.0.0.1:10"}],
+            "compare": {"outputs": {"score": "probabilities", "label": "label"}, "seed": 7},
+        }
+    )
+
+
+def test_a_restart_under_another_version_leaves_the_old_evidence_out() -> None:
+    old = fold(config(), records(50, seed=1)).snapshot()  # cand version 2, prod version 1
+    same = Comparator(_versions())
+    assert same.load(old) == {}
+    assert same.targets["cand"].requests == 50
+    assert same.replica_id == old["replica"]  # the same replica, resumed
+    bumped = Comparator(_versions(candidate="3"))
+    left_out = bumped.load(old)
+    assert list(left_out) == ["cand"] and "version '2' is now configured as" in left_out["cand"]
+    assert "cand" not in bumped.targets  # starts afresh
+    new_production = Comparator(_versions(production="9"))
+    assert "production 'prod' version '1'" in new_production.load(old)["cand"]
+    assert new_production.targets == {}
+
+
+def test_the_same_replica_twice_or_another_production_is_refused_in_a_merge() -> None:
+    first = fold(config(), records(30, seed=1)).snapshot()
+    other = fold(config(), records(30, seed=2)).snapshot()
+    assert merge_snapshots([("a", first), ("b", other)])["cand"].requests == 60
+    later = copy.deepcopy(first)  # the same replica's state, taken again later
+    with pytest.raises(StateError, match="^b: the same replica as a"):
+        merge_snapshots([("a", first), ("b", later)])
+    production = {"name": "prod", "version": "1"}
+    assert merge_snapshots([("a", first)], production=production)["cand"].requests == 30
+    with pytest.raises(StateError, match="^a: measured against production 'prod' version '1'"):
+        merge_snapshots([("a", first)], production={"name": "prod", "version": "2"})
+    reseeded = Comparator(
+        config_from_dict({"production": {"name": "prod", "url": "http://127.0.0.1:9"},
+                          "compare": {"seed": 8}})
+    )  # fmt: skip
+    with pytest.raises(StateError, match="^a: written with another layout"):
+        merge_snapshots([("a", first)], layout=reseeded.fingerprint())
+
+
+def test_error_rate_delta_compares_the_two_sides_on_the_same_requests() -> None:
+    # Production fails the first 200 requests, which the candidate never got (dropped, as
+    # by its budget); of the 600 it got, it failed 30 and production none.
+    recs = []
+    for i in range(1000):
+        r = record(i, 0.3, 0.3, "dropped" if i < 400 else "error" if i < 430 else "ok")
+        if i < 200:
+            r.production.outcome = "error"
+        recs.append(r)
+    cfg = config()
+    report = report_for(cfg, merge_snapshots([("x", fold(cfg, recs).snapshot())]))
+    metrics = report["candidates"][0]["evidence"]["metrics"]
+    delta = metrics["error_rate_delta"]
+    assert delta["value"] == pytest.approx(30 / 600)
+    assert delta["ci_low"] > 0  # the candidate is worse, not better
+    assert metrics["error_rate"]["value"] == pytest.approx(30 / 600)
+
+
+def test_a_nan_score_is_counted_and_left_out_of_every_interval() -> None:
+    recs = records(400, seed=3, noise=0.02)
+    broken = record(99_999, 0.5, 0.5)
+    broken.shadows["cand"].body = orjson.dumps({"outputs": [
+        {"name": "label", "shape": [1], "datatype": "INT64", "data": [1]},
+        {"name": "probabilities", "shape": [1, 2], "datatype": "FP64", "data": [0.5, None]},
+    ]})  # fmt: skip
+    cfg = config()
+    clean = report_for(cfg, merge_snapshots([("x", fold(cfg, recs).snapshot())]))
+    with_nan = report_for(cfg, merge_snapshots([("x", fold(cfg, [*recs, broken]).snapshot())]))
+    before = clean["candidates"][0]["evidence"]["metrics"]
+    after = with_nan["candidates"][0]["evidence"]["metrics"]
+    for name in ("score_mae", "score_bias", "score_p99_abs_diff", "score_wasserstein"):
+        assert after[name]["value"] == pytest.approx(before[name]["value"]), name
+        assert after[name]["ci_low"] is not None or name == "score_wasserstein", name
+    assert after["score_mae"]["ci_low"] == pytest.approx(before["score_mae"]["ci_low"], rel=0.05)
+    assert after["score_nonfinite_rate"]["value"] == pytest.approx(1 / 401)
+    assert before["score_nonfinite_rate"]["value"] == 0
+
+
+def test_an_estimate_without_an_interval_is_not_decided_on_its_value() -> None:
+    cfg = config(min_samples=1)  # one pair: enough samples, too few for a bootstrap
+    report = report_for(cfg, merge_snapshots([("x", fold(cfg, [record(1, 0.5, 0.5)]).snapshot())]))
+    gate = next(g for g in report["candidates"][0]["gates"] if g["metric"] == "score_mae")
+    assert gate["value"] == 0 and gate["passed"] is None
+    assert "too few for an interval" in gate["reason"]

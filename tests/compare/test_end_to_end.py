@@ -158,19 +158,29 @@ async def test_traffic_to_a_report_with_a_promoted_and_a_rejected_candidate(
     assert (out / "report.html").read_text().count("<img") >= 4
     assert "twin" in result.stdout and "decision: promote" in result.stdout
 
-    # The snapshot written at shutdown merges with itself into twice the counts, and the
-    # report from the file alone says the same thing.
+    # The snapshot written at shutdown says the same thing from the file alone.
     snap = tmp_path / "snapshot.json"
     assert json.loads(snap.read_text())["targets"]["twin"]["compared"] == N
     again = subprocess.run(
         [sys.executable, "-m", "shadowproxy", "report", "--config", str(config_path),
-         "--source", str(snap), "--source", str(snap), "--out", str(tmp_path / "r2"),
-         "--candidate", "constant"],
+         "--source", str(snap), "--out", str(tmp_path / "r2"), "--candidate", "constant"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert again.returncode == 1, again.stderr
-    doubled = json.loads((tmp_path / "r2" / "report.json").read_text())
-    assert doubled["candidates"][0]["samples"] == 2 * N
+    alone = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert alone["candidates"][0]["samples"] == N
+    # The same replica twice would count its traffic twice: the same file, or a copy of
+    # it taken at another time, is refused.
+    copy = tmp_path / "copy.json"
+    copy.write_bytes(snap.read_bytes())
+    for second in (str(snap), str(copy)):
+        twice = subprocess.run(
+            [sys.executable, "-m", "shadowproxy", "report", "--config", str(config_path),
+             "--source", str(snap), "--source", second, "--out", str(tmp_path / "r4")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert twice.returncode == 2, twice.stderr
+        assert "count twice" in twice.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "shadowproxy", "report", "--config", str(config_path),
          "--source", "prometheus+http://127.0.0.1:9", "--out", str(tmp_path / "r3")],

@@ -12,10 +12,12 @@ import pytest
 
 from shadowproxy.compare.bins import BinLayout, Histogram
 from shadowproxy.compare.reference import (
+    MAX_BINS,
     REFERENCE_SCHEMA,
     FeatureReference,
     Reference,
     build_reference,
+    check_bins,
     load_training_data,
 )
 from shadowproxy.errors import StateError
@@ -242,3 +244,122 @@ def test_feature_reference_checks_its_kind() -> None:
         FeatureReference("z", "categorical", categories={"a": 1}, nan_rate=1.5)
     with pytest.raises(ValueError, match="unique"):
         Reference((FeatureReference("a", "categorical"),) * 2, rows=1)
+
+
+# -- bad input is refused with a message naming the file ----------------------------------
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "directory", "file-as-folder"])
+def test_save_refuses_an_unwritable_destination_naming_it(
+    reference: Reference, tmp_path: Path, where: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dir").mkdir()
+    (out / "plain").write_text("a file")
+    path = {
+        "missing-folder": out / "nope" / "reference.json",
+        "directory": out / "dir",
+        "file-as-folder": out / "plain" / "reference.json",
+    }[where]
+    with pytest.raises(OSError) as info:
+        reference.save(path)
+    # The destination is named, not the temporary file the atomic write would have used.
+    assert info.value.filename == str(path)
+    assert info.value.strerror
+    assert sorted(os.listdir(out)) == ["dir", "plain"]  # no temporary file left behind
+    assert os.listdir(out / "dir") == []
+
+
+def test_npy_whose_header_claims_more_than_the_file_holds_is_refused_before_loading(
+    tmp_path: Path,
+) -> None:
+    # 2.4 TB promised, 64 bytes present: nothing may be allocated for the promise.
+    path = tmp_path / "big.npy"
+    with path.open("wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f8", "fortran_order": False, "shape": (100_000_000_000, 3)}
+        )
+        fh.write(b"\0" * 64)
+    with pytest.raises(ValueError, match="big.npy") as info:
+        build_reference(path)
+    assert "2400000000000 bytes" in str(info.value) and "holds 64" in str(info.value)
+
+
+def test_truncated_npy_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "cut.npy"
+    np.save(path, np.zeros((100, 2)))
+    path.write_bytes(path.read_bytes()[:-50])
+    with pytest.raises(ValueError, match="cut.npy") as info:
+        load_training_data(path)
+    assert "cut short" in str(info.value)
+
+
+def test_fortran_ordered_and_integer_npy_still_load(tmp_path: Path) -> None:
+    data = np.asfortranarray(np.arange(12, dtype=np.int32).reshape(4, 3))
+    path = tmp_path / "f.npy"
+    np.save(path, data)
+    columns, names = load_training_data(path)
+    assert names == ("f0", "f1", "f2")
+    assert [c.tolist() for c in columns] == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
+
+
+def test_csv_with_a_byte_order_mark_matches_its_first_column(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + CSV.encode("utf-8"))
+    columns, names = load_training_data(path, ["age", "score"])
+    assert names == ("age", "score") and columns[0][0] == 34.0
+    assert load_training_data(path)[1][0] == "age"
+
+
+def test_csv_that_is_not_utf8_is_refused_naming_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("city,n\nparis,1\nzürich,2\n".encode("latin-1"))
+    with pytest.raises(ValueError) as info:
+        load_training_data(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not UTF-8 text")
+    assert "line 3" in message and "0xfc" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('a,b\n1,"2\n3,4\n', 2),  # the last cell would swallow the rest of the file
+        ('"a,b\n1,2\n3,4\n', 1),  # the header would swallow every row
+        ('a,b\n"x"y,2\n', 2),
+    ],
+)
+def test_malformed_csv_is_refused_naming_the_file_and_line(
+    tmp_path: Path, text: str, line: int
+) -> None:
+    path = tmp_path / "quote.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        build_reference(path)
+    assert str(info.value).startswith(f"{path}, line {line}: malformed CSV: ")
+
+
+def test_unclosed_quote_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "quote.csv"
+    path.write_text('a,b\n1,"2\n3,4\n')
+    with pytest.raises(ValueError, match="never closed"):
+        load_training_data(path)
+
+
+@pytest.mark.parametrize("bins", [0, 1, -3, MAX_BINS + 1, 10**12, True])
+def test_bins_out_of_range_are_refused_before_reading(csv_path: Path, bins: int) -> None:
+    with pytest.raises(ValueError, match=f"from 2 to {MAX_BINS}"):
+        check_bins(bins)
+    # Also for data with no numeric column, where no layout would ever check them.
+    categorical = csv_path.with_name("cats.csv")
+    categorical.write_text("city\nparis\nrome\n")
+    for path in (csv_path, categorical):
+        with pytest.raises(ValueError, match="bins"):
+            build_reference(path, bins=bins)
+
+
+def test_bins_within_range_are_accepted(csv_path: Path) -> None:
+    check_bins(2)
+    check_bins(MAX_BINS)
+    assert build_reference(csv_path, bins=MAX_BINS).rows == 6

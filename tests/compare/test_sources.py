@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import re
 import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from shadowproxy.compare.discovery import parse_dns_source, resolve, unique_addresses
+from shadowproxy.compare.httpjson import fetch_json
 from shadowproxy.compare.prometheus import parse_prometheus_source, state_query
 from shadowproxy.compare.sources import read_snapshots, read_sources
 from shadowproxy.config import config_from_dict
@@ -172,3 +175,66 @@ def test_prometheus_sources_name_the_api_and_label_matchers() -> None:
     query = state_query('job="churn"')
     assert query.count('job="churn"') == 4  # every selector is restricted
     assert query.startswith("sum by (__name__, ") and " or on(__name__, " in query
+
+
+def test_one_source_given_twice_is_refused(tmp_path: Path) -> None:
+    from shadowproxy.compare.persist import write_snapshot
+
+    path = tmp_path / "snapshot.json"
+    write_snapshot(path, snapshot(10, seed=1))
+    for twice in ([str(path), str(path)], [str(path), str(tmp_path / "." / "snapshot.json")],
+                  ["http://127.0.0.1:9/", "http://127.0.0.1:9/admin/snapshot"]):  # fmt: skip
+        with pytest.raises(StateError, match="given twice.*would count twice"):
+            read_sources(twice, config(), None)
+
+
+def test_an_admin_url_that_does_not_parse_is_a_source_error() -> None:
+    for bad in ("http://[::1", "http://127.0.0.1:port", "http://"):
+        with pytest.raises(StateError, match="not a valid URL") as info:
+            read_snapshots(bad)
+        assert str(info.value).startswith(bad)
+
+
+async def _raw_server(answer: Any) -> tuple[asyncio.Server, int]:
+    """A loopback server that reads a request head, then runs ``answer(writer)``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            await answer(writer)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_an_admin_listener_that_trickles_is_cut_at_the_whole_timeout() -> None:
+    async def trickle(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(1000):  # one byte every 0.1 s: each read is quick, the whole is not
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    server, port = await _raw_server(trickle)
+    async with server:
+        started = time.monotonic()
+        with pytest.raises(StateError, match="did not send its whole answer within 0.5 s"):
+            await asyncio.to_thread(read_snapshots, f"http://127.0.0.1:{port}", 0.5)
+        assert time.monotonic() - started < 5
+
+
+async def test_an_answer_larger_than_the_cap_is_refused() -> None:
+    async def endless(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n")  # no length: until the connection closes
+        for _ in range(200):
+            writer.write(b" " * 65536)
+            await writer.drain()
+
+    server, port = await _raw_server(endless)
+    async with server:
+        with pytest.raises(StateError, match="answered more than 1000000 bytes"):
+            await asyncio.to_thread(
+                fetch_json, f"http://127.0.0.1:{port}/admin/snapshot", "src", "the admin listener",
+                timeout_s=10, max_bytes=1_000_000,
+            )  # fmt: skip

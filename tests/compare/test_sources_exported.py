@@ -47,10 +47,11 @@ from shadowproxy.compare.sketch import QuantileSketch
 from shadowproxy.compare.target import SCORE_LAYOUT, TargetState
 from shadowproxy.config import config_from_dict
 from shadowproxy.config.gates import GATE_METRICS
-from shadowproxy.config.model import Config
+from shadowproxy.config.model import Config, Gate
 from shadowproxy.errors import StateError
 from shadowproxy.observability.comparator_state import ComparatorStateCollector
 from shadowproxy.pairing.record import Cost, Exchange, PairRecord
+from shadowproxy.report.gates import evaluate_gates
 
 NUMERIC = ("f0", "f1", "f2")
 FEATURES = (*NUMERIC, "segment")
@@ -295,8 +296,9 @@ def test_a_prometheus_report_agrees_where_it_can_and_says_where_it_cannot(cfg: C
     # must contain them.
     for name in BIN_BOUNDS:
         got, raw = b["evidence"]["metrics"][name], a["metrics"][name]
-        assert got["ci_low"] * (1 - 1e-12) <= raw <= got["ci_high"] * (1 + 1e-12), (name, got)
-        assert "from the" in got["method"] and got["ci_low"] < got["ci_high"]
+        high = np.inf if got["ci_high"] is None else got["ci_high"]  # None: open above
+        assert got["ci_low"] * (1 - 1e-12) <= raw <= high * (1 + 1e-12), (name, got)
+        assert "from the" in got["method"] and got["ci_low"] < high
     for name in NEEDS_SNAPSHOTS:
         assert b["metrics"][name] is None
         assert "needs snapshot or admin sources" in b["unavailable"][name]
@@ -346,7 +348,35 @@ def test_bin_bounds_contain_the_raw_distance_and_statistic(u: list[float], v: li
     raw_w = sps.wasserstein_distance(u, v)
     assert w_low - 1e-12 <= raw_w <= w_high + 1e-12
     assert w_low - 1e-12 <= w_value <= w_high + 1e-12
-    assert w_high - w_low <= 2 * 0.05 + 1e-12  # never wider than two bins
+    if hu[-1] or hv[-1]:  # a score of 1 sits in the upper outer bin: no upper bound
+        assert w_high == np.inf
+    else:
+        assert w_high - w_low <= 2 * 0.05 + 1e-12  # never wider than two bins
+
+
+def test_scores_beyond_the_last_edge_leave_the_distance_unbounded_above() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0, 1, 1000)
+    c = p + 3.0  # all in the upper outer bin: 3.0 apart, though the bins cannot tell
+    hp, hc = (np.bincount(SCORE_LAYOUT.index(x), minlength=22) for x in (p, c))
+    value, low, high = binned_wasserstein_bounds(SCORE_LAYOUT.edges, hp, hc)
+    assert low <= sps.wasserstein_distance(p, c) and high == np.inf
+    # A gate's maximum cannot pass on an open bound, whatever the midpoint value says.
+    results = evaluate_gates(
+        [Gate(metric="score_wasserstein", max=1.0)],
+        {
+            "score_wasserstein": {
+                "value": value,
+                "ci_low": low,
+                "ci_high": None,
+                "interval": "bounds",
+            }
+        },  # fmt: skip
+        samples=1000,
+        min_samples=10,
+    )
+    assert value < 1.0 and results[0].passed is None
+    assert "bounds" in results[0].reason and "∞" in results[0].reason
 
 
 def test_wasserstein_is_unbounded_below_the_first_edge() -> None:

@@ -45,9 +45,14 @@ def cand(extra: str) -> str:
     return f'{PROD}\ncandidates: [{{name: churn-rc, url: "http://cand.svc:8080", {extra}}}]\n'
 
 
-def local_cand(model: str) -> str:
-    """A config whose single candidate is a local model given as ``model``."""
-    return f"{PROD}\ncandidates: [{{name: churn-rc, model: {model}}}]\n"
+def local_cand(model: str, extra: str = "") -> str:
+    """A config whose single candidate is a local model given as ``model``, with the
+    flow-mapping entries ``extra``."""
+    more = f", {extra}" if extra else ""
+    return f"{PROD}\ncandidates: [{{name: churn-rc, model: {model}{more}}}]\n"
+
+
+PINNED = f"{{path: m.onnx, sha256: {HEX}}}"
 
 
 BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
@@ -68,6 +73,16 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
         "non-string-key",
         f"{PROD}\nlisten: {{1: 2}}\n",
         ["listen: keys must be strings, got int (1)"],
+    ),
+    (
+        "non-string-key-top-level",
+        f"{PROD}\n1: 2\n",
+        ["<top level>: keys must be strings, got int (1)"],
+    ),
+    (
+        "non-string-key-in-list",
+        f"{PROD}\npromotion: {{gates: [{{metric: score_psi, max: 1, true: 2}}]}}\n",
+        ["promotion.gates[0]: keys must be strings, got bool (True)"],
     ),
     # ---- types
     (
@@ -123,6 +138,24 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
         ["compare.reference: expected a file path, got int (7)"],
     ),
     (
+        "features-repeated",
+        f"{PROD}\ncompare: {{features: [age, tenure, age, tenure]}}\n",
+        [
+            "compare.features[2]: 'age' is listed twice (also compare.features[0])",
+            "compare.features[3]: 'tenure' is listed twice (also compare.features[1])",
+        ],
+    ),
+    (
+        "features-empty",
+        f'{PROD}\ncompare: {{features: ["", balance]}}\n',
+        ["compare.features[0]: must be a non-empty column name"],
+    ),
+    (
+        "pair-log-path-is-a-directory",
+        f"{PROD}\npair_log: {{path: .}}\n",
+        ["pair_log.path: is a directory, not a file (name a file in it, like pairs.jsonl)"],
+    ),
+    (
         "path-empty",
         f"{PROD}\npair_log: {{path: ''}}\n",
         ["pair_log.path: must be a non-empty file path"],
@@ -143,6 +176,28 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
     ("range-lt", f"{PROD}\npromotion: {{confidence: 1}}\n", ["promotion.confidence: must be < 1"]),
     ("range-le", cand("sample_rate: 1.5"), ["candidates[0].sample_rate: must be <= 1"]),
     ("range-le-port", f"{PROD}\nadmin: {{port: 70000}}\n", ["admin.port: must be <= 65535"]),
+    # Bounds of what reaches numpy, the reservoir's 8-byte key and other fixed-size C ints.
+    (
+        "seed-too-large",
+        f"{PROD}\ncompare: {{seed: {2**64}}}\n",
+        [f"compare.seed: must be < {2**64}"],
+    ),
+    ("seed-negative", f"{PROD}\ncompare: {{seed: -1}}\n", ["compare.seed: must be >= 0"]),
+    (
+        "memory-mb-too-large",
+        local_cand(PINNED, f"executor: {{memory_mb: {2**50}}}"),
+        [f"candidates[0].executor.memory_mb: must be <= {16 * 1024 * 1024}"],
+    ),
+    (
+        "shadow-response-cap-too-large",
+        f"{PROD}\nlimits: {{shadow_max_response_bytes: {2**63}}}\n",
+        [f"limits.shadow_max_response_bytes: must be <= {2**40}"],
+    ),
+    (
+        "cpu-number-too-large",
+        local_cand(PINNED, f"executor: {{cpus: [0, {2**40}]}}"),
+        [f"candidates[0].executor.cpus[1]: must be <= 65535, got {2**40}"],
+    ),
     # ---- Literal
     (
         "literal",
@@ -151,7 +206,7 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
     ),
     (
         "literal-nested",
-        cand("executor: {kind: fork}"),
+        local_cand(PINNED, "executor: {kind: fork}"),
         ["candidates[0].executor.kind: must be one of 'process', 'thread', got 'fork'"],
     ),
     # ---- required
@@ -178,6 +233,23 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
         "candidate-neither",
         f"{PROD}\ncandidates: [{{name: churn-rc}}]\n",
         ["candidates[0]: set exactly one of 'url' or 'model'"],
+    ),
+    # ---- executor: only a local model has one
+    (
+        "candidate-executor-with-url",
+        cand("executor: {workers: 2}"),
+        ["candidates[0].executor: only for a local model (model:), not with url:"],
+    ),
+    (
+        "production-executor-with-url",
+        'production: {name: churn, url: "http://prod.svc:8080", executor: {kind: thread}}',
+        ["production.executor: only for a local model (model:), not with url:"],
+    ),
+    (
+        "executor-with-url-and-model",
+        "production:\n  name: churn\n  url: http://prod.svc\n"
+        f"  model: {PINNED}\n  executor: {{kind: thread}}\n",
+        ["production: set exactly one of 'url' or 'model'"],
     ),
     # ---- URLs
     (
@@ -380,7 +452,7 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
     ),
     (
         "cpus-negative-and-twice",
-        cand("executor: {cpus: [1, -1, 1]}"),
+        local_cand(PINNED, "executor: {cpus: [1, -1, 1]}"),
         [
             "candidates[0].executor.cpus[1]: must be >= 0, got -1",
             "candidates[0].executor.cpus[2]: CPU 1 is listed twice",
@@ -551,6 +623,87 @@ def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
     assert cfg.candidates[1].timeout_ms == 50.0
 
 
+def _alias_levels(levels: int, first: str, step: str) -> str:
+    """YAML where each level refers to the one before nine times: tiny as text, but a walk
+    that follows every alias meets 9**levels copies of the first level."""
+    lines = [f"l0: &l0 {first}"]
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} " + step.format(", ".join([f"*l{i - 1}"] * 9)))
+    return "\n".join(lines) + "\n"
+
+
+def test_shared_alias_nodes_are_walked_once(tmp_path: Path) -> None:
+    # 9**29 references to l0: only a walk that visits each node once ever ends.
+    file = write(tmp_path, _alias_levels(30, "{x: 1, x: 2}", "[{}]") + PROD + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    lines = str(info.value).splitlines()
+    # The repeat inside the shared mapping is one problem, not one per alias.
+    assert lines[0] == f"{file}: line 1: key 'x' is given twice (YAML would keep the last)"
+    assert lines[1:] == [f"l{i}: unknown key" for i in range(30)]
+
+
+def test_aliases_under_a_known_key_are_not_expanded(tmp_path: Path) -> None:
+    text = _alias_levels(30, "[a, b]", "[{}]") + f"{PROD}\ncompare: {{features: *l29}}\n"
+    lines = problem_lines(tmp_path, text)
+    assert lines == [f"l{i}: unknown key" for i in range(30)] + [
+        f"compare.features[{i}]: expected a string, got list" for i in range(9)
+    ]
+
+
+def test_merge_keys_that_multiply_are_refused(tmp_path: Path) -> None:
+    # YAML copies what a merge key (<<) brings in: 30 levels would be 9**29 copies of l0.
+    file = write(tmp_path, _alias_levels(30, "{a: 1, b: 2}", "{{<<: [{}]}}") + PROD + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    (line,) = str(info.value).splitlines()
+    assert (
+        line == f"{file}: line 7: merge keys (<<) expand the config to more than 1,000,000 entries"
+    )
+
+
+def test_a_few_merges_are_still_fine(tmp_path: Path) -> None:
+    # The same shape, small enough to be an honest config.
+    text = _alias_levels(4, "{a: 1, b: 2}", "{{<<: [{}]}}")
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text + PROD + "\n")
+    assert str(info.value).splitlines() == [f"l{i}: unknown key" for i in range(4)]
+
+
+def test_recursive_aliases_are_a_config_error(tmp_path: Path) -> None:
+    lines = problem_lines(tmp_path, f"{PROD}\ncompare: &c {{features: [a], outputs: *c}}\n")
+    assert lines == [
+        "compare.outputs.features: unknown key",
+        "compare.outputs.outputs: unknown key",
+    ]
+
+
+def test_deep_nesting_is_a_config_error(tmp_path: Path) -> None:
+    file = write(tmp_path, f"{PROD}\ncompare: {{features: {'[' * 5000}{']' * 5000}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert str(info.value) == f"{file}: not valid YAML: nested too deeply"
+
+
+def test_largest_seed_is_accepted(tmp_path: Path) -> None:
+    cfg = load(tmp_path, f"{PROD}\ncompare: {{seed: {2**64 - 1}}}\n")
+    assert cfg.compare.seed == 2**64 - 1
+
+
+def test_executor_of_a_local_model_is_accepted(tmp_path: Path) -> None:
+    cfg = load(tmp_path, local_cand(PINNED, "executor: {kind: thread, workers: 2}"))
+    assert (cfg.candidates[0].executor.kind, cfg.candidates[0].executor.workers) == ("thread", 2)
+    # A remote model that leaves executor out keeps the (unused) default.
+    defaults = {spec.name: spec.default for spec in dataclasses.fields(config_model.Production)}
+    assert cfg.production.executor == defaults["executor"]
+
+
+def test_pair_log_path_may_be_a_new_file_in_a_new_folder(tmp_path: Path) -> None:
+    # The log creates its folders when it starts; only a directory in the way is wrong.
+    cfg = load(tmp_path, f"{PROD}\npair_log: {{path: logs/new/pairs.jsonl}}\n")
+    assert cfg.pair_log.path == tmp_path / "logs" / "new" / "pairs.jsonl"
+
+
 # --------------------------------------------------------------------------- conversions
 
 
@@ -635,7 +788,7 @@ def test_every_contract_gate_metric_is_accepted(tmp_path: Path) -> None:
     gates = ", ".join(f"{{metric: {name}, min: 0}}" for name in GATE_METRICS)
     cfg = load(tmp_path, f"{PROD}\npromotion: {{gates: [{gates}]}}\n")
     assert tuple(gate.metric for gate in cfg.promotion.gates) == GATE_METRICS
-    assert len(GATE_METRICS) == 26
+    assert len(GATE_METRICS) == 27  # the contract's 26, and score_nonfinite_rate
 
 
 def test_port_zero_never_clashes(tmp_path: Path) -> None:

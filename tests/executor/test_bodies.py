@@ -316,18 +316,26 @@ async def test_answer_times_and_cpu_shares(
     make_body_executor: BodyFactory, logreg_model: BuiltModel
 ) -> None:
     executor = await make_body_executor(logreg_model, max_batch=8, max_wait_ms=10.0)
-    bodies = [v2_body(features(2, seed=i)) for i in range(20)] + [b"not json"]
+    # Bodies of 1 to 4 rows, and one that is not a body at all.
+    sizes = [1 + i % 4 for i in range(20)]
+    bodies = [v2_body(features(n, seed=i)) for i, n in enumerate(sizes)] + [b"not json"]
     answers = await asyncio.gather(*(executor.submit_body(b, 5.0) for b in bodies))
     for answer in answers:
-        assert answer.compute_s > 0 and answer.cpu_s > 0
+        assert answer.compute_s > 0
         assert answer.queue_s >= 0 and answer.ipc_s >= 0
         assert answer.compute_s < 5.0 and answer.queue_s < 5.0
-    # Each body's CPU share: the shares add up to the CPU time the worker reported.
+    # Each body's CPU share is its rows' share of its batch: the shares add up to the CPU
+    # time the worker reported, and the invalid body, which ran no row, has none.
     process = as_process(executor)
     assert sum(a.cpu_s for a in answers) == pytest.approx(process.batch_cpu_seconds, rel=1e-6)
     assert process.batch_cpu_seconds > 0
+    assert all(a.cpu_s > 0 for a in answers[:-1]) and answers[-1].cpu_s == 0
+    per_row = [a.cpu_s / n for a, n in zip(answers, sizes, strict=False)]
+    # Bodies batched together share one rate per row (batches: at most max_batch bodies).
+    assert len({round(r, 15) for r in per_row}) <= len(bodies) // 8 + 2
     figures = executor.resources()
     assert figures.requests == len(bodies) and figures.batches >= 3
+    assert figures.rows == sum(sizes)  # rows run, not bodies
     assert figures.compute_seconds == pytest.approx(sum(a.compute_s for a in answers))
     assert figures.queue_seconds == pytest.approx(sum(a.queue_s for a in answers))
     assert figures.ipc_seconds == pytest.approx(sum(a.ipc_s for a in answers))

@@ -216,7 +216,10 @@ def test_huge_declared_bytes_shape_is_refused() -> None:
 # -- request bodies and their answers ----------------------------------------------------
 
 BODIES = st.lists(st.binary(max_size=64), max_size=8)
-ANSWERS = st.lists(st.tuples(st.sampled_from([0, 1]), st.binary(max_size=64)), max_size=8)
+ANSWERS = st.lists(
+    st.tuples(st.sampled_from([0, 1]), st.integers(0, 2**32 - 1), st.binary(max_size=64)),
+    max_size=8,
+)
 TIMES = st.floats(allow_nan=False)
 
 
@@ -232,7 +235,7 @@ def test_bodies_round_trip(bodies: list[bytes], batch_id: int) -> None:
 @settings(max_examples=200, deadline=None)
 @given(answers=ANSWERS, batch_id=st.integers(0, 2**64 - 1), compute=TIMES, cpu=TIMES)
 def test_answers_round_trip_keeps_statuses_and_times(
-    answers: list[tuple[int, bytes]], batch_id: int, compute: float, cpu: float
+    answers: list[tuple[int, int, bytes]], batch_id: int, compute: float, cpu: float
 ) -> None:
     buffers = framing.encode_answers(batch_id, answers, compute, cpu)
     message = framing.decode(body_of(buffers))
@@ -245,7 +248,11 @@ def test_answers_round_trip_keeps_statuses_and_times(
 def test_empty_bodies_and_answers_are_kept_apart() -> None:
     bodies = [b"", b"{}", b"", b"\0"]
     assert framing.decode(body_of(framing.encode_bodies(1, bodies))).items == tuple(bodies)
-    answers = [(framing.ANSWER_OK, b""), (framing.ANSWER_INVALID, b"bad_json\0no"), (0, b"")]
+    answers = [
+        (framing.ANSWER_OK, 1, b""),
+        (framing.ANSWER_INVALID, 0, b"bad_json\0no"),
+        (0, 3, b""),
+    ]
     message = framing.decode(body_of(framing.encode_answers(2, answers, 0.5, 0.25)))
     assert message.answers == tuple(answers)
 
@@ -314,8 +321,8 @@ def test_garbage_bodies_and_answers_are_a_frame_error_or_a_message(
 
 
 def test_an_unknown_answer_status_is_a_frame_error() -> None:
-    body = body_of(framing.encode_answers(1, [(0, b"ok"), (1, b"r\0m")], 0.0, 0.0))
-    status_at = 16 + 16 + 5 + 2  # fixed part, times, first item, second item's status
+    body = body_of(framing.encode_answers(1, [(0, 1, b"ok"), (1, 0, b"r\0m")], 0.0, 0.0))
+    status_at = 16 + 16 + 9 + 2  # fixed part, times, first item, second item's status
     assert body[status_at] == framing.ANSWER_INVALID
     body[status_at] = 2
     with pytest.raises(FrameError, match="unknown answer status 2"):

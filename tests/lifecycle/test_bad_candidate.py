@@ -14,16 +14,26 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.support import models
 from tests.support.load import SteadyLoad, answered_by_production, production
 from tests.support.proxy import free_port, make_config, proxy_process
-from tests.support.served import all_counted, drops, only, outcomes, serving
+from tests.support.served import (
+    Served,
+    all_counted,
+    drops,
+    only,
+    outcomes,
+    serving,
+    wait_ready,
+)
 from tests.support.servers import Backend
 
 NAME = "bad"
@@ -115,3 +125,46 @@ async def test_a_candidate_that_cannot_run_is_disabled_while_production_serves(
     assert samples.value("shadowproxy_model_crashes_total", **labels) == crashes
     assert outcomes(samples, NAME) == only(dropped=total)
     assert drops(samples, NAME) == {"disabled": total}
+
+
+async def test_a_candidate_that_never_warms_up_holds_nothing_back(
+    backend: Backend, tmp_path: Path
+) -> None:
+    backend.handler = production
+    timeout_s = 3.0
+    candidate = _candidate(models.logistic_regression(tmp_path), start_timeout_s=timeout_s)
+    ports = {"listen": {"port": free_port()}, "admin": {"port": free_port()}}
+    config = make_config(backend.url, candidates=[candidate], **ports)
+    env = {"SHADOWPROXY_TEST_FAULTS": json.dumps({"hang_at_start": True})}
+    log = tmp_path / "serve.log"
+    with proxy_process(config, tmp_path, env=env, log=log) as proc:
+        served = Served(proc, ports["listen"]["port"], ports["admin"]["port"], log)
+        started = time.monotonic()
+        # Production serves while the candidate is still loading ...
+        while not await _answers(served):
+            assert time.monotonic() - started < timeout_s, "production not served in time"
+            await asyncio.sleep(0.05)
+        load = SteadyLoad({"proxy": served.traffic_url}, clients=2, check=answered_by_production)
+        await load.run_for(0.5)
+        early = time.monotonic() - started
+        status, body = await served.get("/healthz/ready")
+        # ... and the replica says it is not ready yet ...
+        assert status == 503 and b"local models loading" in body, body
+        # ... until the start deadline disables the candidate.
+        await wait_ready(served, timeout_s + 15)
+        samples = await all_counted(served, [NAME], len(load.answers) + 1)
+        model = (await served.models())[NAME]
+    assert early < timeout_s, early
+    assert load.answers and not load.failures("proxy")
+    assert model["disabled"] is True
+    assert "not ready within executor.start_timeout_s (3 s)" in model["disabled_reason"]
+    assert drops(samples, NAME) == {"starting": len(load.answers) + 1}
+
+
+async def _answers(served: Served) -> bool:
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.post(served.traffic_url, data=b"{}") as resp:
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from shadowproxy.compare.comparator import read_snapshot
 from shadowproxy.compare.persist import read_snapshot_file
@@ -100,17 +101,36 @@ async def _traffic(served: Served, seconds: float) -> int:
     return len(load.answers)
 
 
-async def test_a_killed_proxy_resumes_from_its_last_snapshot_without_double_counting(
+async def _until_saved(served: Served, snapshot: Path, seconds: float) -> int:
+    """Traffic for ``seconds``, then until a tick has saved every pair of it. How many."""
+    sent = await _traffic(served, seconds)
+    await _until(lambda: _from_file(snapshot), _pairs(sent))
+    return sent
+
+
+async def _stop(served: Served) -> None:
+    served.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(served.proc.wait, 10) == 0
+
+
+@pytest.fixture
+def setup(
     backend: Backend, candidate_backend: Backend, tmp_path: Path
-) -> None:
+) -> tuple[Path, dict[str, Any]]:
+    """The snapshot file and the config of a proxy that writes it, in front of production."""
     backend.handler = production
     snapshot = tmp_path / "snapshot.json"
-    config = _config(backend.url, candidate_backend.url, snapshot)
+    return snapshot, _config(backend.url, candidate_backend.url, snapshot)
+
+
+async def test_a_killed_proxy_resumes_from_its_last_snapshot_without_double_counting(
+    setup: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    snapshot, config = setup
 
     async with serving(config, tmp_path / "first") as first:
-        sent = await _traffic(first, 1.0)
         # A tick after the traffic holds every pair of it; then a few more, and the kill.
-        await _until(lambda: _from_file(snapshot), _pairs(sent))
+        sent = await _until_saved(first, snapshot, 1.0)
         late = await _traffic(first, 0.1)
         first.proc.send_signal(signal.SIGKILL)
         assert await asyncio.to_thread(first.proc.wait, 10) == -signal.SIGKILL
@@ -126,8 +146,31 @@ async def test_a_killed_proxy_resumes_from_its_last_snapshot_without_double_coun
         await _until(lambda: _live(second), _pairs(saved + more))
         # The next tick writes the old state plus the new pairs, not the old state twice.
         await _until(lambda: _from_file(snapshot), _pairs(saved + more))
-        second.proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(second.proc.wait, 10) == 0
+        await _stop(second)
 
     async with serving(config, tmp_path / "third") as third:
         assert await _live(third) == _pairs(saved + more)
+
+
+async def test_a_restart_with_a_new_candidate_version_starts_it_afresh_and_keeps_the_old(
+    setup: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    snapshot, config = setup
+    async with serving(config, tmp_path / "first") as first:
+        sent = await _until_saved(first, snapshot, 0.5)
+        await _stop(first)
+    replica = orjson.loads(snapshot.read_bytes())["replica"]
+
+    config["candidates"][0]["version"] = "2"  # the same name, another model
+    async with serving(config, tmp_path / "second") as second:
+        # Version 1's evidence is not counted as version 2's: it starts from nothing ...
+        assert await _live(second) == _pairs(0)
+        # ... and is kept, whole, in a copy beside the snapshot, for a report on it.
+        (kept,) = tmp_path.glob("snapshot.json.superseded-*")
+        assert _from_file(kept) == _pairs(sent)
+        assert read_snapshot(orjson.loads(kept.read_bytes()), None, "kept")[NAME].version == "1"
+        status, body = await second.get("/admin/snapshot")
+        assert orjson.loads(body)["replica"] == replica  # still the same replica
+        await _stop(second)
+    log = (tmp_path / "second").glob("*.log")
+    assert any("left out" in path.read_text() for path in log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -177,3 +178,44 @@ async def test_a_full_executor_queue_is_a_counted_drop_with_its_reason(
         assert metric_value(
             rt, "shadowproxy_shadow_dropped_total", model="local", version="2", reason="budget"
         ) == len(dropped)  # fmt: skip
+
+
+def _ragged_answer_model(folder: Path) -> BuiltModel:
+    """Two outputs: ``X`` itself (N rows) and ``ReduceSum(X)`` (one row whatever N), which no
+    per-row protocol can answer. Valid ONNX; a defect of the model, not of the input."""
+    from onnx import TensorProto, helper
+
+    from tests.support.models import _save
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["X"], ["same"]),
+         helper.make_node("ReduceSum", ["X"], ["total"], keepdims=1)],
+        "ragged",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("same", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("total", TensorProto.FLOAT, [1, 1])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return _save(model, folder / "ragged.onnx")
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+async def test_answers_the_protocol_cannot_carry_are_the_models_error(
+    backend: Backend, tmp_path: Path, kind: str
+) -> None:
+    model = _ragged_answer_model(tmp_path)
+    local = candidate(model)
+    local["executor"] = {**local["executor"], "kind": kind}  # type: ignore[dict-item]
+    # KServe V1 answers one prediction per instance: "total" has one row for two.
+    config = make_config(backend.url, candidates=[local], protocol="v1")
+    records: list[PairRecord] = []
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        rt.stream.subscribe(records.append)
+        status, answer = await post(
+            session, rt.traffic_port, orjson.dumps({"instances": ROWS.tolist()})
+        )
+        assert status == 200 and from_backend(answer)
+        await wait_for(lambda: len(records) == 1, what="one pair record")
+        # Not "invalid": the input was fine; the model's output is what no protocol carries.
+        assert records[0].shadows["local"].outcome == "error", records[0].shadows["local"]

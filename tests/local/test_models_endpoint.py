@@ -52,6 +52,8 @@ async def test_models_endpoint_lists_local_and_remote_models_with_resources(
     assert [i["name"] for i in local["inputs"]] == ["X"]
     assert local["executor"]["kind"] == "process"
     assert local["resources"]["rss_bytes"] > 10e6 and local["resources"]["threads"] >= 1
+    # Per request: the worker's CPU measured around its batches, as in pair records.
+    assert 0 < local["resources"]["cpu_seconds_per_request"] < 0.5
     remote = models["prod"]
     assert remote["source"] == "remote" and remote["url"] == backend.url
     assert "s3cret" not in remote["metrics_url"]

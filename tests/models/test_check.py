@@ -195,3 +195,21 @@ def test_checked_bytes_are_independent_of_later_file_changes(logreg_copy: Path) 
     logreg_copy.write_bytes(b"replaced after the check")
     assert checked.data == original
     assert hashlib.sha256(checked.data).hexdigest() == checked.sha256
+
+
+def test_a_checker_refusal_is_one_line(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tests.models.helpers import save
+
+    # Gelu exists from opset 20 only: the checker's message spans several lines.
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = onnx.IR_VERSION
+    message = refusal(pinned_file(save(model, tmp_path / "gelu.onnx")))
+    assert "Gelu" in message and "\n" not in message

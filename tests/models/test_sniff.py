@@ -30,12 +30,23 @@ PICKLABLE = st.recursive(
 )
 
 
-@given(value=PICKLABLE, protocol=st.integers(0, pickle.HIGHEST_PROTOCOL))
-def test_every_pickle_protocol_is_recognised(value: object, protocol: int) -> None:
-    detected = sniff_format(pickle.dumps(value, protocol=protocol))
+@given(
+    value=PICKLABLE,
+    protocol=st.integers(0, pickle.HIGHEST_PROTOCOL),
+    trailer=st.sampled_from([b"", b"\x00", b"\n\n", b"junk after the stop"]),
+)
+def test_every_pickle_protocol_is_recognised(value: object, protocol: int, trailer: bytes) -> None:
+    # Whatever follows the pickle's STOP: a loader would still unpickle the stream.
+    detected = sniff_format(pickle.dumps(value, protocol=protocol) + trailer)
     assert detected is not None
     assert "pickle" in detected.name
     assert "arbitrary code" in detected.advice
+
+
+def test_a_hand_written_protocol_0_pickle_that_runs_a_command_is_named() -> None:
+    # The classic payload: os.system('echo hi'), followed by a stray byte.
+    detected = sniff_format(b"(S'echo hi'\nios\nsystem\n.\x00")
+    assert detected is not None and "pickle" in detected.name
 
 
 def test_real_onnx_models_are_not_mistaken(
@@ -102,8 +113,10 @@ def test_plain_zip_is_named() -> None:
     assert "arbitrary code" not in detected.advice
 
 
-def test_safetensors_header_is_named() -> None:
-    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+@pytest.mark.parametrize("padding", [b"", b" ", b"\n  "])
+def test_safetensors_header_is_named(padding: bytes) -> None:
+    fields = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+    header = padding + json.dumps(fields).encode()
     data = struct.pack("<Q", len(header)) + header + np.ones(2, np.float32).tobytes()
     detected = sniff_format(data)
     assert detected is not None

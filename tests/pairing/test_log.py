@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import gzip
 import os
 import signal
 import time
@@ -22,6 +24,7 @@ from shadowproxy.pairing.log import (
     PairLogError,
     PairLogWriter,
     ReadStats,
+    check_pair_logs,
     log_files,
     read_pair_log,
 )
@@ -493,3 +496,110 @@ def test_lifecycle_rules(tmp_path: Path) -> None:
     assert not writer.flush(1.0)
     with pytest.raises(PairLogError):
         writer.start()
+
+
+# -- telling a pair log from other files ---------------------------------------------
+
+
+def _line(i: int) -> bytes:
+    return dumps_record(make_record(i), max_body_bytes=1 << 20)
+
+
+# A snapshot document as the admin endpoint writes it, indented.
+SNAPSHOT = orjson.dumps(
+    {"schema": "shadowproxy.snapshot/v3", "targets": {}}, option=orjson.OPT_INDENT_2
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (gzip.compress(_line(1) + _line(2)), "gzip-compressed"),
+        (bytes(range(128, 256)) * 20, "not UTF-8"),
+        (b"\0\0\0\0\n" * 3, "binary data"),
+        (SNAPSHOT, "JSON document"),
+        (orjson.dumps(orjson.loads(SNAPSHOT)) + b"\n",
+         "unsupported schema 'shadowproxy.snapshot/v3'"),
+        (b"listen: {port: 8080}\nadmin: {port: 9090}\n", "none of its 2 lines"),
+        # A torn line that is not a record's start, and nothing else.
+        (b'{"request_id": "a"', "its one line"),
+    ],
+    ids=["gzip", "not-utf8", "nul-bytes", "json-document", "snapshot-line", "yaml", "json-torn"],
+)  # fmt: skip
+def test_a_file_that_is_not_a_pair_log_is_refused_naming_it(
+    tmp_path: Path, content: bytes, says: str
+) -> None:
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(PairLogError) as info:
+        check_pair_logs([path])
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a pair log (") and message.endswith(")")
+    assert says in message, message
+    assert "\n" not in message
+
+
+def test_a_bad_rotated_backup_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(_line(1))
+    (tmp_path / "pairs.jsonl.1").write_bytes(gzip.compress(_line(0)))
+    with pytest.raises(PairLogError, match=r"pairs\.jsonl\.1: not a pair log"):
+        check_pair_logs([path])
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",  # nothing written yet
+        b"\n\n",
+        _line(1),
+        b"garbage\n" + _line(1) + b"more garbage\n",  # unreadable lines beside records
+        _line(1)[:40],  # the first write was cut short by a crash
+        _line(1)[:5],
+    ],
+    ids=["empty", "blank", "one-record", "records-and-garbage", "torn-first-write", "torn-short"],
+)
+def test_pair_logs_pass_the_check_even_empty_or_torn(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(content)
+    check_pair_logs([path])
+
+
+def test_the_check_of_a_missing_log_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="absent.jsonl"):
+        check_pair_logs([tmp_path / "absent.jsonl"])
+
+
+def test_a_log_that_cannot_be_read_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(_line(1))
+    real_open = Path.open
+
+    def refusing_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == path:  # as for a file without read permission, which root would read
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refusing_open)
+    with pytest.raises(PairLogError, match="pairs.jsonl: cannot read: Permission denied"):
+        check_pair_logs([path])
+
+
+def test_the_check_reads_a_log_only_up_to_its_first_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shadowproxy.pairing.log as pair_log
+
+    parsed: list[bytes] = []
+
+    def counting(line: bytes) -> PairRecord:
+        parsed.append(line)
+        return loads_record(line)
+
+    monkeypatch.setattr(pair_log, "loads_record", counting)
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b"torn\n" + _line(1) + _line(2) * 1000)
+    check_pair_logs([path])
+    assert parsed == [b"torn\n", _line(1)]

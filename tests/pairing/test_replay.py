@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
+import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from shadowproxy.pairing.record import PairRecord
+from shadowproxy.pairing.replay import replay, target_problem
 from tests.support.proxy import free_port, make_config, running_proxy
 from tests.support.servers import Backend
 
@@ -82,3 +89,81 @@ def test_replay_of_a_missing_log_exits_2(tmp_path: Path) -> None:
     done = _replay(tmp_path / "nope.jsonl", "http://127.0.0.1:9")
     assert done.returncode == 2
     assert done.stderr.startswith("--log:")
+
+
+RECORD = (
+    b'{"schema":"shadowproxy.pair/v1","request_id":"a","started_at":1.0,"method":"POST",'
+    b'"path":"/x","request":{"content_type":"","body":{"text":"{}"}},"production":null,'
+    b'"shadows":{}}\n'
+)
+
+
+@pytest.mark.parametrize(
+    "target", ["127.0.0.1:28501", "localhost:8080", "ftp://host", "", "http://", "http://h/?a=1"]
+)
+def test_replay_to_a_target_that_is_not_a_base_url_exits_2(tmp_path: Path, target: str) -> None:
+    log = tmp_path / "pairs.jsonl"
+    log.write_bytes(RECORD)
+    done = _replay(log, target)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith("--target: ") and len(done.stderr.splitlines()) == 1
+    assert "replayed" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080", "https://model.example", "HTTP://[::1]:1/prefix/", "http://u:p@h"],
+)
+def test_http_and_https_base_urls_are_targets(url: str) -> None:
+    assert target_problem(url) is None
+
+
+async def test_replay_refuses_a_bad_target_before_reading_anything() -> None:
+    def records() -> Iterator[PairRecord]:
+        raise AssertionError("read")
+        yield  # pragma: no cover
+
+    with pytest.raises(ValueError, match="target must be an absolute"):
+        await replay(records(), "ftp://host")
+
+
+@pytest.mark.parametrize("kind", ["gzip", "snapshot", "random"])
+def test_replay_of_a_file_that_is_not_a_pair_log_exits_2(tmp_path: Path, kind: str) -> None:
+    log = tmp_path / f"not-a-log.{kind}"
+    if kind == "gzip":
+        log.write_bytes(gzip.compress(RECORD * 3))
+    elif kind == "snapshot":
+        log.write_text(json.dumps({"schema": "shadowproxy.snapshot/v3", "targets": {}}, indent=1))
+    else:
+        log.write_bytes(random.Random(7).randbytes(4096))
+    done = _replay(log, f"http://127.0.0.1:{free_port()}")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith(f"--log: {log}: not a pair log (")
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+async def test_nothing_is_sent_when_one_of_the_logs_is_not_a_pair_log(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_bytes(RECORD)
+    bad.write_bytes(gzip.compress(RECORD))
+    target = await Backend().start()
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "shadowproxy", "replay", "--log", str(good), "--log", str(bad),
+             "--target", target.url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        await target.stop()
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith(f"--log: {bad}: not a pair log (gzip-compressed")
+    assert target.seen == []
+
+
+def test_replay_of_an_empty_log_exits_0(tmp_path: Path) -> None:
+    log = tmp_path / "pairs.jsonl"
+    log.write_bytes(b"")
+    done = _replay(log, f"http://127.0.0.1:{free_port()}")
+    assert done.returncode == 0, done.stderr
+    assert "replayed 0 requests" in done.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -95,3 +96,16 @@ def test_dumps_writes_float32_in_shortest_form() -> None:
     assert body == b'{"x":[0.1,0.33333334]}'
     expected = np.array([0.1, 1 / 3], dtype=np.float32)
     assert np.array_equal(np.array(json.loads(body)["x"], dtype=np.float32), expected)
+
+
+def test_an_integer_beyond_float64_is_valid_json_read_exactly() -> None:
+    # orjson reads integers beyond int64 as doubles and refuses those beyond float64; the
+    # body is valid JSON all the same: the decoders name the integer that does not fit.
+    huge = 10**400
+    assert jsonio.parse(b"[1, %d]" % huge, max_depth=4, allow_nonfinite=False) == [1, huge]
+
+
+def test_an_integer_beyond_the_digit_limit_is_int_overflow() -> None:
+    body = b"[" + b"9" * (sys.get_int_max_str_digits() + 1) + b"]"
+    assert reason_of(body) == "int_overflow"
+    assert reason_of(body, allow_nonfinite=True) == "int_overflow"

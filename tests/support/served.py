@@ -110,11 +110,12 @@ async def serving(
     log = folder / "serve.log"
     with proxy_process(config, folder, env=env, log=log) as proc:
         served = Served(proc, ports["listen"], ports["admin"], log)
-        await _wait_ready(served, ready_timeout_s)
+        await wait_ready(served, ready_timeout_s)
         yield served
 
 
-async def _wait_ready(served: Served, timeout_s: float) -> None:
+async def wait_ready(served: Served, timeout_s: float) -> None:
+    """Until ``/healthz/ready`` answers 200; fails if serve exits or the time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if served.proc.poll() is not None:
