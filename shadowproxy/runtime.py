@@ -41,7 +41,7 @@ from shadowproxy.compare.reference import Reference
 from shadowproxy.config.loader import redact_url
 from shadowproxy.config.model import Candidate, Config, Executor, ModelFile
 from shadowproxy.config.sampling_key import read_sampling_key
-from shadowproxy.errors import ModelLoadError, ShadowProxyError, UpstreamError
+from shadowproxy.errors import ModelLoadError, ShadowProxyError, StateError, UpstreamError
 from shadowproxy.executor import LocalExecutor, create_executor
 from shadowproxy.models.check import check_model
 from shadowproxy.observability.comparator_state import ComparatorStateCollector
@@ -327,7 +327,14 @@ class Runtime:
         path = compare.snapshot.path
         if path is not None and path.exists():
             # A restart resumes where the last snapshot left off.
-            left_out = comparator.load(read_snapshot_file(path), str(path))
+            try:
+                left_out = comparator.load(read_snapshot_file(path), str(path))
+            except StateError as exc:
+                # Evidence counted under other settings (another layout or sampling key) or
+                # a file that cannot be read is never mixed in. Nor may it stop the front
+                # proxy of the namespace: it is set aside, whole, and counting starts afresh.
+                left_out = dict.fromkeys(["every target"], f"refused: {exc}")
+                log.error("comparator snapshot refused: %s", exc)
             if left_out:
                 keep_superseded(path, left_out)
         return comparator
@@ -378,20 +385,46 @@ class Runtime:
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
-        await self.start()
-        # Everything allocated so far lives as long as the process: move it out of the
-        # collector's reach, so full collections walk only per-request garbage.
-        gc.freeze()
+        # Handlers first: as PID 1 in a container, a SIGTERM during start (hashing and
+        # loading production's model) would otherwise be ignored until the kubelet's
+        # SIGKILL. A stop requested meanwhile drains as soon as the start is done.
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         try:
+            if not await self._start_unless_stopped():
+                return
+            # Everything allocated so far lives as long as the process: move it out of the
+            # collector's reach, so full collections walk only per-request garbage.
+            gc.freeze()
             await self._stop_requested.wait()
             await self.drain()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+
+    async def _start_unless_stopped(self) -> bool:
+        """``start``, cancelled by a stop request; whether it finished.
+
+        A stop during start (say, while production's model loads) ends the process at
+        once, cleanly: nothing was served yet, so there is nothing to drain.
+        """
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(self._stop_requested.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if starting.done():
+            starting.result()  # a failed start raises here
+            return True
+        log.info("stop requested while starting: stopping without serving")
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        # start() unwinds what it had started (listeners, executors, the comparator); the
+        # pair log holds nothing yet, but its writer thread must end.
+        if self.pair_log is not None:
+            await asyncio.to_thread(self.pair_log.close, 1.0)
+        return False
 
     async def drain(self) -> None:
         """The ordered shutdown described in the module docstring."""

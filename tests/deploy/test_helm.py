@@ -2,7 +2,7 @@
 
 Each value set is rendered once per session; every rendering is linted, validated against the
 Kubernetes 1.30 JSON schemas, scanned by checkov (one run over all of them, it is slow) and
-its ConfigMap is fed to ``shadowproxy validate``.
+its config Secret is fed to ``shadowproxy validate``.
 """
 
 from __future__ import annotations
@@ -116,10 +116,8 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], list[str]]] = {
         },
         [],
     ),
-    "monitors": (
-        {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
-        [MONITORING_API],
-    ),
+    "service-monitor": ({"serviceMonitor": {"enabled": True}}, [MONITORING_API]),
+    "pod-monitor": ({"podMonitor": {"enabled": True}}, [MONITORING_API]),
     "snapshot-pvc": ({"persistence": {"enabled": True, "size": "5Gi"}}, []),
     "snapshot-pvc-hpa": (
         {"persistence": {"enabled": True}, "autoscaling": {"enabled": True}},
@@ -138,7 +136,9 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], list[str]]] = {
 }
 
 
-def render_raw(values: dict[str, Any], api_versions: list[str] | None = None) -> dict[str, str]:
+def render_raw(
+    values: dict[str, Any], api_versions: list[str] | None = None, release: str = RELEASE
+) -> dict[str, str]:
     """Template path -> rendered text.
 
     ``Chart.render`` has no way to declare API versions, so the capability set (what
@@ -146,7 +146,7 @@ def render_raw(values: dict[str, Any], api_versions: list[str] | None = None) ->
     documented render options.
     """
     options = {
-        "name": RELEASE,
+        "name": release,
         "namespace": NAMESPACE,
         "kube_version": f"v{KUBE_VERSION}.0",
         "api_versions": api_versions or [],
@@ -169,8 +169,10 @@ def manifests(rendered: dict[str, str]) -> list[dict[str, Any]]:
     return docs
 
 
-def render(values: dict[str, Any], api_versions: list[str] | None = None) -> list[dict[str, Any]]:
-    return manifests(render_raw(values, api_versions))
+def render(
+    values: dict[str, Any], api_versions: list[str] | None = None, release: str = RELEASE
+) -> list[dict[str, Any]]:
+    return manifests(render_raw(values, api_versions, release))
 
 
 def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -203,8 +205,8 @@ def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def rendered_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    cm = one(docs, "ConfigMap", RELEASE)
-    return yaml.safe_load(cm["data"]["config.yaml"])
+    secret = one(docs, "Secret", RELEASE)
+    return yaml.safe_load(secret["stringData"]["config.yaml"])
 
 
 @pytest.fixture(scope="session")
@@ -234,7 +236,7 @@ def test_manifests_match_kubernetes_schemas(
     renderings: dict[str, list[dict[str, Any]]], name: str
 ) -> None:
     docs = renderings[name]
-    assert {"ConfigMap", "Service"} <= kinds(docs)
+    assert {"Secret", "Service"} <= kinds(docs)
     assert workload(docs)["metadata"]["name"] == RELEASE
     for doc in docs:
         if doc["apiVersion"] == MONITORING_API:
@@ -245,11 +247,12 @@ def test_manifests_match_kubernetes_schemas(
 def test_monitors_are_structurally_sound(renderings: dict[str, list[dict[str, Any]]]) -> None:
     # The Prometheus Operator CRDs are not in the Kubernetes schemas: check the fields the
     # operator needs and that they point at something the chart really exposes.
-    docs = renderings["monitors"]
+    docs = renderings["service-monitor"]
     admin_service = one(docs, "Service", f"{RELEASE}-admin")
     port_names = {p["name"] for p in admin_service["spec"]["ports"]}
     container_ports = {p["name"] for p in container(docs)["ports"]}
-    sm, pm = one(docs, "ServiceMonitor"), one(docs, "PodMonitor")
+    sm, pm = one(docs, "ServiceMonitor"), one(renderings["pod-monitor"], "PodMonitor")
+    assert "PodMonitor" not in kinds(docs)  # one or the other: never both
     assert set(sm["spec"]["selector"]["matchLabels"].items()) <= set(
         admin_service["metadata"]["labels"].items()
     )
@@ -263,9 +266,9 @@ def test_monitors_are_structurally_sound(renderings: dict[str, list[dict[str, An
         assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
 
 
-def test_monitors_absent_without_the_crd_api() -> None:
-    values = {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}
-    raw = render_raw(values, api_versions=[])
+@pytest.mark.parametrize("monitor", ["serviceMonitor", "podMonitor"])
+def test_monitors_absent_without_the_crd_api(monitor: str) -> None:
+    raw = render_raw({monitor: {"enabled": True}}, api_versions=[])
     assert not {"ServiceMonitor", "PodMonitor"} & kinds(manifests(raw))
     assert "none was created" in raw["shadowproxy/templates/NOTES.txt"]
 
@@ -398,12 +401,14 @@ def test_termination_grace_covers_the_drain(renderings: dict[str, list[dict[str,
         pod = pod_spec(renderings[name])
         shutdown = config["shutdown"]
         pre_stop = container(renderings[name])["lifecycle"]["preStop"]["sleep"]["seconds"]
-        shadow_s = max(c.get("timeout_ms", 50) for c in config["candidates"]) / 1000
-        budget = pre_stop + shutdown["drain_delay_s"] + shutdown["grace_s"] + shadow_s
+        # In-flight requests within grace_s, then the last snapshot and the pair log, each
+        # flushed within max(grace_s, 1) at worst (Runtime.drain).
+        flush = 2 * max(shutdown["grace_s"], 1)
+        budget = pre_stop + shutdown["drain_delay_s"] + shutdown["grace_s"] + flush
         assert pod["terminationGracePeriodSeconds"] > budget, values
     long = remote_config(shutdown={"drain_delay_s": 20, "grace_s": 100})
     pod = pod_spec(render({"config": long}))
-    assert pod["terminationGracePeriodSeconds"] > 5 + 20 + 100
+    assert pod["terminationGracePeriodSeconds"] > 5 + 20 + 100 + 200
 
 
 def test_config_change_rolls_the_pods() -> None:
@@ -426,7 +431,10 @@ def test_config_is_mounted_where_serve_reads_it(
     assert mounts["/etc/shadowproxy"]["readOnly"] is True
     assert {"/tmp", "/var/lib/shadowproxy"} <= set(mounts)
     volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
-    assert volumes["config"]["configMap"]["name"] == one(docs, "ConfigMap")["metadata"]["name"]
+    assert (
+        volumes["config"]["secret"]["secretName"]
+        == one(docs, "Secret", RELEASE)["metadata"]["name"]
+    )
     assert "emptyDir" in volumes["state"]
 
 
@@ -525,7 +533,7 @@ def test_the_sampling_key_is_a_mounted_secret_shared_by_every_replica(
     renderings: dict[str, list[dict[str, Any]]],
 ) -> None:
     docs = renderings["default"]
-    secret = one(docs, "Secret")
+    secret = one(docs, "Secret", f"{RELEASE}-sampling")
     key = base64.b64decode(secret["data"]["sampling-key"])
     assert len(key) == 48 and key.isalnum()  # random, well above the 16-byte minimum
     volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
@@ -540,12 +548,12 @@ def test_the_sampling_key_is_a_mounted_secret_shared_by_every_replica(
     assert rendered_config(docs)["sampling"]["key_file"] == f"{SAMPLING_KEY_DIR}/sampling-key"
     # The operator's own Secret instead: the chart makes none and mounts that one.
     own = renderings["sampling-existing-secret"]
-    assert "Secret" not in kinds(own)
+    assert [d["metadata"]["name"] for d in own if d["kind"] == "Secret"] == [RELEASE]  # config
     own_volumes = {v["name"]: v for v in pod_spec(own)["volumes"]}
     assert own_volumes["sampling-key"]["secret"]["secretName"] == "churn-sampling"
     # Neither: nothing mounted, and the config says unkeyed.
     off = renderings["sampling-unkeyed"]
-    assert "Secret" not in kinds(off)
+    assert [d["metadata"]["name"] for d in off if d["kind"] == "Secret"] == [RELEASE]
     assert "sampling-key" not in {v["name"] for v in pod_spec(off)["volumes"]}
     # (Helm deletes a key set to null, so the proxy's own default applies: unkeyed.)
     assert (rendered_config(off).get("sampling") or {}).get("key_file") is None
@@ -588,7 +596,8 @@ def test_network_policy_limits_ingress_and_egress(
     assert traffic["ports"][0]["port"] == "http"
     assert traffic["from"] == [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]
     assert admin["ports"][0]["port"] == "admin"
-    assert admin["from"] == [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]
+    assert admin["from"][0] == {"namespaceSelector": {"matchLabels": {"team": "obs"}}}
+    assert admin["from"][1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "test"
     dns, upstream = policy["egress"]
     assert {p["port"] for p in dns["ports"]} == {53}
     assert upstream["to"] == [{"podSelector": {"matchLabels": {"app": "churn"}}}]
@@ -649,3 +658,63 @@ def test_checkov_passes_on_every_rendering(
         "CKV_K8S_43",
         "CKV2_K8S_6",
     }
+
+
+# ---- values that used to render something that could not run --------------------------------
+
+
+def test_a_local_production_model_replaces_the_example_url(onnx_model: Any) -> None:
+    config = {"production": {"name": "churn", "version": "1.4.0",
+                             "model": {"path": "/models/churn.onnx", "sha256": SHA}}}  # fmt: skip
+    docs = render({"config": config, "models": {"source": "pvc", "pvc": {"claimName": "m"}}})
+    production = rendered_config(docs)["production"]
+    assert "url" not in production and production["model"]["path"] == "/models/churn.onnx"
+
+
+def test_a_key_file_without_a_key_is_refused_at_render() -> None:
+    with pytest.raises(helm.HelmError, match="no Secret holds the key"):
+        render({"samplingKey": {"create": False}})
+    docs = render({"samplingKey": {"create": False}, "config": {"sampling": {"key_file": None}}})
+    assert rendered_config(docs)["sampling"].get("key_file") is None
+
+
+def test_the_sampling_key_outlives_an_uninstall(
+    renderings: dict[str, list[dict[str, Any]]],
+) -> None:
+    secret = one(renderings["default"], "Secret", f"{RELEASE}-sampling")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_the_release_test_pod_may_reach_the_admin_port() -> None:
+    scrapers = [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
+    docs = render({"networkPolicy": {"enabled": True, "prometheus": scrapers}})
+    admin_rule = next(
+        rule for rule in one(docs, "NetworkPolicy")["spec"]["ingress"]
+        if rule["ports"][0]["port"] == "admin"
+    )  # fmt: skip
+    test_pod = one(render({}), "Pod")["metadata"]["labels"]
+    allowed = [peer["podSelector"]["matchLabels"] for peer in admin_rule["from"]
+               if "podSelector" in peer and "namespaceSelector" not in peer]  # fmt: skip
+    assert any(all(test_pod.get(k) == v for k, v in m.items()) for m in allowed), allowed
+
+
+@pytest.mark.parametrize("persistence", [False, True])
+def test_long_release_names_keep_every_name_distinct_and_valid(persistence: bool) -> None:
+    release = "r" * 60
+    docs = render({"persistence": {"enabled": persistence}}, release=release)
+    services = [d["metadata"]["name"] for d in docs if d["kind"] == "Service"]
+    assert len(set(services)) == len(services) == 3
+    assert all(len(d["metadata"]["name"]) <= 63 for d in docs)
+    assert len(workload(docs)["metadata"]["name"]) <= 52  # a StatefulSet's pods need room
+
+
+def test_the_headless_service_stays_without_the_admin_service() -> None:
+    docs = render({"adminService": {"enabled": False}, "persistence": {"enabled": True}})
+    headless = one(docs, "Service", f"{RELEASE}-replicas")
+    assert workload(docs)["spec"]["serviceName"] == headless["metadata"]["name"]
+
+
+def test_only_one_kind_of_monitor_at_a_time() -> None:
+    both = {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}
+    with pytest.raises(helm.HelmError, match="enable one of them"):
+        render(both, [MONITORING_API])

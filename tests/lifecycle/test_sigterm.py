@@ -388,3 +388,37 @@ async def test_keepalive_clients_are_moved_off_during_the_drain_delay(
     for name, folder in (("a", dir_a), ("b", dir_b)):
         records = list(read_pair_log([folder / "pairs.jsonl"]))
         assert sorted(r.request_id for r in records) == sorted(load.ids[name])
+
+
+async def test_a_stop_while_production_loads_ends_the_process_at_once(tmp_path: Path) -> None:
+    import json
+
+    from tests.support.models import logistic_regression
+
+    model = logistic_regression(tmp_path)
+    config = make_config("http://unused", listen={"port": free_port()}, admin={"port": free_port()})
+    config["production"] = {
+        "name": "prod", "version": "1", "model": model.config(),
+        # A worker that never finishes loading: start would wait the whole minute.
+        "executor": {"kind": "process", "start_timeout_s": 60},
+    }  # fmt: skip
+    env = {"SHADOWPROXY_TEST_FAULTS": json.dumps({"hang_at_start": True})}
+    log = tmp_path / "serve.log"
+    with proxy_process(config, tmp_path, env=env, log=log) as proc:
+        admin = f"http://127.0.0.1:{config['admin']['port']}"
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 20
+            while True:  # the admin listener answers while production's model loads
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(admin + "/healthz/ready") as resp:
+                        if resp.status == 503 and b"loading" in await resp.read():
+                            break
+                assert time.monotonic() < deadline, log.read_text()[-2000:]
+                await asyncio.sleep(0.1)
+        asked = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 20)
+        took = time.monotonic() - asked
+    assert code == 0, log.read_text()[-2000:]
+    assert took < 10, took  # not the 60 s start deadline, nor a kubelet's SIGKILL
+    assert "stop requested while starting" in log.read_text()

@@ -43,6 +43,13 @@ async def test_models_endpoint_lists_local_and_remote_models_with_resources(
             ) > 0,
             what="production scraped",
         )  # fmt: skip
+        await wait_for(
+            lambda: metric_value(
+                rt, "shadowproxy_requests_total",
+                role="candidate", model="local", version="2", outcome="ok",
+            ) == 1,
+            what="the local candidate's answer",
+        )  # fmt: skip
         async with session.get(f"http://127.0.0.1:{rt.admin_port}/admin/models") as resp:
             assert resp.status == 200
             models = {m["name"]: m for m in orjson.loads(await resp.read())["models"]}

@@ -3,16 +3,18 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Name of the namespaced objects of this release. */}}
+{{/* Name of the namespaced objects of this release: at most 52 characters, so that the
+     longest suffix (-replicas) still fits 63, and a StatefulSet of this name can create
+     pods (its controller-revision-hash label adds 11). */}}
 {{- define "shadowproxy.fullname" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
 {{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -72,22 +74,18 @@ app.kubernetes.io/component: proxy
 {{- end -}}
 
 {{/* Seconds the pod may take to stop: preStop sleep, then the proxy's own drain
-     (drain_delay_s + grace_s), then the longest shadow exchange still in flight, plus a margin.
-     Kubernetes kills the pod at the end of it, so it must cover every phase. */}}
+     (drain_delay_s, then up to grace_s for requests in flight), then the flush of the
+     comparator's last snapshot and of the pair log (each bounded by max(grace_s, 1)), plus
+     a margin. Shadow work is cancelled, not awaited. Kubernetes kills the pod at the end of
+     it, so it must cover every phase. */}}
 {{- define "shadowproxy.terminationGrace" -}}
 {{- $s := .Values.config.shutdown | default dict -}}
 {{- $drain := 5.0 -}}
 {{- if hasKey $s "drain_delay_s" }}{{ $drain = $s.drain_delay_s | float64 }}{{ end -}}
 {{- $grace := 25.0 -}}
 {{- if hasKey $s "grace_s" }}{{ $grace = $s.grace_s | float64 }}{{ end -}}
-{{- $shadowMs := 0.0 -}}
-{{- range (.Values.config.candidates | default list) -}}
-{{- $t := 50.0 -}}
-{{- if hasKey . "timeout_ms" }}{{ $t = .timeout_ms | float64 }}{{ end -}}
-{{- if gt $t $shadowMs }}{{ $shadowMs = $t }}{{ end -}}
-{{- end -}}
-{{- $shadow := ceil (divf $shadowMs 1000.0) -}}
-{{- $total := addf (.Values.lifecycle.preStopSleepSeconds | float64) $drain $grace $shadow (.Values.lifecycle.extraGraceSeconds | float64) -}}
+{{- $flush := mulf 2.0 (maxf $grace 1.0) -}}
+{{- $total := addf (.Values.lifecycle.preStopSleepSeconds | float64) $drain $grace $flush (.Values.lifecycle.extraGraceSeconds | float64) -}}
 {{- ceil $total | int -}}
 {{- end -}}
 
