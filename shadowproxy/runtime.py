@@ -157,6 +157,7 @@ class Runtime:
             self.pair_log = PairLogWriter(
                 cfg.pair_log,
                 on_drop=lambda r: metric.labels(r).inc(),
+                on_written=metric.labels("written").inc,
                 sampling_key=self.sampling_key,
             )
             self.pair_log.start()

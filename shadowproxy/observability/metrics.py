@@ -105,7 +105,8 @@ class HotPathCollector(Collector):
         )
         pairs = CounterMetricFamily(
             "shadowproxy_pairs",
-            "Joined production/shadow pairs handed to the pair stream.",
+            "Production/shadow pairs with an answer or a failure on both sides (shadows "
+            "dropped before they were sent are not pairs).",
             labels=["model", "version"],
         )
         for st in self.stats:

@@ -133,12 +133,25 @@ def exchange_to_dict(
         "status": exchange.status,
         "latency_s": _float_out(exchange.latency_s),
         "content_type": exchange.content_type,
-        "detail": exchange.detail,
+        "detail": _log_detail(exchange, compile_rules(redact)),
         "body_truncated": exchange.body_truncated,
         "body": _log_body(exchange.body, max_body_bytes, compile_rules(redact)),
         "cost": None if exchange.cost is None else _cost_out(exchange.cost),
     }
 
+
+def _log_detail(exchange: Exchange, rules: RedactRules) -> str:
+    """The detail to log. A refused input's message may quote a value of the body
+    (``inputs[0].data: 4.2e+39 is not a finite FP32 value``): with redaction on, only where
+    the problem is stays, never what."""
+    detail = exchange.detail
+    if not rules or exchange.outcome != "invalid" or not detail:
+        return detail
+    where, _, _ = detail.rpartition(": ")
+    return f"{where}: [redacted]" if where else REDACTED_DETAIL
+
+
+REDACTED_DETAIL = "[redacted]"
 
 _COST_FIELDS = tuple(f.name for f in dataclasses.fields(Cost))
 _COST_INTS = ("threads", "child_processes")

@@ -81,6 +81,9 @@ class PairLogWriter:
         thread), ``"closed"`` (submitted after :meth:`close`). It may therefore run on the
         writer thread and must be thread-safe; it must not touch the event loop other than
         through ``loop.call_soon_threadsafe``. Exceptions it raises are logged and ignored.
+    on_written : callable, optional
+        Called on the writer thread with the number of records each write appended (for
+        ``shadowproxy_pair_log_records_total{result="written"}``); the same rules apply.
 
     Attributes
     ----------
@@ -104,6 +107,7 @@ class PairLogWriter:
         config: PairLog,
         *,
         on_drop: Callable[[str], None] | None = None,
+        on_written: Callable[[int], None] | None = None,
         sampling_key: bytes | None = None,
     ) -> None:
         if config.path is None:
@@ -112,6 +116,7 @@ class PairLogWriter:
         self.salt = keyed_salt(sampling_key, SAMPLING_SALT)
         self.path: Path = config.path
         self._on_drop = on_drop
+        self._on_written = on_written
         self._rules = compile_rules(config.redact)
         self._queue: queue.Queue[PairRecord | threading.Event | _Stop] = queue.Queue(
             maxsize=config.queue_size
@@ -346,6 +351,11 @@ class PairLogWriter:
         self._size += nbytes
         self.bytes_written += nbytes
         self.written += records
+        if records and self._on_written is not None:
+            try:
+                self._on_written(records)
+            except Exception:
+                log.exception("pair log: on_written callback failed")
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,14 @@ compared exactly (case-sensitive), on the parsed document, so escapes in the raw
 
 Bodies are bytes. A body that parses as JSON and contains no matched field is returned
 byte-for-byte unchanged; one that does is re-serialised (compact, members in their original
-order; a member repeated in the raw text keeps only its last value, as when parsed).
+order; a member repeated in the raw text keeps only its last value, as when parsed). A body
+whose raw text repeats a member name is never kept as it is: the rules only see the last
+value, and a model server that keeps the first would read one they never looked at.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +37,9 @@ REDACTED_NON_JSON = b"[redacted: non-JSON body]"
 
 REDACTED_UNENCODABLE = b"[redacted: JSON body could not be re-encoded]"
 """What a whole JSON body becomes when its redacted form cannot be serialised again."""
+
+REDACTED_REPEATED = b"[redacted: JSON body repeats a member name]"
+"""What a whole JSON body with no matched field becomes when it repeats a member name."""
 
 WILDCARD = "*"
 
@@ -151,6 +157,28 @@ def redact_value(value: Any, rules: Iterable[str] | RedactRules) -> tuple[Any, b
     return value, changed_any
 
 
+class _Repeated(Exception):
+    pass
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise _Repeated
+    return dict(pairs)
+
+
+def _repeats_a_name(body: bytes) -> bool:
+    """Whether any object of a JSON body repeats a member name (or cannot be checked)."""
+    try:
+        json.loads(body, object_pairs_hook=_no_repeats)
+    except _Repeated:
+        return True
+    except (ValueError, RecursionError):
+        return True  # parsed by orjson but not checkable here: assume the worst
+    return False
+
+
 def redact_body(body: bytes, rules: Iterable[str] | RedactRules) -> tuple[bytes, bool]:
     """Redact the configured fields of a body.
 
@@ -185,6 +213,10 @@ def redact_body(body: bytes, rules: Iterable[str] | RedactRules) -> tuple[bytes,
         return REDACTED_NON_JSON, True
     redacted, changed = redact_value(document, compiled)
     if not changed:
+        if _repeats_a_name(body):
+            # The parsed document holds the last of two equal names only: the first, which
+            # many parsers keep, may be a field the rules name. The raw bytes cannot go out.
+            return REDACTED_REPEATED, True
         # Keep the exact bytes: re-serialising would reformat an untouched body.
         return body, False
     try:

@@ -1,8 +1,12 @@
 """Replaying logged requests against a model service (``shadowproxy replay``).
 
-A pair log keeps every mirrored request; replaying it sends the same method, path, body,
-Content-Type and X-Request-Id to another service, for example a new candidate that was not
-running when the traffic was recorded, or shadowproxy itself to rebuild comparator state.
+A pair log keeps every mirrored request; replaying it sends the same method, path (byte for
+byte: not normalised, not re-encoded), body, Content-Type (none when the request had none)
+and X-Request-Id to another service, for example a new candidate that was not running when
+the traffic was recorded, or shadowproxy itself to rebuild comparator state. Requests carry
+``X-Shadow-Replay: 1`` for a model server to tell them apart; shadowproxy drops it, as it
+drops every ``X-Shadow-*`` header a client sends, so production behind a proxy replayed to
+sees ordinary traffic.
 
 What cannot be replayed faithfully is not sent: a record whose request body the log cut
 short (``pair_log.max_body_bytes``) is skipped and counted. A body whose fields were
@@ -20,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
+import yarl
 
 from shadowproxy.config.urls import base_problem, split_url
 from shadowproxy.pairing.record import PairRecord
@@ -91,14 +96,21 @@ async def replay(
 
     async def send(session: aiohttp.ClientSession, record: PairRecord) -> None:
         headers = {"X-Request-Id": record.request_id, REPLAY_HEADER: "1"}
+        # aiohttp would add a Content-Type (octet-stream) and an Accept-Encoding the
+        # recorded request did not have.
+        skip = ["Accept-Encoding"]
         if record.request_content_type:
             headers["Content-Type"] = record.request_content_type
+        else:
+            skip.append("Content-Type")
         try:
             async with session.request(
                 record.method,
-                base + record.path,
+                # encoded: the path as recorded, dots, escapes and case of escapes included.
+                yarl.URL(base + record.path, encoded=True),
                 data=record.request_body,
                 headers=headers,
+                skip_auto_headers=skip,
                 allow_redirects=False,
             ) as resp:
                 await resp.read()

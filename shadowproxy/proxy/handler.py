@@ -108,6 +108,7 @@ class Proxy:
         self.connections: set[ClientConnection] = set()
         self.has_answered = False
         self.draining = False
+        self.closing = False  # the grace period is over: remaining clients are being cut
         self.in_flight = 0
         self.production_deadlines = DeadlineQueue(loop, self.production_timeout_s)
         # Production bodies are kept for pairing under the same cap as shadow bodies.
@@ -225,6 +226,7 @@ class Proxy:
             conn.close_when_idle()
 
     async def close(self) -> None:
+        self.closing = True  # what cuts the clients still waiting: see ProductionRelay
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()

@@ -135,7 +135,8 @@ class ProductionRelay:
             return
         self.pending_head = b""
         status = 504 if exc.outcome == "timeout" else 502
-        self.status = status
+        if exc.outcome != "dropped":  # a client that is gone is sent nothing: no status
+            self.status = status
         message = "production timed out" if status == 504 else "production unavailable"
         if self.client.closing:  # draining: every answer says so, this one too
             self.keep_alive = False
@@ -157,10 +158,16 @@ class ProductionRelay:
             self.upstream.resume_reading()
 
     def client_gone(self) -> None:
-        """The client hung up mid-exchange: stop reading production, keep the record."""
+        """The client hung up mid-exchange (or the drain's grace ran out): stop reading
+        production, keep the record."""
         if not self.done:
             # Not production's failure: counted as dropped, kept out of error rates.
-            self._abort(UpstreamError("client closed the connection", "dropped"))
+            why = (
+                "cut at the end of the drain"
+                if self.proxy.closing
+                else "client closed the connection"
+            )
+            self._abort(UpstreamError(why, "dropped"))
 
     # -- internals ------------------------------------------------------------------------
     def expire(self) -> None:

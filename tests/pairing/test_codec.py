@@ -304,3 +304,19 @@ def test_a_cost_that_is_not_a_number_is_refused() -> None:
     line["production"]["cost"]["threads"] = "three"
     with pytest.raises(PairLogError, match="cost.threads"):
         loads_record(orjson.dumps(line))
+
+
+def test_a_refused_inputs_detail_keeps_where_but_not_what_under_redaction() -> None:
+    from dataclasses import replace
+
+    record = make_record()
+    refused = replace(
+        record.production,
+        outcome="invalid",
+        detail="input_invalid: inputs[0].data: 4.2e+39 is not a finite FP32 value",
+    )
+    logged = record_to_dict(replace(record, production=refused), max_body_bytes=4096,
+                            redact=["inputs.*.data"])  # fmt: skip
+    assert logged["production"]["detail"] == "input_invalid: inputs[0].data: [redacted]"
+    plain = record_to_dict(replace(record, production=refused), max_body_bytes=4096)
+    assert "4.2e+39" in plain["production"]["detail"]  # no rules: nothing to hide

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -31,6 +32,8 @@ from shadowproxy.pairing.log import (
 from shadowproxy.pairing.record import Exchange, PairRecord
 from shadowproxy.pairing.redact import REDACTED, REDACTED_NON_JSON
 from shadowproxy.shadow.sampling import is_sampled, keyed_salt
+from tests.support.servers import Backend
+from tests.support.waiting import wait_for
 
 try:
     import resource
@@ -603,3 +606,33 @@ def test_the_check_reads_a_log_only_up_to_its_first_record(
     path.write_bytes(b"torn\n" + _line(1) + _line(2) * 1000)
     check_pair_logs([path])
     assert parsed == [b"torn\n", _line(1)]
+
+
+def test_written_records_are_reported_as_they_are_written(tmp_path: Path) -> None:
+    counted: list[int] = []
+    cfg = config(tmp_path, sample_rate=1.0)
+    writer = write_all(cfg, [make_record(i) for i in range(40)], on_written=counted.append)
+    lines = log_path(cfg).read_bytes().count(b"\n")
+    assert sum(counted) == writer.written == lines == 40
+
+
+async def test_the_proxy_counts_what_its_pair_log_writes(
+    backend: Backend, candidate_backend: Backend, tmp_path: Path
+) -> None:
+    from tests.support.proxy import make_config, metric_value, running_proxy
+
+    log = tmp_path / "pairs.jsonl"
+    config = make_config(
+        backend.url, candidates=[{"name": "c", "url": candidate_backend.url}],
+        pair_log={"path": str(log)},
+    )  # fmt: skip
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        for _ in range(12):
+            async with session.post(f"http://127.0.0.1:{rt.traffic_port}/p", data=b"{}") as r:
+                assert r.status == 200
+        await wait_for(lambda: log.exists() and log.read_bytes().count(b"\n") == 12,
+                       what="12 lines")  # fmt: skip
+        await wait_for(
+            lambda: metric_value(rt, "shadowproxy_pair_log_records_total", result="written") == 12,
+            what="the written records counted",
+        )

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from shadowproxy.pairing.redact import (
     REDACTED,
     REDACTED_NON_JSON,
+    REDACTED_REPEATED,
     REDACTED_UNENCODABLE,
     compile_rules,
     redact_body,
@@ -235,3 +236,22 @@ def test_redaction_never_raises_on_any_bytes(body: bytes, rules: list[str]) -> N
 def test_redaction_never_raises_on_any_rule(document: Any, rules: list[str]) -> None:
     out, _ = redact_body(orjson.dumps(document), rules)
     orjson.loads(out)
+
+
+def test_a_repeated_name_cannot_hide_a_field_from_the_rules() -> None:
+    # Parsed, the second "customer" wins and holds no email; a server that keeps the first
+    # reads the email. The raw bytes must not be logged.
+    for body in (
+        b'{"customer": {"email": "%s"}, "customer": {"x": 1}}' % SECRET.encode(),
+        b'{"customer": {"email": "%s"}, "customer": null}' % SECRET.encode(),
+        b'[{"a": 1, "a": {"email": "%s"}}]' % SECRET.encode(),
+    ):
+        logged, changed = redact_body(body, ["customer.email"])
+        assert changed and SECRET.encode() not in logged, body
+    # A body whose match is re-serialised keeps only the values the rules saw.
+    body = b'{"customer": {"email": "%s"}, "customer": {"email": "b"}}' % SECRET.encode()
+    logged, changed = redact_body(body, ["customer.email"])
+    assert changed and SECRET.encode() not in logged
+    # Repeats in a body that needs no redaction and has no rule to hide from: untouched.
+    assert redact_body(b'{"a": 1, "a": 2}', []) == (b'{"a": 1, "a": 2}', False)
+    assert redact_body(b'{"a": 1, "a": 2}', ["b"]) == (REDACTED_REPEATED, True)

@@ -167,3 +167,36 @@ def test_replay_of_an_empty_log_exits_0(tmp_path: Path) -> None:
     done = _replay(log, f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 0, done.stderr
     assert "replayed 0 requests" in done.stdout
+
+
+async def test_a_recorded_path_and_content_type_are_sent_exactly_as_recorded() -> None:
+    from tests.support.servers import RawServer, read_request
+
+    heads: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            heads.append((await read_request(reader)).split(b"\r\n\r\n")[0])
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    # What a client sent, kept raw by the proxy: nothing here may be normalised.
+    paths = ["/dots/a/../b/./c", "/enc%41%7e%25", "/q?a=%zz&b", "/frag%23x?y=%3F", "/%c3%bc"]
+    records = [
+        PairRecord(f"r{i}", 0.0, "POST" if i % 2 else "GET", path, b"{}" if i % 2 else b"",
+                   "application/json" if i == 1 else "", None, {})
+        for i, path in enumerate(paths)
+    ]  # fmt: skip
+    server = await RawServer(record).start()
+    try:
+        summary = await replay(records, server.url, concurrency=1)
+    finally:
+        await server.stop()
+    assert summary.sent == len(paths) and not summary.errors
+    assert [head.split(b"\r\n")[0].split(b" ")[1].decode() for head in heads] == paths
+    for i, head in enumerate(heads):
+        lines = head.lower().split(b"\r\n")
+        content_types = [line for line in lines if line.startswith(b"content-type:")]
+        # Only the request that had one gets one: aiohttp's default is not added.
+        assert content_types == ([b"content-type: application/json"] if i == 1 else []), head
+        assert not any(line.startswith(b"accept-encoding:") for line in lines)

@@ -267,3 +267,27 @@ async def test_proxy_keeps_serving_after_upstream_failures() -> None:
         assert (await exchange(rt.traffic_port, request_bytes("GET", "/fine"))).status == 200
         assert outcomes(rt) == {"ok": 1, "error": 0, "timeout": 1, "invalid": 0}
     assert calls == 2
+
+
+async def test_a_client_that_leaves_is_recorded_without_a_status_it_never_got(
+    candidate_backend: Backend,
+) -> None:
+    from shadowproxy.pairing.record import PairRecord
+    from tests.support.waiting import wait_for
+
+    records: list[PairRecord] = []
+    config = make_config("http://unused", production={"timeout_ms": 5000},
+                         candidates=[{"name": "c", "url": candidate_backend.url}])  # fmt: skip
+    async with raw_upstream(hang) as upstream:
+        config["production"]["url"] = upstream.url
+        async with running_proxy(config, wait_ready=False) as rt:
+            rt.stream.subscribe(records.append)
+            async with connect(rt.traffic_port) as (_reader, writer):
+                writer.write(request_bytes("POST", "/leave", body=b"{}"))
+                await writer.drain()
+                await asyncio.sleep(0.2)  # production is working on it; the client goes
+            await wait_for(lambda: len(records) == 1, what="the pair record")
+    production = records[0].production
+    assert production is not None
+    assert production.outcome == "dropped" and production.status is None
+    assert production.detail == "client closed the connection"

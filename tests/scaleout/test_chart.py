@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.deploy.test_helm import RELEASE, container, kinds, one, render
+from tests.deploy.test_helm import RELEASE, container, one, render
 
 
 def test_the_headless_service_names_every_pod_on_the_admin_port() -> None:
@@ -27,7 +27,8 @@ def test_the_headless_service_names_every_pod_on_the_admin_port() -> None:
     assert not set(selector.items()) <= set(replicas["metadata"]["labels"].items())
 
 
-def test_without_the_admin_service_there_is_no_headless_one() -> None:
+def test_without_the_admin_service_the_headless_one_still_names_every_replica() -> None:
+    # Discovery (dns+http://) and a StatefulSet's serviceName need it either way.
     docs = render({"adminService": {"enabled": False}})
-    assert "Service" in kinds(docs)
-    assert not [d for d in docs if d["metadata"]["name"] == f"{RELEASE}-replicas"]
+    assert f"{RELEASE}-admin" not in {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    assert one(docs, "Service", f"{RELEASE}-replicas")["spec"]["clusterIP"] == "None"
