@@ -173,6 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Exit 0 when every request got an answer, 1 when some failed in transit, 2 on bad input."""
+    from shadowproxy.config.loader import redact_url
     from shadowproxy.pairing.log import PairLogError, ReadStats, check_pair_logs, read_pair_log
     from shadowproxy.pairing.replay import replay, target_problem
 
@@ -197,7 +198,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     statuses = ", ".join(f"{code}: {n}" for code, n in sorted(summary.statuses.items()))
     print(
-        f"replayed {summary.sent} requests to {args.target} ({statuses or 'no answers'}); "
+        f"replayed {summary.sent} requests to {redact_url(args.target)} "
+        f"({statuses or 'no answers'}); "
         f"skipped {summary.skipped_truncated} with a truncated body; "
         f"{stats.torn + stats.invalid} unreadable lines"
     )

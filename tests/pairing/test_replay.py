@@ -167,6 +167,10 @@ def test_replay_of_an_empty_log_exits_0(tmp_path: Path) -> None:
     done = _replay(log, f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 0, done.stderr
     assert "replayed 0 requests" in done.stdout
+    # The summary names the target, never a password in it.
+    done = _replay(log, f"http://replayer:hunter22@127.0.0.1:{free_port()}")
+    assert done.returncode == 0 and "hunter22" not in done.stdout + done.stderr
+    assert "replayer:[redacted]@127.0.0.1" in done.stdout
 
 
 async def test_a_recorded_path_and_content_type_are_sent_exactly_as_recorded() -> None:
