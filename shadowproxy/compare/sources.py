@@ -16,7 +16,6 @@ and it holds the exported part of the state only (:mod:`shadowproxy.compare.binn
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from shadowproxy.compare.prometheus import is_prometheus_source, read_prometheus
 from shadowproxy.compare.reference import Reference
 from shadowproxy.compare.target import TargetState
 from shadowproxy.config.model import Config
+from shadowproxy.config.urls import split_url
 from shadowproxy.errors import StateError
 
 SNAPSHOT_PATH = "/admin/snapshot"
@@ -149,13 +149,11 @@ def read_snapshots(source: str, timeout_s: float = 10.0) -> list[tuple[str, dict
             "dns+http://NAME:PORT or prometheus+http://HOST:PORT)"
         )
     if source.startswith(("http://", "https://")):
-        try:
-            parts = urllib.parse.urlsplit(source)
-            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
-        except ValueError as exc:
-            raise StateError(f"{source}: not a valid URL: {exc}") from exc
-        if not parts.hostname:
-            raise StateError(f"{source}: not a valid URL: no host")
+        split = split_url(source)
+        if isinstance(split, str):
+            raise StateError(f"{source}: {split}")
+        if not split[0].hostname:
+            raise StateError(f"{source}: is not a valid URL: no host")
         return [(source, read_admin(source, source, timeout_s))]
     return [(source, read_snapshot_file(Path(source)))]
 

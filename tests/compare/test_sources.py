@@ -190,7 +190,7 @@ def test_one_source_given_twice_is_refused(tmp_path: Path) -> None:
 
 def test_an_admin_url_that_does_not_parse_is_a_source_error() -> None:
     for bad in ("http://[::1", "http://127.0.0.1:port", "http://"):
-        with pytest.raises(StateError, match="not a valid URL") as info:
+        with pytest.raises(StateError, match="is not a valid URL") as info:
             read_snapshots(bad)
         assert str(info.value).startswith(bad)
 
