@@ -291,18 +291,19 @@ class BodyRunner:
             for i, d in group:
                 rows = {n: v[start : start + d.rows] for n, v in outputs.items()}
                 start += d.rows
-                answers[i] = (framing.ANSWER_OK, d.rows, self._encode(rows, d.id))
+                answers[i] = (framing.ANSWER_OK, d.rows, self._encode(rows, d.id, d.rows))
         compute_s = time.perf_counter() - wall_start
         cpu_s = time.process_time() - cpu_start
         return framing.encode_answers(message.batch_id, answers, compute_s, cpu_s)
 
-    def _encode(self, outputs: dict[str, np.ndarray], request_id: str | None) -> bytes:
+    def _encode(self, outputs: dict[str, np.ndarray], request_id: str | None, rows: int) -> bytes:
         from shadowproxy.errors import PayloadError
 
         try:
             return self.protocol.encode_response(
-                outputs, model_name=self.name, model_version=self.version, request_id=request_id
-            )
+                outputs, model_name=self.name, model_version=self.version,
+                request_id=request_id, rows=rows,
+            )  # fmt: skip
         except PayloadError as exc:  # outputs the protocol cannot carry
             raise RuntimeError(f"the model's outputs cannot be encoded: {exc}") from exc
 

@@ -129,6 +129,7 @@ class PayloadProtocol(ABC):
         model_name: str,
         model_version: str,
         request_id: str | None,
+        rows: int | None = None,
     ) -> bytes:
         """Encode a local model's outputs as this protocol's response body.
 
@@ -140,6 +141,10 @@ class PayloadProtocol(ABC):
             Reported by protocols whose responses name the model.
         request_id : str or None
             Echoed by protocols whose responses carry an id.
+        rows : int, optional
+            The rows of the request answered. A protocol that answers row by row (v1,
+            json) refuses outputs with another number of rows (``bad_output``): a client
+            must never get 1 prediction for 2 instances. v2 carries every shape as it is.
 
         Returns
         -------

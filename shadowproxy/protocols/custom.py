@@ -148,6 +148,7 @@ class JsonProtocol(PayloadProtocol):
         model_name: str,
         model_version: str,
         request_id: str | None,
+        rows: int | None = None,
     ) -> bytes:
         score, label = _pick_outputs({name: np.asarray(a) for name, a in outputs.items()})
         written = [
@@ -164,7 +165,10 @@ class JsonProtocol(PayloadProtocol):
         row_counts = {len(value) for _, value in columns}
         if len(row_counts) > 1:
             raise PayloadError("score and label outputs disagree on the rows", "bad_output")
-        rows = row_counts.pop() if row_counts else 0
+        answered = row_counts.pop() if row_counts else 0
+        if rows is not None and columns and answered != rows:
+            raise PayloadError(f"the model answered {answered} rows for {rows}", "bad_output")
+        rows = answered
         records: list[dict[str, Any]] = [{} for _ in range(rows)]
         try:
             for path, value in columns:

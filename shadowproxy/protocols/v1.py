@@ -135,9 +135,9 @@ class V1Protocol(PayloadProtocol):
         model_name: str,
         model_version: str,
         request_id: str | None,
+        rows: int | None = None,
     ) -> bytes:
         values = {}
-        rows = None
         for name, array in outputs.items():
             array = np.asarray(array)
             if array.ndim == 0 or (rows is not None and array.shape[0] != rows):
@@ -145,7 +145,7 @@ class V1Protocol(PayloadProtocol):
                     f"output {name!r} has shape {list(array.shape)}, not {rows} rows",
                     "bad_output",
                 )
-            rows = array.shape[0]
+            rows = array.shape[0]  # the request's rows when given, else the first output's
             values[name] = arrays.jsonable(array)[1]
         predictions: Any
         if len(values) == 1:

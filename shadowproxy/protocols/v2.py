@@ -115,6 +115,7 @@ class V2Protocol(PayloadProtocol):
         model_name: str,
         model_version: str,
         request_id: str | None,
+        rows: int | None = None,
     ) -> bytes:
         tensors = []
         for name, array in outputs.items():

@@ -132,7 +132,8 @@ class LocalProduction:
             answer.respond(400, self.protocol.encode_error(str(exc)), "invalid", str(exc))
             return
         future = self.executor.submit(decoded.arrays, decoded.rows, self.timeout_s)
-        future.add_done_callback(partial(self._answered, answer, decoded.outputs, decoded.id))
+        answered = partial(self._answered, answer, decoded.outputs, decoded.id, rows=decoded.rows)
+        future.add_done_callback(answered)
 
     def _answered(
         self,
@@ -140,6 +141,8 @@ class LocalProduction:
         wanted: tuple[str, ...],
         v2_id: str | None,
         future: asyncio.Future[Inference],
+        *,
+        rows: int | None = None,
     ) -> None:
         if future.cancelled():
             answer.respond(503, self.protocol.encode_error("shutting down"), "dropped", "shutdown")
@@ -162,6 +165,7 @@ class LocalProduction:
                 # The protocol's own id, when the request gave one (the OIP echoes it);
                 # the proxy's request id is in the X-Request-Id header either way.
                 request_id=v2_id,
+                rows=rows,
             )
         except PayloadError as exc:  # outputs the protocol cannot carry: the model's fault
             answer.respond(500, self.protocol.encode_error(str(exc)), "error", str(exc))

@@ -131,7 +131,8 @@ class LocalShadowTarget(MirroredTarget):
         future = self.executor.submit(decoded.arrays, decoded.rows, self.timeout_s)
         # The answer echoes the request's own id (v2), if it has one, as production's and
         # the process executor's do.
-        future.add_done_callback(partial(self._answered, join, started, decoded.id))
+        answered = partial(self._answered, join, started, decoded.id, rows=decoded.rows)
+        future.add_done_callback(answered)
 
     def _answered(
         self,
@@ -139,6 +140,8 @@ class LocalShadowTarget(MirroredTarget):
         started: float,
         request_id: str | None,
         future: asyncio.Future[Inference] | asyncio.Future[BodyAnswer],
+        *,
+        rows: int | None = None,
     ) -> None:
         self.in_flight -= 1
         latency = time.perf_counter() - started
@@ -167,6 +170,7 @@ class LocalShadowTarget(MirroredTarget):
                 model_name=self.name,
                 model_version=self.version,
                 request_id=request_id,
+                rows=rows,
             )
         except PayloadError as exc:
             # Outputs the protocol cannot carry: the model's fault, so an error (as the

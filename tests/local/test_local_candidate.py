@@ -180,31 +180,34 @@ async def test_a_full_executor_queue_is_a_counted_drop_with_its_reason(
         ) == len(dropped)  # fmt: skip
 
 
-def _ragged_answer_model(folder: Path) -> BuiltModel:
-    """Two outputs: ``X`` itself (N rows) and ``ReduceSum(X)`` (one row whatever N), which no
+def _ragged_answer_model(folder: Path, with_rows: bool) -> BuiltModel:
+    """``ReduceSum(X)`` (one row whatever N), beside ``X`` itself (N rows) or alone, which no
     per-row protocol can answer. Valid ONNX; a defect of the model, not of the input."""
     from onnx import TensorProto, helper
 
     from tests.support.models import _save
 
+    nodes = [helper.make_node("ReduceSum", ["X"], ["total"], keepdims=1)]
+    outputs = [helper.make_tensor_value_info("total", TensorProto.FLOAT, [1, 1])]
+    if with_rows:
+        nodes.append(helper.make_node("Identity", ["X"], ["same"]))
+        outputs.append(helper.make_tensor_value_info("same", TensorProto.FLOAT, ["N", 4]))
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["X"], ["same"]),
-         helper.make_node("ReduceSum", ["X"], ["total"], keepdims=1)],
-        "ragged",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("same", TensorProto.FLOAT, ["N", 4]),
-         helper.make_tensor_value_info("total", TensorProto.FLOAT, [1, 1])],
+        nodes, "ragged", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
+        outputs,
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    return _save(model, folder / "ragged.onnx")
+    return _save(model, folder / f"ragged_{with_rows}.onnx")
 
 
+@pytest.mark.parametrize("with_rows", [True, False])
 @pytest.mark.parametrize("kind", ["process", "thread"])
 async def test_answers_the_protocol_cannot_carry_are_the_models_error(
-    backend: Backend, tmp_path: Path, kind: str
+    backend: Backend, tmp_path: Path, kind: str, with_rows: bool
 ) -> None:
-    model = _ragged_answer_model(tmp_path)
+    # One output of one row for two instances, or beside one of two rows.
+    model = _ragged_answer_model(tmp_path, with_rows)
     local = candidate(model)
     local["executor"] = {**local["executor"], "kind": kind}  # type: ignore[dict-item]
     # KServe V1 answers one prediction per instance: "total" has one row for two.

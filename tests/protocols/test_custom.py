@@ -207,3 +207,16 @@ def test_extract_refusals(body: bytes, outputs: Outputs, reason: str) -> None:
     with pytest.raises(PayloadError) as caught:
         protocol().extract(body, outputs)
     assert caught.value.reason == reason
+
+
+def test_an_answer_with_other_rows_than_the_request_is_refused() -> None:
+    json_protocol = protocol()
+    with pytest.raises(PayloadError, match="answered 2 rows for 3") as caught:
+        json_protocol.encode_response(CLASSIFIER, model_name="m", model_version="",
+                                      request_id=None, rows=3)  # fmt: skip
+    assert caught.value.reason == "bad_output"
+    assert orjson.loads(
+        json_protocol.encode_response(
+            CLASSIFIER, model_name="m", model_version="", request_id=None, rows=2
+        )  # fmt: skip
+    )

@@ -270,3 +270,15 @@ def test_one_item_lists_of_integers_or_strings_are_labels() -> None:
     assert got.labels is not None and got.labels.tolist() == ["a", "b"]
     got = extract([[0.5], [1]])
     assert got.labels is None and got.scores is not None and got.scores.tolist() == [[0.5], [1]]
+
+
+def test_an_answer_with_other_rows_than_the_request_is_the_models_error() -> None:
+    one_row = {"total": np.array([[3.0]])}
+    # One prediction for two instances: never a short answer to a client.
+    with pytest.raises(PayloadError, match="not 2 rows") as caught:
+        PROTOCOL.encode_response(one_row, model_name="m", model_version="", request_id=None,
+                                 rows=2)  # fmt: skip
+    assert caught.value.reason == "bad_output"
+    # Without the request's rows (a caller that has none), the outputs' own count stands.
+    body = PROTOCOL.encode_response(one_row, model_name="m", model_version="", request_id=None)
+    assert orjson.loads(body) == {"predictions": [[3.0]]}
