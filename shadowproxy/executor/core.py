@@ -440,9 +440,8 @@ class BatchingExecutor(Generic[W]):
         self.ipc_seconds += ipc_s * n
         # The batch's CPU is shared by row, as for tensors (_complete): a 1,000-row body
         # costs what its rows cost. With no row run (every body invalid), per body.
-        cpu_per_row = cpu_s / rows if rows else 0.0
         for request, (status, body_rows, data) in zip(requests, answers, strict=True):
-            cpu_share = cpu_per_row * body_rows if rows else cpu_s / n
+            cpu_share = cpu_s * body_rows / rows if rows else cpu_s / n
             queue_s = batch.sent_at - request.submitted
             self.queue_seconds += queue_s
             if request.state == DONE:
