@@ -20,6 +20,7 @@ digit limit (4,300 by default) is ``int_overflow`` here.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Literal
 
@@ -115,8 +116,10 @@ def parse(body: bytes, *, max_depth: int, allow_nonfinite: bool) -> Any:
     if outcome == "nonfinite":
         if allow_nonfinite:
             return value
+        where, bad = first_nonfinite(value)
         raise PayloadError(
-            "body holds a non-finite number (NaN, Infinity or a float beyond float64 range)",
+            f"{where} is {bad!r}, a non-finite number "
+            "(NaN, Infinity or a float beyond float64 range)",
             "nonfinite",
         ) from error
     if outcome == "parsed":
@@ -129,6 +132,34 @@ def parse(body: bytes, *, max_depth: int, allow_nonfinite: bool) -> Any:
             "int_overflow",
         ) from error
     raise PayloadError(f"body is not valid JSON: {error}", "bad_json") from error
+
+
+def first_nonfinite(value: Any) -> tuple[str, float]:
+    """The JSON path (``$.inputs[0].data[3]``) and value of the first non-finite float.
+
+    Only called on the error path, on a value known to hold one; iterative, so a body as
+    deep as ``max_depth`` allows cannot exhaust the stack.
+    """
+    stack: list[tuple[str, Any]] = [("$", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path, item
+        if isinstance(item, dict):
+            children = [(path + _member(key), child) for key, child in item.items()]
+        elif isinstance(item, list):
+            children = [(f"{path}[{i}]", child) for i, child in enumerate(item)]
+        else:
+            continue
+        stack.extend(reversed(children))  # depth first, in document order
+    raise ValueError("no non-finite number in the value")
+
+
+def _member(key: str) -> str:
+    # Keys are client text: quoted unless a plain name, and cut short in a message.
+    if key.isidentifier() and len(key) <= 64:
+        return f".{key}"
+    return f"[{json.dumps(key[:64])}{'…' if len(key) > 64 else ''}]"
 
 
 _Slow = Literal["parsed", "nonfinite", "long_integer", "invalid"]

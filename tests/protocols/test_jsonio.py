@@ -68,6 +68,28 @@ def test_nonfinite_numbers_are_refused_by_default(body: bytes) -> None:
     assert reason_of(body) == "nonfinite"
 
 
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (b'{"instances": [[1, 2], [3, NaN]]}', "$.instances[1][1] is nan"),
+        (b'{"inputs": [{"name": "x", "data": [1, -Infinity]}]}', "$.inputs[0].data[1] is -inf"),
+        (b'{"a b": {"c": [1e999]}}', '$["a b"].c[0] is inf'),
+        (b"NaN", "$ is nan"),
+    ],
+)
+def test_a_refused_nonfinite_number_is_named_by_its_path(body: bytes, where: str) -> None:
+    with pytest.raises(PayloadError) as caught:
+        jsonio.parse(body, max_depth=8, allow_nonfinite=False)
+    assert str(caught.value).startswith(f"{where}, a non-finite number")
+
+
+def test_a_long_key_is_cut_short_in_the_path() -> None:
+    key = "k" * 500
+    with pytest.raises(PayloadError) as caught:
+        jsonio.parse(b'{"%s": NaN}' % key.encode(), max_depth=8, allow_nonfinite=False)
+    assert str(caught.value).startswith('$["' + "k" * 64 + '"…] is nan')
+
+
 def test_nonfinite_numbers_are_read_when_allowed() -> None:
     value = jsonio.parse(b"[NaN, Infinity, -Infinity, 1e400, 2]", max_depth=4, allow_nonfinite=True)
     assert math.isnan(value[0])
