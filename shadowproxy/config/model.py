@@ -15,6 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 MiB = 1024 * 1024
+# Upper bounds on durations and counts. No sensible setting comes near them; they turn a
+# typo (an extra three zeros, seconds written as milliseconds) into a config error that
+# names the key, instead of a proxy that waits for days or loops a billion times.
+DAY_S = 86_400.0
+DAY_MS = DAY_S * 1000
+MAX_COUNT = 1_000_000
 
 Protocol = Literal["v1", "v2", "json"]
 ExecutorKind = Literal["process", "thread"]
@@ -48,19 +54,29 @@ class Limits:
     max_header_bytes: int = spec(
         32 * 1024, "largest request line plus header block (431 above)", gt=0
     )
-    max_headers: int = spec(100, "most header fields in one request (431 above)", gt=0)
+    max_headers: int = spec(
+        100, "most header fields in one request (431 above)", gt=0, le=MAX_COUNT
+    )
     header_timeout_s: float = spec(
-        10.0, "deadline to receive a full request head (slowloris guard, 408 after)", gt=0
+        10.0, "deadline to receive a full request head (slowloris guard, 408 after)", gt=0, le=DAY_S
     )
     body_timeout_s: float = spec(
-        30.0, "deadline to receive a full request body once the head is in (408 after)", gt=0
+        30.0,
+        "deadline to receive a full request body once the head is in (408 after)",
+        gt=0,
+        le=DAY_S,
     )
-    keepalive_timeout_s: float = spec(75.0, "idle time before a keep-alive socket is closed", gt=0)
+    keepalive_timeout_s: float = spec(
+        75.0, "idle time before a keep-alive socket is closed", gt=0, le=DAY_S
+    )
     send_timeout_s: float = spec(
-        30.0, "a client that reads none of its response for this long is disconnected", gt=0
+        30.0,
+        "a client that reads none of its response for this long is disconnected",
+        gt=0,
+        le=DAY_S,
     )
     max_pipelined: int = spec(
-        32, "parsed requests queued on one connection before reading pauses", ge=1
+        32, "parsed requests queued on one connection before reading pauses", ge=1, le=MAX_COUNT
     )
     max_response_bytes: int = spec(
         256 * MiB, "largest production response relayed; bigger is a 502", gt=0
@@ -92,7 +108,7 @@ class Executor:
     workers: int = spec(1, "worker processes", ge=1, le=64)
     threads: int = spec(1, "onnxruntime intra-op threads per worker", ge=1, le=256)
     max_batch: int = spec(32, "most rows in one micro-batch", ge=1, le=65536)
-    max_wait_ms: float = spec(2.0, "longest a row waits for its batch to fill", ge=0)
+    max_wait_ms: float = spec(2.0, "longest a row waits for its batch to fill", ge=0, le=DAY_MS)
     # A worker's RLIMIT_DATA is about twice this in bytes, and must fit in a C long.
     memory_mb: int = spec(
         1024,
@@ -111,20 +127,28 @@ class Executor:
         "CPU numbers the process workers may run on (empty: the proxy's own); with several "
         "cores, keep them off the proxy's",
     )
-    queue_rows: int = spec(1024, "rows waiting for a worker at most; more are dropped", ge=1)
+    queue_rows: int = spec(
+        1024, "rows waiting for a worker at most; more are dropped", ge=1, le=MAX_COUNT
+    )
     max_restarts: int = spec(
-        5, "crashes within restart_window_s that disable the candidate (counted)", ge=1
+        5,
+        "crashes within restart_window_s that disable the candidate (counted)",
+        ge=1,
+        le=MAX_COUNT,
     )
-    restart_window_s: float = spec(60.0, "window in which crashes are counted", gt=0)
+    restart_window_s: float = spec(60.0, "window in which crashes are counted", gt=0, le=DAY_S)
     restart_backoff_s: float = spec(
-        0.5, "first delay before respawning a crashed worker; doubles per crash", ge=0
+        0.5, "first delay before respawning a crashed worker; doubles per crash", ge=0, le=DAY_S
     )
-    warmup_runs: int = spec(3, "inference runs on synthetic inputs before ready", ge=0)
+    warmup_runs: int = spec(
+        3, "inference runs on synthetic inputs before ready", ge=0, le=MAX_COUNT
+    )
     start_timeout_s: float = spec(
         120.0,
         "longest a process worker may take to load and warm up; a candidate's that does not "
         "make it is disabled (production serves on), production's stops the start",
         gt=0,
+        le=DAY_S,
     )
 
 
@@ -132,8 +156,10 @@ class Executor:
 class Breaker:
     """Circuit breaker for one shadow target: open after N failures in a row, then probe."""
 
-    failures: int = spec(5, "consecutive failures that open the breaker", ge=1)
-    reset_s: float = spec(10.0, "time open before a single half-open probe is let through", gt=0)
+    failures: int = spec(5, "consecutive failures that open the breaker", ge=1, le=MAX_COUNT)
+    reset_s: float = spec(
+        10.0, "time open before a single half-open probe is let through", gt=0, le=DAY_S
+    )
 
 
 @dataclass(frozen=True)
@@ -152,9 +178,14 @@ class Production:
         1000.0,
         "deadline for the response head (504 after), then for each stretch without body progress",
         gt=0,
+        le=DAY_MS,
     )
-    connect_timeout_ms: float = spec(1000.0, "deadline to open a connection (502 after)", gt=0)
-    pool_size: int = spec(256, "most idle keep-alive connections kept to production", ge=1)
+    connect_timeout_ms: float = spec(
+        1000.0, "deadline to open a connection (502 after)", gt=0, le=DAY_MS
+    )
+    pool_size: int = spec(
+        256, "most idle keep-alive connections kept to production", ge=1, le=MAX_COUNT
+    )
     health_path: str = spec(
         "/", "path probed until production answers (any status below 500), for readiness"
     )
@@ -162,7 +193,7 @@ class Production:
         (), "headers added to every upstream request, replacing the client's (secret)"
     )
     metrics_url: str | None = spec(None, "Prometheus endpoint of a remote model, for resources")
-    metrics_interval_s: float = spec(5.0, "seconds between scrapes of metrics_url", gt=0)
+    metrics_interval_s: float = spec(5.0, "seconds between scrapes of metrics_url", gt=0, le=DAY_S)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,9 +203,11 @@ class Mirrored:
     sample_rate: float = spec(
         1.0, "share of requests mirrored, decided from the request id", ge=0, le=1
     )
-    timeout_ms: float = spec(100.0, "deadline for one shadow exchange", gt=0)
-    connect_timeout_ms: float = spec(100.0, "deadline to open a connection", gt=0)
-    max_in_flight: int = spec(64, "shadow requests outstanding at once; more are dropped", ge=1)
+    timeout_ms: float = spec(100.0, "deadline for one shadow exchange", gt=0, le=DAY_MS)
+    connect_timeout_ms: float = spec(100.0, "deadline to open a connection", gt=0, le=DAY_MS)
+    max_in_flight: int = spec(
+        64, "shadow requests outstanding at once; more are dropped", ge=1, le=MAX_COUNT
+    )
     methods: tuple[str, ...] = spec(("POST",), "HTTP methods that are mirrored")
     breaker: Breaker = spec(Breaker(), "circuit breaker")
     headers: tuple[tuple[str, str], ...] = spec(
@@ -195,7 +228,7 @@ class Candidate(Mirrored):
     model: ModelFile | None = spec(None, "a local ONNX candidate run in an isolated executor")
     executor: Executor = spec(Executor(), "how a local candidate is run")
     metrics_url: str | None = spec(None, "Prometheus endpoint of a remote model, for resources")
-    metrics_interval_s: float = spec(5.0, "seconds between scrapes of metrics_url", gt=0)
+    metrics_interval_s: float = spec(5.0, "seconds between scrapes of metrics_url", gt=0, le=DAY_S)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,14 +239,16 @@ class Baseline(Mirrored):
     name: str = spec("baseline", "name used as the metrics label")
     version: str = spec("", "version used as the metrics label")
     sample_rate: float = spec(0.1, "share of requests mirrored", ge=0, le=1)
-    timeout_ms: float = spec(1000.0, "deadline for one shadow exchange", gt=0)
+    timeout_ms: float = spec(1000.0, "deadline for one shadow exchange", gt=0, le=DAY_MS)
 
 
 @dataclass(frozen=True)
 class Payload:
     """How request and response bodies are decoded (strictly) for local models and pairing."""
 
-    max_rows: int = spec(1024, "most rows in one request; more is input_invalid", ge=1)
+    max_rows: int = spec(
+        1024, "most rows in one request; more is input_invalid", ge=1, le=MAX_COUNT
+    )
     max_depth: int = spec(32, "deepest JSON nesting accepted", ge=2, le=512)
     nonfinite: NonFinite = spec(
         "reject", "NaN and Infinity in inputs: reject (input_invalid) or allow"
@@ -238,7 +273,7 @@ class Outputs:
 @dataclass(frozen=True)
 class Snapshot:
     path: Path | None = spec(None, "where comparator state is written atomically")
-    interval_s: float = spec(30.0, "seconds between snapshots", gt=0)
+    interval_s: float = spec(30.0, "seconds between snapshots", gt=0, le=DAY_S)
 
 
 @dataclass(frozen=True)
@@ -303,23 +338,25 @@ class PairLog:
         1.0, "share of pairs written, decided from the request id", ge=0, le=1
     )
     max_bytes: int = spec(64 * MiB, "rotate the file beyond this size", gt=0)
-    backups: int = spec(3, "rotated files kept", ge=0)
+    backups: int = spec(3, "rotated files kept", ge=0, le=MAX_COUNT)
     max_body_bytes: int = spec(
         64 * 1024, "bodies are truncated to this many bytes in the log", ge=0
     )
     redact: tuple[str, ...] = spec(
         (), 'dotted JSON body fields replaced by "[redacted]" (request and answers)'
     )
-    queue_size: int = spec(10000, "records buffered for the writer; more are dropped", ge=1)
+    queue_size: int = spec(
+        10000, "records buffered for the writer; more are dropped", ge=1, le=MAX_COUNT
+    )
 
 
 @dataclass(frozen=True)
 class Shutdown:
     drain_delay_s: float = spec(
-        5.0, "after SIGTERM, keep serving (readiness already failing) for this long", ge=0
+        5.0, "after SIGTERM, keep serving (readiness already failing) for this long", ge=0, le=DAY_S
     )
     grace_s: float = spec(
-        25.0, "then wait this long for in-flight requests before cancelling", ge=0
+        25.0, "then wait this long for in-flight requests before cancelling", ge=0, le=DAY_S
     )
 
 

@@ -135,6 +135,8 @@ def _type_name(hint: Any) -> str:
 
 
 def _number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)  # 86400000, not 8.64e+07
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

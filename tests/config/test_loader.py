@@ -198,6 +198,27 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
         local_cand(PINNED, f"executor: {{cpus: [0, {2**40}]}}"),
         [f"candidates[0].executor.cpus[1]: must be <= 65535, got {2**40}"],
     ),
+    # Durations past a day and counts past a million are typos, named before they bite.
+    (
+        "timeout-ms-past-a-day",
+        cand("timeout_ms: 86400001.0"),
+        ["candidates[0].timeout_ms: must be <= 86400000.0"],
+    ),
+    (
+        "grace-past-a-day",
+        f"{PROD}\nshutdown: {{grace_s: 100000.0}}\n",
+        ["shutdown.grace_s: must be <= 86400.0"],
+    ),
+    (
+        "warmup-runs-past-a-million",
+        local_cand(PINNED, "executor: {warmup_runs: 1000001}"),
+        ["candidates[0].executor.warmup_runs: must be <= 1000000"],
+    ),
+    (
+        "pair-log-backups-past-a-million",
+        f"{PROD}\npair_log: {{backups: 10000000}}\n",
+        ["pair_log.backups: must be <= 1000000"],
+    ),
     # ---- Literal
     (
         "literal",

@@ -100,7 +100,7 @@ def test_rows_carry_type_default_constraints_and_doc(sections_by_path: dict[str,
     assert (rate.type, rate.default, rate.constraints) == ("number", "`1`", "0 ≤ x ≤ 1")
     assert "request id" in rate.doc
     assert e["baseline.sample_rate"].default == "`0.1`"  # the subclass override wins
-    assert e["candidates[].timeout_ms"].constraints == "> 0"
+    assert e["candidates[].timeout_ms"].constraints == "0 < x ≤ 86400000"
     assert e["promotion.confidence"].constraints == "0 < x < 1"
     assert e["production.name"].default == "required"
     assert e["baseline.url"].default == "required"
