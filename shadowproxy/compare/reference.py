@@ -337,9 +337,12 @@ def _load_npy(
         # more than the file holds would fail only after asking for that much memory.
         needed = math.prod(shape) * dtype.itemsize
         held = os.fstat(fh.fileno()).st_size - fh.tell()
-        if held < needed:
+        if held != needed:
+            # More than the header says is as wrong as less: a second array appended with
+            # another np.save would otherwise be left out without a word.
+            problem = "cut short or corrupt" if held < needed else "followed by trailing bytes"
             raise ValueError(
-                f"{path}: .npy is cut short or corrupt: its header says shape {shape} of "
+                f"{path}: .npy is {problem}: its header says shape {shape} of "
                 f"{dtype}, {needed} bytes of data, but the file holds {held}"
             )
         # Read from the file just checked, not from the path again.

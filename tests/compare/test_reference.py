@@ -363,3 +363,14 @@ def test_bins_within_range_are_accepted(csv_path: Path) -> None:
     check_bins(2)
     check_bins(MAX_BINS)
     assert build_reference(csv_path, bins=MAX_BINS).rows == 6
+
+
+def test_npy_with_bytes_after_its_array_is_refused(tmp_path: Path) -> None:
+    # Two np.save calls on one open file: only the first array would be read.
+    path = tmp_path / "twice.npy"
+    with path.open("wb") as fh:
+        np.save(fh, np.zeros((10, 2)))
+        np.save(fh, np.ones((10, 2)))
+    with pytest.raises(ValueError, match="twice.npy") as info:
+        load_training_data(path)
+    assert "trailing bytes" in str(info.value) and "160 bytes of data" in str(info.value)
