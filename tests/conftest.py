@@ -44,5 +44,10 @@ def gbt_model(model_dir: Path) -> models.BuiltModel:
 
 
 @pytest.fixture(scope="session")
+def lookup_model(model_dir: Path) -> models.BuiltModel:
+    return models.lookup_model(model_dir)
+
+
+@pytest.fixture(scope="session")
 def slow_model(model_dir: Path) -> models.BuiltModel:
     return models.slow_matmul_chain(model_dir, depth=100)

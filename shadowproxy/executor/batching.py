@@ -29,6 +29,11 @@ class Queued(Protocol):
     def rows(self) -> int: ...
 
     @property
+    def alone(self) -> bool:
+        """Must run in a batch of its own."""
+        ...
+
+    @property
     def waiting(self) -> bool:
         """Still wants an answer (not timed out or dropped meanwhile)."""
         ...
@@ -46,7 +51,8 @@ def take_batch(queue: deque[Q], max_batch: int) -> list[Q]:
     """Pop the next batch from the head of ``queue``.
 
     The head request always goes (even above ``max_batch``: a request is never split);
-    followers join while their key matches and the rows fit. Requests that stopped waiting
+    followers join while their key matches and the rows fit, unless one of the two must run
+    alone. Requests that stopped waiting
     are discarded on the way. Order is kept: a request never overtakes an older one.
     """
     batch: list[Q] = []
@@ -56,7 +62,9 @@ def take_batch(queue: deque[Q], max_batch: int) -> list[Q]:
         if not item.waiting:
             queue.popleft()
             continue
-        if batch and (item.key != batch[0].key or rows + item.rows > max_batch):
+        if batch and (
+            item.alone or batch[0].alone or item.key != batch[0].key or rows + item.rows > max_batch
+        ):
             break
         queue.popleft()
         batch.append(item)

@@ -43,7 +43,9 @@ BODY_KEY = "request-body"
 class Request:
     """One submitted request, from admission to its answer."""
 
-    __slots__ = ("inputs", "rows", "key", "future", "submitted", "deadline", "timeout_s", "state")
+    __slots__ = (
+        "inputs", "rows", "key", "future", "submitted", "deadline", "timeout_s", "state", "alone",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -62,6 +64,9 @@ class Request:
         self.deadline = submitted + timeout_s
         self.timeout_s = timeout_s
         self.state = QUEUED
+        # Run in a batch of its own: its last batch was refused, and the model must say
+        # which request's inputs it refused (see BatchingExecutor._refused).
+        self.alone = False
 
     @property
     def waiting(self) -> bool:
@@ -337,7 +342,7 @@ class BatchingExecutor(Generic[W]):
                 return  # a worker becoming free pumps again
             # Bodies always batch (the worker stacks what it can); tensors when stackable.
             batching = self._batching or (head.key is BODY_KEY and self.settings.max_batch > 1)
-            if batching and self._queued_rows < self.settings.max_batch:
+            if batching and not head.alone and self._queued_rows < self.settings.max_batch:
                 wait = head.submitted + self._max_wait_s - time.perf_counter()
                 if wait > TIMER_SLACK_S:
                     if self._fill_timer is None:
@@ -364,7 +369,8 @@ class BatchingExecutor(Generic[W]):
                 self._queued_rows -= request.rows
                 assert isinstance(request.inputs, bytes)
                 bodies.append(request.inputs)
-                request.inputs = None
+                if len(requests) == 1:
+                    request.inputs = None  # kept otherwise, to run alone if refused
             self._send_bodies(
                 worker, Batch(next(self._batch_ids), requests, time.perf_counter()), bodies
             )
@@ -375,8 +381,11 @@ class BatchingExecutor(Generic[W]):
             self._queued_rows -= request.rows
             assert isinstance(request.inputs, dict)
             parts.append(request.inputs)
-            # The batch holds the stacked copy; the request no longer needs its arrays.
-            request.inputs = None
+            if len(requests) == 1:
+                # The batch holds the inputs; the request no longer needs its arrays. In a
+                # batch of several they are kept, to run alone if the model refuses the
+                # batch, until it is answered.
+                request.inputs = None
         batch = Batch(next(self._batch_ids), requests, time.perf_counter())
         try:
             inputs = stack(parts)
@@ -406,6 +415,7 @@ class BatchingExecutor(Generic[W]):
         self.ipc_seconds += ipc_s * len(requests)
         cpu_per_row = cpu_s / batch.rows
         for request, part in zip(requests, parts, strict=True):
+            request.inputs = None
             queue_s = batch.sent_at - request.submitted
             self.queue_seconds += queue_s
             if request.state == DONE:
@@ -441,6 +451,7 @@ class BatchingExecutor(Generic[W]):
         # The batch's CPU is shared by row, as for tensors (_complete): a 1,000-row body
         # costs what its rows cost. With no row run (every body invalid), per body.
         for request, (status, body_rows, data) in zip(requests, answers, strict=True):
+            request.inputs = None
             cpu_share = cpu_s * body_rows / rows if rows else cpu_s / n
             queue_s = batch.sent_at - request.submitted
             self.queue_seconds += queue_s
@@ -455,6 +466,30 @@ class BatchingExecutor(Generic[W]):
                 reason, _, message = data.decode("utf-8", "replace").partition("\0")
                 answer = BodyAnswer(b"", reason, message, queue_s, ipc_s, compute_s, cpu_share)
             request.future.set_result(answer)
+
+    def _refused(self, batch: Batch, message: str, outcome: FailureOutcome) -> None:
+        """The model raised on ``batch`` as a whole.
+
+        When it refused the inputs (``invalid``: a Gather index out of range, a shape only
+        one request got wrong) and the batch held several requests, the fault is one
+        request's, not every request's: each one still waiting runs again alone, first in
+        the queue, so only the culprit gets ``invalid`` (a 400, if this is production) and
+        the others their answers. Any other failure fails the whole batch.
+        """
+        waiting = [r for r in batch.requests if r.state != DONE and r.inputs is not None]
+        if outcome != "invalid" or len(batch.requests) < 2:
+            self._fail_batch(batch, message, outcome)
+            return
+        log.info(
+            "executor %r: the model refused a batch of %d requests (%s); running each alone",
+            self.name, len(batch.requests), message,
+        )  # fmt: skip
+        for request in reversed(waiting):
+            request.state = QUEUED
+            request.alone = True
+            self._queue.appendleft(request)
+            self._queued_rows += request.rows
+        # The caller pumps once the worker is free again.
 
     def _fail_batch(self, batch: Batch, message: str, outcome: FailureOutcome) -> None:
         for request in batch.requests:

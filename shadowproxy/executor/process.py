@@ -593,7 +593,7 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             self._policy.succeeded()
             self._complete_bodies(batch, message.answers, message.compute_s, message.cpu_s)
         elif kind is Kind.FAILURE:
-            self._fail_batch(batch, f"model failed: {message.text}", message.outcome)
+            self._refused(batch, f"model failed: {message.text}", message.outcome)
         else:
             raise FrameError(f"unexpected {kind.name} frame")
         self._pump()

@@ -141,7 +141,7 @@ class ThreadExecutor(BatchingExecutor[int]):
         exc = future.exception()
         if exc is not None:
             message = f"model failed: {type(exc).__name__}: {exc}"
-            self._fail_batch(batch, message, failure_outcome(exc))
+            self._refused(batch, message, failure_outcome(exc))
         else:
             outputs, compute_s, cpu_s = future.result()
             self._complete(batch, outputs, compute_s, cpu_s)

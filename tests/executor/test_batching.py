@@ -19,6 +19,7 @@ class Item:
     key: object
     rows: int
     waiting: bool = True
+    alone: bool = False
 
 
 ROWS = st.lists(st.integers(1, 6), min_size=1, max_size=8)
@@ -65,13 +66,16 @@ def test_shape_key_separates_dtypes_and_trailing_shapes() -> None:
 
 
 @given(
-    items=st.lists(st.tuples(st.sampled_from("ab"), st.integers(1, 5), st.booleans()), max_size=12),
+    items=st.lists(
+        st.tuples(st.sampled_from("ab"), st.integers(1, 5), st.booleans(), st.booleans()),
+        max_size=12,
+    ),
     max_batch=st.integers(1, 10),
 )
 def test_take_batch_keeps_order_limits_and_keys(
-    items: list[tuple[str, int, bool]], max_batch: int
+    items: list[tuple[str, int, bool, bool]], max_batch: int
 ) -> None:
-    queue = deque(Item(k, r, w) for k, r, w in items)
+    queue = deque(Item(k, r, w, a) for k, r, w, a in items)
     original = list(queue)
     batch = take_batch(queue, max_batch)
     live = [i for i in original if i.waiting]
@@ -82,6 +86,8 @@ def test_take_batch_keeps_order_limits_and_keys(
     assert batch[0] is live[0]
     assert all(i.key == batch[0].key and i.waiting for i in batch)
     assert len(batch) == 1 or sum(i.rows for i in batch) <= max_batch
+    # A request to run alone is a batch of its own.
+    assert len(batch) == 1 or not any(i.alone for i in batch)
     # A prefix of the waiting requests, in order; nothing waiting is lost.
     assert batch == live[: len(batch)]
     assert [i for i in queue if i.waiting] == live[len(batch) :]
@@ -92,6 +98,8 @@ def test_take_batch_keeps_order_limits_and_keys(
             following.key != batch[0].key
             or rows + following.rows > max_batch
             or (rows >= max_batch)
+            or following.alone
+            or batch[0].alone
         )
 
 

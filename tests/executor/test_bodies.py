@@ -482,3 +482,26 @@ async def test_cpus_this_machine_lacks_refuse_the_model_with_the_reason(
     missing = max(os.sched_getaffinity(0)) + 1000
     with pytest.raises(ModelLoadError, match=rf"executor.cpus \[{missing}\].*not available here"):
         await make_executor(logreg_model, cpus=(missing,))
+
+
+async def test_a_body_the_model_refuses_fails_alone_not_its_frame(
+    make_body_executor: BodyFactory, lookup_model: BuiltModel
+) -> None:
+    executor = await make_body_executor(lookup_model, max_wait_ms=200.0, max_batch=8)
+
+    def body(indices: list[int]) -> bytes:
+        tensor = {"name": "idx", "shape": [len(indices)], "datatype": "INT64", "data": indices}
+        return json.dumps({"inputs": [tensor]}).encode()
+
+    indices = [[1], [100], [2, 3], [7]]
+    done = await asyncio.gather(
+        *(executor.submit_body(body(i), 10.0) for i in indices), return_exceptions=True
+    )
+    refused = done[1]
+    assert isinstance(refused, Exception) and getattr(refused, "outcome", None) == "invalid"
+    for i in (0, 2, 3):
+        answer = done[i]
+        assert isinstance(answer, BodyAnswer) and not answer.invalid_reason, answer
+        (output,) = json.loads(answer.body)["outputs"]
+        assert output["data"] == [float(v) for v in indices[i]]
+    assert executor.resources().batches == 3  # the three good bodies, each alone

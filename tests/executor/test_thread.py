@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from shadowproxy.errors import ExecutorError
 from shadowproxy.executor import create_executor
 from shadowproxy.executor.thread import ThreadExecutor
 from tests.executor.helpers import Factory, direct, failure, features, model_file, settings
@@ -82,3 +83,30 @@ async def test_submit_before_start_is_dropped(logreg_model: BuiltModel) -> None:
         assert error.outcome == "dropped" and "not started" in str(error)
         assert not executor.ready
         await executor.close()
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+async def test_a_request_the_model_refuses_fails_alone_not_its_batch(
+    make_executor: Factory, lookup_model: BuiltModel, kind: str
+) -> None:
+    # Index 100 is outside the model's table: onnxruntime refuses the stacked batch. Only
+    # that request may fail; its batch mates run again alone and get their answers.
+    executor = await make_executor(lookup_model, kind=kind, max_wait_ms=200.0, max_batch=8)
+    indices = [[1], [100, 2], [3, 4], [100], [5]]
+    futures = [executor.submit({"idx": np.array(i, np.int64)}, len(i), 10.0) for i in indices]
+    done = await asyncio.gather(*futures, return_exceptions=True)
+    for idx, got in zip(indices, done, strict=True):
+        if 100 in idx:
+            assert isinstance(got, ExecutorError) and got.outcome == "invalid", got
+        else:
+            assert not isinstance(got, BaseException), got
+            np.testing.assert_array_equal(got.outputs["score"][:, 0], np.array(idx, np.float32))
+    figures = executor.resources()
+    # The refused batch of five, then each request alone: answered or refused, once each.
+    assert figures.requests == 3 and figures.batches == 3
+    # The executor batches again afterwards.
+    again = await asyncio.gather(
+        *(executor.submit({"idx": np.array([i], np.int64)}, 1, 10.0) for i in range(4))
+    )
+    assert [float(a.outputs["score"][0, 0]) for a in again] == [0.0, 1.0, 2.0, 3.0]
+    assert executor.resources().batches == 4

@@ -136,6 +136,31 @@ def identity_model(
     return _save(model, folder / name)
 
 
+def lookup_model(folder: Path, rows: int = 10, name: str = "lookup.onnx") -> BuiltModel:
+    """``score[i] = table[idx[i]]`` with ``table = 0, 1, ..., rows - 1``.
+
+    An index outside the table is refused by onnxruntime at run time (InvalidArgument): a
+    request that passes every check on its shape and datatype and still fails the model.
+    """
+    table = np.arange(rows, dtype=np.float32).reshape(rows, 1)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "idx"], ["picked"], axis=0),
+            helper.make_node("Reshape", ["picked", "shape"], ["score"]),
+        ],
+        "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        [
+            helper.make_tensor("table", TensorProto.FLOAT, table.shape, table.ravel()),
+            helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return _save(model, folder / name)
+
+
 # -- models the loader must refuse or handle specially -----------------------------------
 
 
