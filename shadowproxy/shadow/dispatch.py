@@ -26,6 +26,7 @@ from shadowproxy.proxy.upstream import (
     UpstreamTarget,
     build_request,
 )
+from shadowproxy.shadow.breaker import Permit
 from shadowproxy.shadow.encoding import CONTENT_ENCODING, CappedDecoder, content_coding, decoder_for
 from shadowproxy.shadow.target import MirroredTarget
 
@@ -78,10 +79,10 @@ class ShadowTarget(MirroredTarget):
         """
         if too_large:
             self.drop(join, "body_too_large")
-        elif not self.breaker.allow(self.loop.time()):
-            self.drop(join, "breaker_open")
         elif len(self.calls) >= self.config.max_in_flight:
             self.drop(join, "budget")
+        elif (permit := self.breaker.allow(self.loop.time())) is None:
+            self.drop(join, "breaker_open")
         else:
             upstream = self.upstream
             data = build_request(
@@ -92,12 +93,13 @@ class ShadowTarget(MirroredTarget):
                 + added + SHADOW_HEADER + upstream.headers,
                 request.body,
             )  # fmt: skip
-            ShadowCall(self, join).start(data, request.method == b"HEAD")
+            ShadowCall(self, join, permit).start(data, request.method == b"HEAD")
 
     def finished(self, call: ShadowCall, outcome: Outcome, latency: float) -> None:
         self.calls.discard(call)
         if outcome == "dropped":
             self.stats.record(outcome, None)
+            self.breaker.release(call.permit)
         else:
             self.stats.record(outcome, latency)
             self.stats.pairs += 1  # sent and answered (or failed): a pair for the comparator
@@ -105,7 +107,7 @@ class ShadowTarget(MirroredTarget):
             # the candidate failing: only 5xx, timeouts, resets and garbage count.
             status = call.status or 0
             success = outcome == "ok" or (outcome == "error" and 0 < status < 500)
-            self.breaker.record(success, self.loop.time())
+            self.breaker.record(call.permit, success, self.loop.time())
 
     async def close(self) -> None:
         """Cancel every call in flight (counted as dropped: shutdown) and close the pool."""
@@ -119,13 +121,14 @@ class ShadowCall:
     """One request mirrored to one target; the sink of its upstream exchange."""
 
     __slots__ = (
-        "target", "join", "upstream", "started", "status", "content_type",
+        "target", "join", "permit", "upstream", "started", "status", "content_type",
         "body", "size", "decoder", "done",
     )  # fmt: skip
 
-    def __init__(self, target: ShadowTarget, join: PairJoin) -> None:
+    def __init__(self, target: ShadowTarget, join: PairJoin, permit: Permit) -> None:
         self.target = target
         self.join = join
+        self.permit = permit
         self.upstream: UpstreamConnection | None = None
         self.started = 0.0
         self.status: int | None = None
@@ -149,6 +152,10 @@ class ShadowCall:
         self._finish("dropped", "shutdown")
 
     # -- ResponseSink ---------------------------------------------------------------------
+    @property
+    def abandoned(self) -> bool:
+        return self.done
+
     def attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
 

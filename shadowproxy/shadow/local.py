@@ -30,6 +30,7 @@ from shadowproxy.pairing.join import PairJoin
 from shadowproxy.pairing.record import Cost, Exchange, Outcome, Role
 from shadowproxy.protocols import PayloadProtocol
 from shadowproxy.proxy.connection import Request
+from shadowproxy.shadow.breaker import Permit
 from shadowproxy.shadow.target import MirroredTarget
 
 JSON = "application/json"
@@ -105,24 +106,25 @@ class LocalShadowTarget(MirroredTarget):
             self.drop(join, "disabled")
         elif self.executor.starting:
             self.drop(join, "starting")  # still loading or warming up: production serves on
-        elif not self.breaker.allow(self.loop.time()):
-            self.drop(join, "breaker_open")
         elif self.in_flight >= self.config.max_in_flight:
             self.drop(join, "budget")
+        elif (permit := self.breaker.allow(self.loop.time())) is None:
+            self.drop(join, "breaker_open")
         else:
-            self._submit(request, join)
+            self._submit(request, join, permit)
 
-    def _submit(self, request: Request, join: PairJoin) -> None:
+    def _submit(self, request: Request, join: PairJoin, permit: Permit) -> None:
         started = time.perf_counter()
         if self.executor.accepts_bodies:
             # The worker decodes, runs and encodes: no payload parsing on the event loop.
             self.in_flight += 1
             answer = self.executor.submit_body(request.body, self.timeout_s)
-            answer.add_done_callback(partial(self._body_answered, join, started))
+            answer.add_done_callback(partial(self._body_answered, join, started, permit))
             return
         try:
             decoded = self.protocol.decode_request(request.body, self.executor.signature.inputs)
         except PayloadError as exc:
+            self.breaker.release(permit)  # the request's fault: nothing learnt of the model
             self.input_invalid.labels(self.name, self.version, exc.reason).inc()
             self.stats.record("invalid", None)
             self._publish(join, "invalid", started, detail=f"input_invalid: {exc}")
@@ -131,13 +133,14 @@ class LocalShadowTarget(MirroredTarget):
         future = self.executor.submit(decoded.arrays, decoded.rows, self.timeout_s)
         # The answer echoes the request's own id (v2), if it has one, as production's and
         # the process executor's do.
-        answered = partial(self._answered, join, started, decoded.id, rows=decoded.rows)
+        answered = partial(self._answered, join, started, permit, decoded.id, rows=decoded.rows)
         future.add_done_callback(answered)
 
     def _answered(
         self,
         join: PairJoin,
         started: float,
+        permit: Permit,
         request_id: str | None,
         future: asyncio.Future[Inference] | asyncio.Future[BodyAnswer],
         *,
@@ -146,6 +149,7 @@ class LocalShadowTarget(MirroredTarget):
         self.in_flight -= 1
         latency = time.perf_counter() - started
         if future.cancelled():
+            self.breaker.release(permit)
             self.stats.drops["shutdown"] += 1
             self.stats.record("dropped", None)
             self._publish(join, "dropped", started, detail="shutdown")
@@ -155,11 +159,18 @@ class LocalShadowTarget(MirroredTarget):
             outcome: Outcome = exc.outcome if isinstance(exc, ExecutorError) else "error"
             if outcome == "dropped":
                 # Never run: counted under a drop reason, like an HTTP target's.
+                self.breaker.release(permit)
                 self.stats.dropped(self._drop_reason())
+            elif outcome == "invalid":
+                # The model refused this request's inputs: the request's fault, as a
+                # protocol refusal is, so no failure of the candidate's.
+                self.breaker.release(permit)
+                self.stats.record(outcome, latency)
+                self.stats.pairs += 1
             else:
                 self.stats.record(outcome, latency)
                 self.stats.pairs += 1
-                self.breaker.record(False, self.loop.time())
+                self.breaker.record(permit, False, self.loop.time())
             self._publish(join, outcome, started, detail=str(exc))
             return
         inference = future.result()
@@ -177,27 +188,28 @@ class LocalShadowTarget(MirroredTarget):
             # process executor's worker counts it), not an invalid input.
             self.stats.record("error", latency)
             self.stats.pairs += 1
-            self.breaker.record(False, self.loop.time())
+            self.breaker.record(permit, False, self.loop.time())
             self._publish(join, "error", started, detail=f"output: {exc}")
             return
         self.stats.record("ok", latency)
         self.stats.pairs += 1
-        self.breaker.record(True, self.loop.time())
+        self.breaker.record(permit, True, self.loop.time())
         self._publish(
             join, "ok", started, status=200, body=body,
             cost=self.footprint.cost(inference),
         )  # fmt: skip
 
     def _body_answered(
-        self, join: PairJoin, started: float, future: asyncio.Future[BodyAnswer]
+        self, join: PairJoin, started: float, permit: Permit, future: asyncio.Future[BodyAnswer]
     ) -> None:
         if future.cancelled() or future.exception() is not None:
-            self._answered(join, started, "", future)  # the same failure accounting
+            self._answered(join, started, permit, "", future)  # the same failure accounting
             return
         self.in_flight -= 1
         answer = future.result()
         latency = time.perf_counter() - started
         if answer.invalid_reason:
+            self.breaker.release(permit)
             self.input_invalid.labels(self.name, self.version, answer.invalid_reason).inc()
             self.stats.record("invalid", None)
             detail = f"input_invalid: {answer.invalid_message}"
@@ -205,7 +217,7 @@ class LocalShadowTarget(MirroredTarget):
             return
         self.stats.record("ok", latency)
         self.stats.pairs += 1
-        self.breaker.record(True, self.loop.time())
+        self.breaker.record(permit, True, self.loop.time())
         self._publish(
             join, "ok", started, status=200, body=answer.body,
             cost=self.footprint.cost(answer),

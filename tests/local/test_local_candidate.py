@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -222,3 +223,70 @@ async def test_answers_the_protocol_cannot_carry_are_the_models_error(
         await wait_for(lambda: len(records) == 1, what="one pair record")
         # Not "invalid": the input was fine; the model's output is what no protocol carries.
         assert records[0].shadows["local"].outcome == "error", records[0].shadows["local"]
+
+
+def lookup_request(indices: list[int]) -> bytes:
+    tensor = {"name": "idx", "shape": [len(indices)], "datatype": "INT64", "data": indices}
+    return orjson.dumps({"inputs": [tensor]})
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+async def test_inputs_the_model_refuses_neither_open_the_breaker_nor_fail_their_batch(
+    backend: Backend, lookup_model: BuiltModel, kind: str
+) -> None:
+    # Index 100 is outside the model's table: onnxruntime refuses it at run time.
+    executor = {"kind": kind, "max_wait_ms": 100, "max_batch": 8, "warmup_runs": 1}
+    config = make_config(
+        backend.url,
+        candidates=[candidate(lookup_model, executor=executor,
+                              breaker={"failures": 2, "reset_s": 60})],
+    )  # fmt: skip
+    records: list[PairRecord] = []
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        rt.stream.subscribe(records.append)
+        await wait_for(lambda: not rt.proxy.targets[0].executor.starting, what="the model")
+        bodies = [lookup_request(i) for i in ([1], [100], [2, 3], [100], [4])]
+        answers = await asyncio.gather(*(post(session, rt.traffic_port, b) for b in bodies))
+        assert all(status == 200 and from_backend(body) for status, body in answers)
+        await wait_for(lambda: len(records) == 5, what="five pair records")
+        by_body = {r.request_body: r.shadows["local"] for r in records}
+        for body, indices in zip(bodies, ([1], [100], [2, 3], [100], [4]), strict=True):
+            shadow = by_body[body]
+            if 100 in indices:
+                assert shadow.outcome == "invalid", shadow
+            else:
+                assert shadow.outcome == "ok", shadow.detail
+                (output,) = json.loads(shadow.body)["outputs"]
+                assert output["data"] == [float(i) for i in indices]
+        # Two refusals in a row, with failures=2: the breaker is still closed.
+        breaker = rt.proxy.targets[0].breaker
+        assert breaker.state.value == "closed" and breaker.consecutive_failures == 0
+        status, _ = await post(session, rt.traffic_port, lookup_request([5]))
+        await wait_for(lambda: len(records) == 6, what="the sixth pair record")
+        assert records[-1].shadows["local"].outcome == "ok"
+
+
+async def test_a_half_open_probe_refused_as_invalid_lets_the_next_request_probe(
+    backend: Backend, logreg_model: BuiltModel
+) -> None:
+    config = make_config(
+        backend.url,
+        candidates=[candidate(logreg_model, breaker={"failures": 1, "reset_s": 0.05})],
+    )
+    records: list[PairRecord] = []
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        rt.stream.subscribe(records.append)
+        target = rt.proxy.targets[0]
+        await wait_for(lambda: not target.executor.starting, what="the model")
+        # Open the breaker as a failure would have, reset_s ago.
+        breaker = target.breaker
+        breaker.record(breaker.allow(0.0), False, asyncio.get_running_loop().time() - 1)
+        assert breaker.state.value == "open"
+        status, _ = await post(session, rt.traffic_port, b'{"inputs": "not a list"}')
+        assert status == 200
+        await wait_for(lambda: len(records) == 1, what="the probe's record")
+        assert records[0].shadows["local"].outcome == "invalid"
+        status, _ = await post(session, rt.traffic_port, v2_request())
+        await wait_for(lambda: len(records) == 2, what="the second record")
+        assert records[1].shadows["local"].outcome == "ok", records[1].shadows["local"]
+        assert breaker.state.value == "closed"

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from shadowproxy.runtime import Runtime
-from shadowproxy.shadow.breaker import BreakerState, CircuitBreaker
+from shadowproxy.shadow.breaker import BreakerState, CircuitBreaker, Permit
 from tests.shadow.helpers import PortBackend, client_requests
 from tests.support.proxy import free_port, make_config, metric_value, running_proxy
 from tests.support.servers import Backend
@@ -17,28 +17,32 @@ from tests.support.waiting import wait_for
 # -- state machine ----------------------------------------------------------------------
 
 
+def _permit(breaker: CircuitBreaker, now: float) -> Permit:
+    permit = breaker.allow(now)
+    assert permit is not None
+    return permit
+
+
 def _fail(breaker: CircuitBreaker, times: int, now: float) -> None:
     for _ in range(times):
-        assert breaker.allow(now)
-        breaker.record(False, now)
+        breaker.record(_permit(breaker, now), False, now)
 
 
 def test_starts_closed_and_allows_everything() -> None:
     breaker = CircuitBreaker(failures=3, reset_s=1.0)
     assert breaker.state is BreakerState.CLOSED
-    assert all(breaker.allow(t) for t in range(100))
+    assert all(breaker.allow(t) is not None for t in range(100))
 
 
 def test_opens_after_n_consecutive_failures() -> None:
     breaker = CircuitBreaker(failures=3, reset_s=1.0)
     _fail(breaker, 2, now=10.0)
     assert breaker.state is BreakerState.CLOSED
-    assert breaker.allow(10.0)
-    breaker.record(False, 10.0)
+    breaker.record(_permit(breaker, 10.0), False, 10.0)
     assert breaker.state is BreakerState.OPEN
     assert breaker.times_opened == 1
-    assert not breaker.allow(10.0)
-    assert not breaker.allow(10.999)
+    assert breaker.allow(10.0) is None
+    assert breaker.allow(10.999) is None
 
 
 @pytest.mark.parametrize("failures", [1, 2, 5])
@@ -53,7 +57,7 @@ def test_opens_exactly_at_the_threshold(failures: int) -> None:
 def test_a_success_resets_the_count() -> None:
     breaker = CircuitBreaker(failures=3, reset_s=1.0)
     _fail(breaker, 2, now=0.0)
-    breaker.record(True, 0.0)
+    breaker.record(_permit(breaker, 0.0), True, 0.0)
     assert breaker.consecutive_failures == 0
     _fail(breaker, 2, now=0.0)
     assert breaker.state is BreakerState.CLOSED
@@ -64,23 +68,23 @@ def test_a_success_resets_the_count() -> None:
 def test_half_open_lets_exactly_one_probe_through() -> None:
     breaker = CircuitBreaker(failures=1, reset_s=1.0)
     _fail(breaker, 1, now=5.0)
-    assert not breaker.allow(5.5)
-    assert breaker.allow(6.0)  # reset_s elapsed: the probe
+    assert breaker.allow(5.5) is None
+    probe = breaker.allow(6.0)  # reset_s elapsed: the probe
+    assert probe is not None and probe.probe
     assert breaker.state is BreakerState.HALF_OPEN
     # Everything else waits for the probe's result, however long it takes.
-    assert not breaker.allow(6.0)
-    assert not breaker.allow(7.5)
-    assert not breaker.allow(100.0)
+    assert breaker.allow(6.0) is None
+    assert breaker.allow(7.5) is None
+    assert breaker.allow(100.0) is None
 
 
 def test_probe_success_closes() -> None:
     breaker = CircuitBreaker(failures=2, reset_s=1.0)
     _fail(breaker, 2, now=0.0)
-    assert breaker.allow(1.0)
-    breaker.record(True, 1.1)
+    breaker.record(_permit(breaker, 1.0), True, 1.1)
     assert breaker.state is BreakerState.CLOSED
     assert breaker.consecutive_failures == 0
-    assert all(breaker.allow(1.2) for _ in range(10))
+    assert all(breaker.allow(1.2) is not None for _ in range(10))
     # Closed again means the full threshold applies again, not a single failure.
     _fail(breaker, 1, now=1.3)
     assert breaker.state is BreakerState.CLOSED
@@ -89,16 +93,64 @@ def test_probe_success_closes() -> None:
 def test_probe_failure_reopens_for_another_reset_period() -> None:
     breaker = CircuitBreaker(failures=2, reset_s=1.0)
     _fail(breaker, 2, now=0.0)
-    assert breaker.allow(1.0)
-    breaker.record(False, 1.5)
+    breaker.record(_permit(breaker, 1.0), False, 1.5)
     assert breaker.state is BreakerState.OPEN
     assert breaker.times_opened == 2
     # Open for reset_s counted from the failed probe, not from the first opening.
-    assert not breaker.allow(2.0)
-    assert not breaker.allow(2.49)
-    assert breaker.allow(2.5)
+    assert breaker.allow(2.0) is None
+    assert breaker.allow(2.49) is None
+    assert breaker.allow(2.5) is not None
     assert breaker.state is BreakerState.HALF_OPEN
-    assert not breaker.allow(2.5)
+    assert breaker.allow(2.5) is None
+
+
+def test_a_call_begun_before_the_breaker_opened_cannot_close_it() -> None:
+    # A slow call that succeeds after its faster siblings opened the breaker says nothing
+    # about the target now: the breaker stays open for reset_s, then probes.
+    breaker = CircuitBreaker(failures=1, reset_s=10.0)
+    slow = _permit(breaker, 0.0)
+    _fail(breaker, 1, now=0.1)
+    breaker.record(slow, True, 0.4)
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.allow(0.5) is None
+    # Nor, once half-open, can it stand in for the probe's answer.
+    probe = _permit(breaker, 10.1)
+    breaker.record(slow, True, 10.2)
+    assert breaker.state is BreakerState.HALF_OPEN and breaker.allow(10.2) is None
+    breaker.record(probe, True, 10.3)
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_a_stale_failure_is_not_counted_again_after_recovery() -> None:
+    breaker = CircuitBreaker(failures=2, reset_s=1.0)
+    stale = [_permit(breaker, 0.0) for _ in range(3)]
+    _fail(breaker, 2, now=0.0)
+    breaker.record(_permit(breaker, 1.0), True, 1.0)  # the probe closes it
+    for permit in stale:
+        breaker.record(permit, False, 1.1)
+    assert breaker.state is BreakerState.CLOSED and breaker.consecutive_failures == 0
+
+
+def test_a_released_probe_lets_the_next_call_probe() -> None:
+    # A probe that ended without a verdict (an input the model refused, a shutdown) must
+    # not leave the breaker waiting for ever.
+    breaker = CircuitBreaker(failures=1, reset_s=1.0)
+    _fail(breaker, 1, now=0.0)
+    probe = _permit(breaker, 1.0)
+    assert breaker.allow(1.0) is None
+    breaker.release(probe)
+    assert breaker.state is BreakerState.HALF_OPEN
+    second = _permit(breaker, 1.0)
+    assert second.probe and breaker.allow(1.0) is None
+    breaker.record(second, True, 1.1)
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_releasing_a_closed_breakers_call_changes_nothing() -> None:
+    breaker = CircuitBreaker(failures=2, reset_s=1.0)
+    _fail(breaker, 1, now=0.0)
+    breaker.release(_permit(breaker, 0.0))
+    assert breaker.consecutive_failures == 1 and breaker.state is BreakerState.CLOSED
 
 
 # -- end to end -------------------------------------------------------------------------
