@@ -74,6 +74,10 @@ class _ProbeSink:
         self.status = 0
         self.upstream: UpstreamConnection | None = None
 
+    @property
+    def abandoned(self) -> bool:
+        return self.done.done()
+
     def attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
 

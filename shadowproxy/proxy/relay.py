@@ -58,6 +58,10 @@ class ProductionRelay:
         self.coding = b""  # the answer's Content-Encoding, when it is kept for a pair record
 
     # -- ResponseSink ---------------------------------------------------------------------
+    @property
+    def abandoned(self) -> bool:
+        return self.done
+
     def attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
         if self.client.write_paused:

@@ -29,6 +29,11 @@ from shadowproxy.proxy.headers import ResponseHead, header_block
 class ResponseSink(Protocol):
     """Receives one upstream response. Exactly one of complete/error is called."""
 
+    @property
+    def abandoned(self) -> bool:
+        """The caller gave up on the answer (its deadline passed, its client left): a
+        connection that opens after that is pooled without the request being sent."""
+
     def attach(self, conn: UpstreamConnection) -> None:
         """The connection now carrying the exchange (so a deadline can abort it)."""
 
@@ -278,6 +283,12 @@ class UpstreamPool:
         if self._closed:
             conn.abort()
             sink.on_error(UpstreamError(f"{self.name}: pool is closed", "error"))
+            return
+        if sink.abandoned:
+            # Sent now, the request would reach the upstream after its caller was answered
+            # (a 504, a shadow timeout), outside any in-flight budget, and a POST would be
+            # run with nobody waiting. The fresh connection serves the next request instead.
+            self.release(conn)
             return
         conn.send(request, sink, head)
 
