@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
@@ -50,6 +51,10 @@ _REASONS = {
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
+
+
+# SO_LINGER on, zero seconds: close() resets the connection (see ClientConnection.abort).
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 @dataclass(slots=True)
@@ -315,7 +320,8 @@ class ClientConnection(asyncio.Protocol):
                 Rejection(413, "body_too_large", "request body exceeds limits.max_body_bytes")
             )
         expect = head.expect
-        if expect is not None:
+        # An HTTP/1.0 client knows no expectations, nor 1xx answers (RFC 9110 §10.1.1).
+        if expect is not None and version == "1.1":
             if expect != b"100-continue":
                 self._stop(Rejection(400, "malformed", "unsupported Expect value"))
             elif self.transport is not None and not self._queue and self.active is None:
@@ -413,6 +419,21 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
+
+    def abort(self) -> None:
+        """Reset the connection: how a response cut short says so when its end would
+        otherwise be the close itself (an HTTP/1.0 client, no declared length)."""
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                # A zero linger time makes the close a TCP reset, not an orderly FIN the
+                # client would read as the end of the body.
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                except OSError:
+                    pass
+            self.transport.abort()
 
     def close_when_idle(self) -> None:
         """Part of the drain: close now if idle, else after the current response."""

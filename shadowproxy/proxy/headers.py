@@ -265,7 +265,7 @@ class ResponseHead:
 
     __slots__ = (
         "lines", "lows", "connection_tokens", "content_type", "has_length", "content_length",
-        "chunked",
+        "chunked", "other_coding",
     )  # fmt: skip
 
     def __init__(self, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
@@ -276,12 +276,18 @@ class ResponseHead:
         self.has_length = False
         self.content_length = -1
         self.chunked = False
+        # Transfer codings other than a single chunked: llhttp undoes only chunked (and
+        # reads "gzip" alone as a body running to the close), so such a body would reach
+        # the client still coded, with no header left to say so. The proxy refuses it.
+        self.other_coding = b""
+        codings: bytes | None = None
         lines, lows = self.lines, self.lows
         for name, value in headers:
             low = name.lower()
             if low in _NOT_RELAYED:
                 if low == b"transfer-encoding":
-                    self.chunked = True  # llhttp refuses codings that do not end in chunked
+                    codings = _joined(codings, value)
+                    self.chunked = True
                 elif low == b"connection":
                     tokens = _connection_options(value)
                     if tokens:
@@ -294,10 +300,15 @@ class ResponseHead:
                 self.content_type = value
             lines.append(name + b": " + value + b"\r\n")
             lows.append(low)
+        if codings is not None and list_tokens(codings) != [b"chunked"]:
+            self.other_coding = codings
 
-    def relay_block(self) -> bytes:
-        """The headers to relay, serialized, with Connection-named ones removed."""
+    def relay_block(self, keep_length: bool = True) -> bytes:
+        """The headers to relay, serialized, with Connection-named ones removed (and
+        Content-Length too unless ``keep_length``)."""
         tokens = self.connection_tokens
+        if not keep_length and self.has_length:
+            tokens = (tokens or set()) | {b"content-length"}
         if tokens:
             if b"content-length" in tokens:
                 self.has_length = False

@@ -30,7 +30,7 @@ class ProductionRelay:
         "proxy", "client", "request", "request_id", "join", "capture_limit", "upstream",
         "started", "head_written", "pending_head", "chunked", "keep_alive", "status",
         "content_type", "captured", "captured_size", "body_size", "progress", "done",
-        "coding",
+        "coding", "ends_at_close",
     )  # fmt: skip
 
     def __init__(
@@ -56,6 +56,7 @@ class ProductionRelay:
         self.progress = 0
         self.done = False
         self.coding = b""  # the answer's Content-Encoding, when it is kept for a pair record
+        self.ends_at_close = False  # the client reads the body until the connection closes
 
     # -- ResponseSink ---------------------------------------------------------------------
     @property
@@ -73,7 +74,8 @@ class ProductionRelay:
         self.status = status
         if not self.proxy.has_answered:
             self.proxy.production_answered(status)
-        block = head.relay_block()
+        # A 204 carries no Content-Length (RFC 9110 §8.6), whatever the upstream wrote.
+        block = head.relay_block(keep_length=status != 204)
         self.content_type = head.content_type
         if self.capture_limit and CONTENT_ENCODING in head.lows:
             self.coding = content_coding(head.lows, head.lines)
@@ -85,6 +87,7 @@ class ProductionRelay:
                 framing = b"Transfer-Encoding: chunked\r\n"
             else:
                 self.keep_alive = False  # an HTTP/1.0 client reads to end of stream
+                self.ends_at_close = True
         if self.client.closing:
             self.keep_alive = False
         if not self.keep_alive:
@@ -134,8 +137,12 @@ class ProductionRelay:
             return
         if self.head_written:
             # Part of the response is out: the only honest signal left is a cut connection.
+            # When the close itself ends the body, only a reset tells a cut from the end.
             self._finish(exc.outcome, str(exc))
-            self.client.close()
+            if self.ends_at_close:
+                self.client.abort()
+            else:
+                self.client.close()
             return
         self.pending_head = b""
         status = 504 if exc.outcome == "timeout" else 502

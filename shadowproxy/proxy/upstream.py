@@ -6,8 +6,11 @@ parser callbacks drive the sink directly. Production relays the response to the 
 it arrives; shadows buffer it under a size cap.
 
 A reused connection that the upstream closed while idle is retried once on a fresh
-connection, but only when the upstream sent no byte of a response: the upstream has then
-provably not answered, so the retry cannot duplicate a visible effect.
+connection, but only for an idempotent method (RFC 9110 §9.2.2) and only when the upstream
+sent no byte of a response. A silent close does not prove that the upstream did not act on
+the request (it may have crashed while running it), so a POST is never sent twice: to keep
+that race rare, an idle connection is reused only for ``REUSE_IDLE_S`` after its last
+answer, well inside the keep-alive timeouts of common model servers.
 """
 
 from __future__ import annotations
@@ -24,6 +27,20 @@ import httptools
 
 from shadowproxy.errors import UpstreamError
 from shadowproxy.proxy.headers import ResponseHead, header_block
+
+# An idle connection older than this is closed rather than reused: gunicorn closes idle
+# keep-alive connections after 2 s, uvicorn after 5 s, and a request sent as the upstream
+# closes is lost (only idempotent ones are retried).
+REUSE_IDLE_S = 1.0
+# Largest response head (status line and headers) read from an upstream: an answer with a
+# larger one is refused as invalid, as Envoy's 60 KiB and nginx's proxy_buffer_size refuse.
+MAX_RESPONSE_HEAD_BYTES = 128 * 1024
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+def idempotent(request: bytes) -> bool:
+    """Whether a serialized request's method is idempotent (RFC 9110 §9.2.2)."""
+    return request[: request.find(b" ", 0, 32)] in _IDEMPOTENT
 
 
 class ResponseSink(Protocol):
@@ -88,8 +105,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._bytes_seen = 0
         self._head_request = False
         self._framed = True
+        # Set while the parser runs: an answer completed inside feed_data is released to
+        # the pool only once the rest of that buffer was seen to hold nothing more.
+        self._feeding = False
+        self._release_after_feed = False
+        self._stray = False
         self.reused = False
         self.closed = False
+        self.idle_since = 0.0
         self._retry: tuple[bytes, ResponseSink, bool] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -109,12 +132,29 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self._bytes_seen += len(data)
+        self._feeding = True
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # A 101 (or CONNECT answer) to a request that asked for no upgrade.
+            self._fail(UpstreamError(f"{self._pool.name} switched protocols unasked", "invalid"))
         except httptools.HttpParserError as exc:
             self._fail(
                 UpstreamError(f"malformed response from {self._pool.name}: {exc}", "invalid")
             )
+        finally:
+            self._feeding = False
+        if not self._head_sent and self._bytes_seen > MAX_RESPONSE_HEAD_BYTES:
+            # httptools holds a header line whole until it ends: cut an endless head here.
+            self._fail(self._head_too_large())
+        if self._release_after_feed:
+            self._release_after_feed = False
+            if self._stray or self.closed:
+                # Bytes after the answer's end (more than its Content-Length, a body on a
+                # 204): the next answer on this connection could be anybody's. Never reuse.
+                self.abort()
+            else:
+                self._pool.release(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -123,9 +163,15 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is None:
             return
         if self._head_sent and not self._framed:
-            # A close-delimited body ends when the connection does.
             self._sink = None
-            sink.on_complete()
+            if exc is None:
+                # A close-delimited body ends when the connection does (RFC 9112 §6.3).
+                sink.on_complete()
+            else:
+                # A reset is not an end: the body may be cut short (RFC 9112 §8).
+                sink.on_error(
+                    UpstreamError(f"{self._pool.name} reset the connection mid-body", "error")
+                )
             return
         if self._bytes_seen == 0 and self.reused and self._retry is not None:
             self._sink = None
@@ -141,6 +187,10 @@ class UpstreamConnection(asyncio.Protocol):
         pass
 
     # -- httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._sink is None:
+            self._stray = True  # a message after the answer was complete
+
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
@@ -148,24 +198,43 @@ class UpstreamConnection(asyncio.Protocol):
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._sink is None:
+            return  # a stray answer after the one asked for (see data_received)
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             # Interim responses (100 Continue, 103 Early Hints) are not relayed.
             self._raw_headers = []
             self._reason = b""
             return
-        assert self._sink is not None
-        self._head_sent = True
+        if (
+            self._bytes_seen > MAX_RESPONSE_HEAD_BYTES
+            and self._head_size() > MAX_RESPONSE_HEAD_BYTES
+        ):
+            self._fail(self._head_too_large())
+            return
         head = ResponseHead(self._raw_headers)
+        if head.other_coding and not self._head_request:
+            coding = head.other_coding.decode("latin-1")
+            self._fail(
+                UpstreamError(
+                    f"{self._pool.name} answered with transfer coding {coding!r}; "
+                    "only chunked is supported",
+                    "invalid",
+                )
+            )
+            return
+        self._head_sent = True
         no_body = self._head_request or status in (204, 304)
         # Without a length or chunked coding the body runs until the upstream closes.
         self._framed = no_body or head.has_length or head.chunked
         self._sink.on_head(status, self._reason, head, self._framed)
         if self._head_request and self._sink is not None:
             # llhttp cannot be told that a HEAD response has no body: finish it ourselves
-            # and start a fresh parser for the next response on this connection.
+            # and start a fresh parser for the next response on this connection (asked
+            # whether to keep the connection first: a fresh parser has no answer to that).
+            keep_alive = self._parser.should_keep_alive()
             self._parser = httptools.HttpResponseParser(self)
-            self._complete()
+            self._complete(keep_alive)
 
     def on_body(self, body: bytes) -> None:
         if self._sink is not None:
@@ -173,7 +242,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self._head_sent and self._sink is not None:
-            self._complete()
+            self._complete(self._parser.should_keep_alive())
+
+    def _head_size(self) -> int:
+        return len(self._reason) + sum(len(n) + len(v) + 4 for n, v in self._raw_headers)
+
+    def _head_too_large(self) -> UpstreamError:
+        limit = MAX_RESPONSE_HEAD_BYTES
+        return UpstreamError(
+            f"{self._pool.name} sent a response head over {limit} bytes", "invalid"
+        )
 
     # -- exchange -----------------------------------------------------------------------
     def send(self, request: bytes, sink: ResponseSink, head_request: bool = False) -> None:
@@ -185,7 +263,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._bytes_seen = 0
         self._head_request = head_request
         self._framed = True
-        self._retry = (request, sink, head_request) if self.reused else None
+        self._stray = False
+        # Only an idempotent request is sent again if the reused connection turns out to
+        # be closed (see the module's docs).
+        retry = self.reused and idempotent(request)
+        self._retry = (request, sink, head_request) if retry else None
         sink.attach(self)
         self.transport.write(request)
 
@@ -204,12 +286,17 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _complete(self) -> None:
+    def _complete(self, keep_alive: bool) -> None:
         sink, self._sink = self._sink, None
         self._retry = None
-        keep = self._framed and self._parser.should_keep_alive()
-        if keep and not self.closed:
-            self._pool.release(self)
+        if keep_alive and self._framed and not self.closed:
+            # Reading may have been paused for a slow client (ProductionRelay): the next
+            # exchange on this connection must be able to read its answer.
+            self.resume_reading()
+            if self._feeding:
+                self._release_after_feed = True  # see data_received
+            else:
+                self._pool.release(self)
         else:
             self.abort()
         assert sink is not None
@@ -253,12 +340,17 @@ class UpstreamPool:
         if self._closed:
             sink.on_error(UpstreamError(f"{self.name}: pool is closed", "error"))
             return
+        oldest = self._loop.time() - REUSE_IDLE_S
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed:
-                conn.reused = True
-                conn.send(request, sink, head_request)
-                return
+            if conn.closed:
+                continue
+            if conn.idle_since < oldest:
+                conn.abort()  # the upstream may be closing it right now
+                continue
+            conn.reused = True
+            conn.send(request, sink, head_request)
+            return
         self.resend(request, sink, head_request)
 
     def resend(self, request: bytes, sink: ResponseSink, head_request: bool) -> None:
@@ -296,6 +388,7 @@ class UpstreamPool:
         if self._closed or len(self._idle) >= self.max_idle:
             conn.abort()
         else:
+            conn.idle_since = self._loop.time()
             self._idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
