@@ -134,7 +134,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        ProcessCollector(registry=r)
+        # The standard process figures, under the project's prefix like every other
+        # series here (shadowproxy_process_cpu_seconds_total, ...).
+        ProcessCollector(namespace="shadowproxy", registry=r)
         self.hot = HotPathCollector()
         r.register(self.hot)
         self.in_flight = Gauge(

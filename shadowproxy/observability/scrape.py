@@ -2,7 +2,8 @@
 
 A remote model service (production or candidate) that exposes the standard process metrics
 (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, as every official
-Prometheus client library does) can be given a ``metrics_url``. Its CPU per request is the
+Prometheus client library does, or under shadowproxy's own prefix when the model service is
+another shadowproxy) can be given a ``metrics_url``. Its CPU per request is the
 growth of its CPU counter divided by the requests shadowproxy sent it in the same window, so
 it is only meaningful when shadowproxy is its only client; the report says so.
 """
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 CPU_SAMPLE = "process_cpu_seconds_total"
 RSS_SAMPLE = "process_resident_memory_bytes"
 THREADS_SAMPLE = "process_threads"  # exported by some clients (Go, Java), not Python's
+_WANTED = (CPU_SAMPLE, RSS_SAMPLE, THREADS_SAMPLE)
+# A shadowproxy serving a local model exports them under its own prefix; read when the
+# standard names are absent, so one process is never counted twice.
+_PREFIX = "shadowproxy_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +50,20 @@ def parse_process_metrics(text: str) -> ProcessSample:
     is not Prometheus exposition format.
     """
     totals: dict[str, float] = {}
+    prefixed: dict[str, float] = {}
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name in (CPU_SAMPLE, RSS_SAMPLE, THREADS_SAMPLE) and math.isfinite(
-                    sample.value
-                ):
-                    totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+                name = sample.name
+                into = totals
+                if name.startswith(_PREFIX):
+                    name, into = name[len(_PREFIX) :], prefixed
+                if name in _WANTED and math.isfinite(sample.value):
+                    into[name] = into.get(name, 0.0) + sample.value
     except (ValueError, TypeError, IndexError) as exc:
         raise UpstreamError(f"not Prometheus text exposition: {exc}", "invalid") from exc
+    if not totals:
+        totals = prefixed
     return ProcessSample(totals.get(CPU_SAMPLE), totals.get(RSS_SAMPLE), totals.get(THREADS_SAMPLE))
 
 

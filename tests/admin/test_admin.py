@@ -122,6 +122,9 @@ async def test_metrics_have_the_contract_names_and_labels(
     assert "# TYPE shadowproxy_event_loop_lag_seconds histogram" in text
     samples = _samples(text)
     names = {name for name, _, _ in samples}
+    # Every series carries the contract's prefix, the process figures included.
+    assert {name for name in names if not name.startswith("shadowproxy_")} == set()
+    assert "shadowproxy_process_cpu_seconds_total" in names
     for name, labels in CONTRACT_LABELS.items():
         assert name in names, name
         for sample_name, sample_labels, _ in samples:

@@ -39,6 +39,21 @@ def test_series_of_several_processes_are_summed_and_missing_metrics_are_none() -
     assert parse_process_metrics(text) == ProcessSample(4.0, None, None)
 
 
+def test_another_shadowproxys_prefixed_process_metrics_are_read_when_the_standard_are_absent() -> (
+    None
+):
+    from shadowproxy.observability.metrics import Metrics
+
+    served = generate_latest(Metrics().registry).decode()
+    assert "\nprocess_cpu_seconds_total" not in served
+    sample = parse_process_metrics(served)
+    assert sample.cpu_seconds is not None and sample.cpu_seconds > 0
+    assert sample.rss_bytes == pytest.approx(psutil.Process().memory_info().rss, rel=0.2)
+    # Both present: the standard names win, so one process is not counted twice.
+    both = "process_cpu_seconds_total 2.0\nshadowproxy_process_cpu_seconds_total 3.0\n"
+    assert parse_process_metrics(both) == ProcessSample(2.0, None, None)
+
+
 def test_text_that_is_not_exposition_format_is_an_invalid_outcome() -> None:
     with pytest.raises(UpstreamError) as caught:
         parse_process_metrics("process_cpu_seconds_total twelve\n")
