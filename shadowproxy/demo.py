@@ -329,6 +329,14 @@ def run(args: argparse.Namespace) -> int:
         report = report_for(typed, merge_snapshots([("demo", snapshot)]), reference)
         paths = write_report(report, out)
     print_summary(report, paths[-1].resolve())
+    if done < sent:
+        # A report over part of the traffic would read as the demo's result: say so and fail.
+        print(
+            f"demo: the comparator folded {done} of {sent} requests within 60 s; the report "
+            "covers only those",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
