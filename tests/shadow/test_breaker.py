@@ -6,6 +6,8 @@ import asyncio
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shadowproxy.runtime import Runtime
 from shadowproxy.shadow.breaker import BreakerState, CircuitBreaker, Permit
@@ -309,3 +311,63 @@ async def test_client_errors_mirrored_from_the_request_do_not_open_the_breaker(
             assert _gauge(rt) == 0
     finally:
         await candidate.stop()
+
+
+# -- properties ---------------------------------------------------------------------------
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["allow", "ok", "fail", "release"]),
+        st.integers(0, 30),  # which permit a result is for
+        st.sampled_from([0.0, 0.4, 1.0]),  # time passing before the step (reset_s is 1)
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=400)
+@given(ops=_OPS, failures=st.integers(1, 4))
+def test_only_a_current_probe_moves_a_breaker_out_of_open_or_half_open(
+    ops: list[tuple[str, int, float]], failures: int
+) -> None:
+    breaker = CircuitBreaker(failures=failures, reset_s=1.0)
+    permits: list[Permit] = []
+    now = 0.0
+    for op, which, step in ops:
+        now += step
+        before = (
+            breaker.state, breaker.times_opened, breaker.probe_in_flight,
+            breaker.consecutive_failures,
+        )  # fmt: skip
+        if op == "allow":
+            probes_out = breaker.state is BreakerState.HALF_OPEN and breaker.probe_in_flight
+            permit = breaker.allow(now)
+            if permit is not None:
+                permits.append(permit)
+                # Half-open: one probe at a time, never a second while one is out.
+                assert not (permit.probe and probes_out)
+                assert permit.probe == (breaker.state is BreakerState.HALF_OPEN)
+            continue
+        if not permits:
+            continue
+        permit = permits[which % len(permits)]
+        if op == "release":
+            breaker.release(permit)
+            assert (breaker.state, breaker.times_opened) == before[:2]
+            continue
+        breaker.record(permit, op == "ok", now)
+        state, opened, _, _ = before
+        if permit.epoch != opened:
+            # A result from before the last opening changes nothing at all.
+            after = (
+                breaker.state, breaker.times_opened, breaker.probe_in_flight,
+                breaker.consecutive_failures,
+            )  # fmt: skip
+            assert after == before
+        elif state is BreakerState.OPEN or (state is BreakerState.HALF_OPEN and not permit.probe):
+            assert (breaker.state, breaker.times_opened) == (state, opened)
+        elif state is BreakerState.HALF_OPEN:
+            assert breaker.state is (BreakerState.CLOSED if op == "ok" else BreakerState.OPEN)
+        # Closed only ever follows a closed breaker or a successful current probe.
+        if breaker.state is BreakerState.CLOSED and state is not BreakerState.CLOSED:
+            assert permit.probe and op == "ok" and permit.epoch == opened
