@@ -32,8 +32,10 @@ import orjson
 from shadowproxy.config.model import Limits
 from shadowproxy.proxy.headers import (
     RequestHead,
+    has_dot_segment,
     list_tokens,
     offers_only_h2c,
+    origin_target,
     pick_request_id,
     valid_host,
 )
@@ -45,6 +47,7 @@ _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
     413: b"Content Too Large",
+    414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
     501: b"Not Implemented",
     502: b"Bad Gateway",
@@ -160,6 +163,7 @@ class ClientConnection(asyncio.Protocol):
         self._reading_paused = False
         self.write_paused = False
         self.closing = False  # finish the current response, then close
+        self.peer_done = False  # the client half-closed: answer the queue, then close
         self.closed = False
         # One deadline at a time (head, body, keep-alive idle or send), checked by the
         # proxy's periodic sweep: cheaper than a timer armed and cancelled per request.
@@ -241,11 +245,34 @@ class ClientConnection(asyncio.Protocol):
             b"%s %s HTTP/%s\r\n"
             % (parser.get_method(), self._url, parser.get_http_version().encode())
         ]
-        lines += [n + b": " + v + b"\r\n" for n, v in self._raw_headers if n.lower() != b"upgrade"]
+        # Host as decided for this request: an absolute-form target's authority wins over
+        # the Host line (RFC 9112 §3.2.2), and the target is already in origin form.
+        host = self._head.host
+        lines += [
+            n + b": " + v + b"\r\n"
+            for n, v in self._raw_headers
+            if n.lower() not in (b"upgrade", b"host")
+        ]
+        if host is not None:
+            lines.append(b"Host: " + host + b"\r\n")
         self._declined_offer = False
         self._reset_message()
         self._parser = httptools.HttpRequestParser(self)
         return b"".join(lines) + b"\r\n"
+
+    def eof_received(self) -> bool:
+        """The client sent its last byte (a half-close, ``shutdown(SHUT_WR)``).
+
+        Requests already complete are still answered, pipelined ones included, and the
+        connection closes after the last (HAProxy's default, where nginx cuts them); only
+        a request cut short can never be answered. A client that closed altogether is
+        found out when its answer is written. Returning False lets the transport close at
+        once.
+        """
+        if self._in_message or self.idle:
+            return False
+        self.peer_done = True  # see _next: closed once the queue is answered
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -280,7 +307,7 @@ class ClientConnection(asyncio.Protocol):
                 self._arm(self.limits.header_timeout_s, "header_timeout")
         self._url += url
         if len(self._url) > self.limits.max_header_bytes:
-            self._stop(Rejection(431, "headers_too_large", "request line too long"))
+            self._stop(Rejection(414, "headers_too_large", "request target too long"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Only collected here; classified once the head is complete (RequestHead). The
@@ -304,8 +331,15 @@ class ClientConnection(asyncio.Protocol):
             self._stop(Rejection(400, "malformed", "missing Host header"))
         if head.host is not None and not valid_host(head.host):
             self._stop(Rejection(400, "malformed", "invalid Host header"))
-        if not self._url.startswith(b"/") and self._url != b"*":
+        if self._url == b"*":
+            if parser.get_method() != b"OPTIONS":  # RFC 9112 §3.2.4
+                self._stop(Rejection(400, "malformed", "the * target is for OPTIONS only"))
+        elif not self._url.startswith(b"/"):
             self._to_origin_form(head)
+        else:
+            self._url = origin_target(self._url)
+        if has_dot_segment(self._url):
+            self._stop(Rejection(400, "malformed", "dot-segments (. or ..) in the request path"))
         if head.transfer_encoding is not None:
             self._check_transfer_codings(list_tokens(head.transfer_encoding), version)
         if parser.should_upgrade():
@@ -366,11 +400,13 @@ class ClientConnection(asyncio.Protocol):
             or url.schema.lower() not in (b"http", b"https")
         ):
             self._stop(Rejection(400, "malformed", "request target is neither a path nor a URL"))
-        host = url.host if url.port is None else b"%s:%d" % (url.host, url.port)
+        # The URL parser gives an IP literal without its brackets; Host must have them.
+        name = b"[%s]" % url.host if b":" in url.host else url.host
+        host = name if url.port is None else b"%s:%d" % (name, url.port)
         if not valid_host(host):
             self._stop(Rejection(400, "malformed", "invalid host in the request target"))
         head.host = host
-        self._url = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+        self._url = origin_target((url.path or b"/") + (b"?" + url.query if url.query else b""))
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -459,7 +495,7 @@ class ClientConnection(asyncio.Protocol):
                     self.transport.resume_reading()
                 if self._queue or self.active is not None or self.closed:
                     return
-            if self.closing:
+            if self.closing or self.peer_done:
                 self.close()
             elif not self._in_message:
                 self._arm(self.limits.keepalive_timeout_s, "keepalive")

@@ -43,12 +43,38 @@ _CLIENT_CANNOT_SET = (b"x-forwarded-", b"x-shadow-")
 REQUEST_FRAMING: frozenset[bytes] = frozenset({b"content-length", b"expect"})
 REQUEST_ID = b"x-request-id"
 _NOT_FORWARDED = HOP_BY_HOP | FORWARDED | REQUEST_FRAMING | {REQUEST_ID}
+# CGI, WSGI and many frameworks read ``X_Forwarded_For`` as ``X-Forwarded-For`` (both
+# become HTTP_X_FORWARDED_FOR): an underscore spelling of a header the proxy owns is
+# dropped like the header itself, as nginx drops every underscored name by default.
+_OWNED_WHEN_DASHED = _NOT_FORWARDED | {b"host"}
 _NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID}
 
 _REQUEST_ID_OK = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 # RFC 9112 §3.2 and RFC 3986 §3.2.2: uri-host [":" port], where uri-host is a bracketed
 # IP literal or a reg-name (which covers IPv4 addresses); empty is allowed.
 _HOST_OK = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?")
+
+
+# A "." or ".." path segment, raw or percent-encoded (RFC 3986 §5.2.4 removes them).
+_DOT_SEGMENT = re.compile(rb"(?:^|/)(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
+
+
+def origin_target(target: bytes) -> bytes:
+    """An origin-form target as forwarded: without a fragment, which RFC 9112 §3.2.1 does
+    not allow in a request and which is the client's own business."""
+    return target.partition(b"#")[0] if b"#" in target else target
+
+
+def has_dot_segment(target: bytes) -> bool:
+    """Whether the target's path has a ``.`` or ``..`` segment.
+
+    Glued behind a configured path prefix, ``/a/../../x`` would leave it once an upstream
+    normalises the path; a client that means a path sends it resolved.
+    """
+    path = target.partition(b"?")[0]
+    if b"/." not in path and b"%" not in path:
+        return False  # the usual path, decided without the expression
+    return _DOT_SEGMENT.search(path) is not None
 
 
 def valid_host(value: bytes) -> bool:
@@ -113,6 +139,8 @@ class RequestHead:
             low = name.lower()
             if low in _NOT_FORWARDED or low == b"host":
                 self._remember(low, value)
+            elif b"_" in low and _owned_when_dashed(low):
+                continue
             elif not low.startswith(_CLIENT_CANNOT_SET):
                 if low == b"content-type":
                     self.content_type = value
@@ -195,6 +223,11 @@ def _connection_options(value: bytes) -> set[bytes] | None:
     return set(list_tokens(low)) - _CONNECTION_KEYWORDS
 
 
+def _owned_when_dashed(low: bytes) -> bool:
+    dashed = low.replace(b"_", b"-")
+    return dashed in _OWNED_WHEN_DASHED or dashed.startswith(_CLIENT_CANNOT_SET)
+
+
 def proxy_headers_block(request_id: str, peer_ip: str, host: bytes | None, proto: bytes) -> bytes:
     """The headers the proxy sets itself, serialized."""
     block = (
@@ -202,7 +235,7 @@ def proxy_headers_block(request_id: str, peer_ip: str, host: bytes | None, proto
         b"X-Forwarded-For: " + peer_ip.encode("ascii", "replace") + b"\r\n"
         b"X-Forwarded-Proto: " + proto + b"\r\n"
     )
-    if host is not None:
+    if host:  # an empty Host (allowed when the target has no authority) says nothing
         block += b"X-Forwarded-Host: " + host + b"\r\n"
     return block
 

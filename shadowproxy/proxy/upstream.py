@@ -88,7 +88,8 @@ class UpstreamTarget:
         self.host_header = (self.host if default_port else f"{self.host}:{self.port}").encode()
 
     def target_path(self, path: bytes) -> bytes:
-        return self.path_prefix + path if self.path_prefix else path
+        # "OPTIONS *" asks about the server as a whole: no prefix makes it a path.
+        return self.path_prefix + path if self.path_prefix and path != b"*" else path
 
 
 class UpstreamConnection(asyncio.Protocol):

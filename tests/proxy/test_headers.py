@@ -295,3 +295,19 @@ def test_absent_ids_are_generated_unique_and_valid() -> None:
     ids = {pick_request_id([(b"Accept", b"*/*")]) for _ in range(1000)}
     assert len(ids) == 1000
     assert all(valid_request_id(i.encode()) for i in ids)
+
+
+_SEGMENT = st.sampled_from(
+    [".", "..", "%2e", "%2E%2e", ".%2e", "a", "a.b", "...", ".x", "x.", "%2e%2e.json", ""]
+)
+
+
+@given(segments=st.lists(_SEGMENT, min_size=1, max_size=6), query=st.sampled_from(["", "?a=/../b"]))
+def test_dot_segments_are_found_exactly_in_the_path(segments: list[str], query: str) -> None:
+    from urllib.parse import unquote
+
+    from shadowproxy.proxy.headers import has_dot_segment
+
+    target = ("/" + "/".join(segments) + query).encode()
+    expected = any(unquote(s) in (".", "..") for s in segments)
+    assert has_dot_segment(target) is expected

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 
 from shadowproxy.runtime import Runtime
@@ -286,6 +288,10 @@ async def test_a_client_that_leaves_is_recorded_without_a_status_it_never_got(
                 writer.write(request_bytes("POST", "/leave", body=b"{}"))
                 await writer.drain()
                 await asyncio.sleep(0.2)  # production is working on it; the client goes
+                # A reset: a FIN alone could be a half-close, still waiting for the answer.
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
             await wait_for(lambda: len(records) == 1, what="the pair record")
     production = records[0].production
     assert production is not None
