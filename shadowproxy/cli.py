@@ -89,16 +89,22 @@ def check_files(config: Config, *, reference: bool = True) -> tuple[CheckedFiles
     one problem per bad file."""
     from shadowproxy.config.sampling_key import read_sampling_key
     from shadowproxy.models.check import check_model
+    from shadowproxy.protocols import protocol_for
     from shadowproxy.runtime import local_models
 
     problems = []
+    protocol = protocol_for(config)
     for spec in local_models(config):
         try:
-            check_model(spec.model, spec.where)
+            model = check_model(spec.model, spec.where)
         except ModelError as exc:
             # The model's errors already start with the key they are about.
             message = str(exc).removeprefix(f"{spec.where}: ")
             problems.append(Problem(spec.where, message))
+            continue
+        unfit = protocol.model_problem(model.signature.inputs)
+        if unfit is not None:
+            problems.append(Problem(spec.where, f"protocol {config.protocol}: {unfit}"))
     loaded_reference = None
     if reference and config.compare.reference is not None:
         from shadowproxy.compare.reference import Reference

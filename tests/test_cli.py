@@ -125,6 +125,32 @@ def test_validate_refuses_a_pickle_and_says_why(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "features", "fits"),
+    [
+        ("validate", "[a, b, c, d]", True),
+        ("validate", "[a, b, c]", False),
+        ("validate", "[a, b, c, d, e]", False),
+        ("serve", "[a, b, c]", False),
+    ],
+)
+def test_a_model_the_json_protocol_cannot_feed_is_refused_naming_it(
+    tmp_path: Path, logreg_model: BuiltModel, command: str, features: str, fits: bool
+) -> None:
+    # The logistic regression takes [rows, 4]: three or five named fields can never fit.
+    config = _local_candidate(tmp_path, logreg_model.path.read_bytes())
+    text = "protocol: json\n" + config.read_text() + f"compare: {{features: {features}}}\n"
+    config.write_text(text)
+    result = _run(command, "--config", str(config))
+    if fits:
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("candidates[0].model: protocol json: compare.features names ")
+    assert "takes 4" in line
+
+
 def test_serve_refuses_a_hash_mismatch_before_listening(
     tmp_path: Path, logreg_model: BuiltModel
 ) -> None:

@@ -99,6 +99,14 @@ class PayloadProtocol(ABC):
     def __init__(self, payload: Payload) -> None:
         self.payload = payload
 
+    def model_problem(self, inputs: Sequence[TensorSpec]) -> str | None:
+        """Why no request could ever feed a model with ``inputs``, or None.
+
+        Checked with the model files (``validate``, and ``serve`` before it listens), so a
+        model the protocol cannot feed is a config error, not a 400 on every request.
+        """
+        return None
+
     @abstractmethod
     def decode_request(self, body: bytes, inputs: Sequence[TensorSpec]) -> Decoded:
         """Decode a request body into one array per model input.

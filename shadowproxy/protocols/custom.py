@@ -65,6 +65,25 @@ class JsonProtocol(PayloadProtocol):
             else None
         )
 
+    def model_problem(self, inputs: Sequence[TensorSpec]) -> str | None:
+        """The json protocol feeds one ``[rows, len(features)]`` input."""
+        if len(inputs) != 1:
+            names = ", ".join(repr(spec.name) for spec in inputs)
+            return f"the json protocol feeds one model input; the model has {len(inputs)} ({names})"
+        (spec,) = inputs
+        width = len(self.features)
+        if len(spec.shape) != 2:
+            return (
+                f"the json protocol feeds a [rows, features] input; the model's {spec.name!r} "
+                f"has shape {list(spec.shape)}"
+            )
+        if spec.shape[1] not in (-1, width):
+            return (
+                f"compare.features names {width} columns; the model's {spec.name!r} takes "
+                f"{spec.shape[1]} (shape {list(spec.shape)})"
+            )
+        return None
+
     def decode_request(self, body: bytes, inputs: Sequence[TensorSpec]) -> Decoded:
         if len(inputs) != 1:
             raise PayloadError(

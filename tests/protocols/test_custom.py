@@ -131,6 +131,29 @@ def test_models_the_protocol_cannot_feed() -> None:
     assert caught.value.reason == "bad_model"
 
 
+@pytest.mark.parametrize(
+    ("inputs", "problem"),
+    [
+        ([X], None),
+        ([TensorSpec("x", "FP32", (-1, -1))], None),
+        ([X, TensorSpec("y", "FP32", (-1, 1))], "the model has 2 ('x', 'y')"),
+        ([TensorSpec("idx", "INT64", (-1,))], "'idx' has shape [-1]"),
+        ([TensorSpec("x", "FP32", (-1, 4))], "names 3 columns; the model's 'x' takes 4"),
+    ],
+)
+def test_a_model_the_protocol_can_never_feed_is_named_before_any_request(
+    inputs: list[TensorSpec], problem: str | None
+) -> None:
+    found = protocol().model_problem(inputs)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+        # And every request to it would indeed be refused.
+        with pytest.raises(PayloadError):
+            protocol().decode_request(orjson.dumps(row()), inputs)
+
+
 # -- encode and extract ----------------------------------------------------------------
 
 CLASSIFIER: dict[str, np.ndarray] = {
