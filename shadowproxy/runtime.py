@@ -142,8 +142,8 @@ class Runtime:
         # A disabled candidate is counted and reported, but production carries on: only a
         # local production model that stopped working takes this replica out of rotation.
         production = self.local.get(("production", self.config.production.name))
-        if production is not None and production.disabled:
-            reasons.append("local production model disabled after repeated crashes")
+        if production is not None and not self.models_loading and not production.ready:
+            reasons.append("local production model has no worker running (restarting)")
         if self.proxy is None or self.server is None:
             reasons.append("traffic listener not started")
         elif not self.proxy.has_answered:
@@ -198,6 +198,7 @@ class Runtime:
             cfg, self.metrics, self.stream, loop, self.local, sampling_key=self.sampling_key
         )
         proxy = self.proxy
+        proxy.not_ready = self.not_ready_reasons
         self._catalog_remote_models(proxy)
         self.server = await loop.create_server(
             lambda: ClientConnection(proxy),
@@ -227,6 +228,7 @@ class Runtime:
             executor = create_executor(
                 spec.name, spec.model, spec.executor, where=spec.where,
                 protocol=protocol if spec.role == "candidate" else None, version=spec.version,
+                serves_production=spec.role == "production",
             )  # fmt: skip
             self.local[(spec.role, spec.name)] = executor
             self.catalog.add(

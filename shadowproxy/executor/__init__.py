@@ -27,18 +27,22 @@ def create_executor(
     where: str = "model",
     protocol: ProtocolSpec | None = None,
     version: str = "",
+    serves_production: bool = False,
 ) -> LocalExecutor:
     """The executor ``settings.kind`` names, not started yet (call ``start()``).
 
     With ``protocol``, a process executor's workers also take raw request bodies
     (``submit_body``): they decode, run and encode them, off the proxy's event loop.
+    ``serves_production``: a process executor that answers clients is never disabled by
+    crashes and gives a hung worker less time (see :class:`ProcessExecutor`).
     """
     if settings.kind == "process":
         from shadowproxy.executor.process import ProcessExecutor
 
         return ProcessExecutor(
-            name, model, settings, where=where, protocol=protocol, version=version
-        )
+            name, model, settings, where=where, protocol=protocol, version=version,
+            serves_production=serves_production,
+        )  # fmt: skip
     if settings.kind == "thread":
         from shadowproxy.executor.thread import ThreadExecutor
 

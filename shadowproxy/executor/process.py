@@ -10,10 +10,13 @@ Supervision, all on the event loop without blocking it:
 
 * each worker slot has a task that waits for its process to exit; an exit the proxy did
   not ask for is a crash: the batch in flight fails (outcome ``error``), the crash is
-  counted and the slot respawns after ``restart_backoff_s``, doubled per consecutive crash;
-  ``max_restarts`` crashes within ``restart_window_s`` disable the executor;
+  counted and the slot respawns after ``restart_backoff_s``, doubled per consecutive crash
+  (at most a minute); ``max_restarts`` crashes within ``restart_window_s`` disable a
+  candidate's executor. Production's is never disabled: disabled, it would leave the replica
+  unready for good while its liveness stays green, so it keeps respawning with the backoff;
 * a batch still unanswered ``max(1 s, 10 × timeout)`` past its deadline gets its worker
-  killed (counted as a crash, reason "hung"); its requests already failed with ``timeout``;
+  killed (counted as a crash, reason "hung"); its requests already failed with ``timeout``.
+  Production's clients are waiting: its workers get ``max(1 s, 2 × timeout)``;
 * the sampler reads every worker's process tree every 0.25 s for the resource figures and
   kills a worker whose tree is resident above ``memory_mb`` (a crash, reason "memory").
 
@@ -62,6 +65,7 @@ SAMPLE_INTERVAL_S = 0.25
 CHILD_SCAN_EVERY = 8
 HANG_GRACE_MIN_S = 1.0
 HANG_GRACE_FACTOR = 10.0
+PRODUCTION_HANG_GRACE_FACTOR = 2.0
 EXIT_DRAIN_S = 1.0  # after an exit, time for the last frames and stderr lines to arrive
 STDERR_TAIL_LINES = 20
 STDERR_LOG_LINES = 200  # per worker; later lines are only kept in the tail
@@ -165,11 +169,16 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         where: str = "model",
         protocol: ProtocolSpec | None = None,
         version: str = "",
+        serves_production: bool = False,
     ) -> None:
         super().__init__(name, model, settings, where=where)
         # With a protocol, workers decode request bodies and encode answers themselves.
         self.protocol = protocol
         self.version = version
+        self.serves_production = serves_production
+        self._hang_grace_factor = (
+            PRODUCTION_HANG_GRACE_FACTOR if serves_production else HANG_GRACE_FACTOR
+        )
         self._slots: list[_Worker | None] = [None] * settings.workers
         self._all: set[_Worker] = set()  # every spawned worker not yet reaped
         self._slot_tasks: list[asyncio.Task[None]] = []
@@ -467,7 +476,15 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             return  # workers stopped by the disabling are not crashes
         self.last_crash = reason
         log.warning("%s: worker crashed: %s", self.name, reason)
-        if self._policy.crashed(time.monotonic()):
+        burst = self._policy.crashed(time.monotonic())
+        if burst and self.serves_production:
+            log.error(
+                "%s: %d crashes within %g s; production's model keeps restarting, next in "
+                "%.1f s (readiness is 503 while no worker runs)",
+                self.name, self._policy.recent(), self.settings.restart_window_s,
+                self._policy.backoff(),
+            )  # fmt: skip
+        elif burst:
             self.disable(
                 f"executor {self.name!r} disabled after {self._policy.recent()} crashes "
                 f"within {self.settings.restart_window_s:g} s (last: {reason})"
@@ -559,7 +576,7 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         worker.transport.writelines(buffers)
         timeout = max(r.timeout_s for r in batch.requests)
         deadline = max(r.deadline for r in batch.requests)
-        grace = max(HANG_GRACE_MIN_S, HANG_GRACE_FACTOR * timeout)
+        grace = max(HANG_GRACE_MIN_S, self._hang_grace_factor * timeout)
         assert self._loop is not None
         batch.hang_timer = self._loop.call_later(
             deadline + grace - time.perf_counter(), self._on_hang, worker, batch, grace

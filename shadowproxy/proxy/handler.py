@@ -107,6 +107,9 @@ class Proxy:
             )
         self.connections: set[ClientConnection] = set()
         self.has_answered = False
+        # Why this replica should get no traffic (the runtime's readiness reasons): the
+        # protocol's own readiness routes of a local production model answer from it.
+        self.not_ready: Callable[[], list[str]] = list
         self.draining = False
         self.closing = False  # the grace period is over: remaining clients are being cut
         self.in_flight = 0

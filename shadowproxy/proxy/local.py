@@ -38,6 +38,14 @@ _STATUS_LINES = {
     504: b"HTTP/1.1 504 Gateway Timeout\r\n",
 }
 _FAILURE_STATUS = {"timeout": 504, "dropped": 503, "invalid": 400, "error": 500}
+# What a client is told of a failure that is not its request's: the details (a worker's
+# stderr, onnxruntime's own words) go to the log and, for a mirrored request, the pair
+# record; never to clients.
+_FAILURE_MESSAGE = {
+    "timeout": "the model did not answer in time",
+    "dropped": "the model is not available",
+    "error": "the model failed on this request",
+}
 
 
 def http_response(
@@ -99,7 +107,9 @@ class LocalProduction:
         return answer
 
     def _route_answer(self, where: Route) -> tuple[int, bytes]:
-        ready = self.executor.ready and not self.executor.disabled
+        # The protocol's own readiness routes say what the admin port's /healthz/ready
+        # says, so a probe aimed at either sees a drain, a missing worker or a loading model.
+        ready = self.executor.ready and not self.proxy.not_ready()
         signature = self.executor.signature
         match where.kind:
             case "health_live":
@@ -151,7 +161,8 @@ class LocalProduction:
         if exc is not None:
             outcome: Outcome = exc.outcome if isinstance(exc, ExecutorError) else "error"
             status = _FAILURE_STATUS[outcome]
-            answer.respond(status, self.protocol.encode_error(str(exc)), outcome, str(exc))
+            told = str(exc) if outcome == "invalid" else _FAILURE_MESSAGE[outcome]
+            answer.respond(status, self.protocol.encode_error(told), outcome, str(exc))
             return
         inference = future.result()
         outputs = inference.outputs
@@ -168,7 +179,8 @@ class LocalProduction:
                 rows=rows,
             )
         except PayloadError as exc:  # outputs the protocol cannot carry: the model's fault
-            answer.respond(500, self.protocol.encode_error(str(exc)), "error", str(exc))
+            error_body = self.protocol.encode_error(_FAILURE_MESSAGE["error"])
+            answer.respond(500, error_body, "error", str(exc))
             return
         answer.respond(200, body, "ok", "", self.footprint.cost(inference))
 

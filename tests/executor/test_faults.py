@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import psutil
 import pytest
 
 from shadowproxy.errors import ExecutorError, ModelError
+from shadowproxy.executor import create_executor
 from shadowproxy.executor.faults import CRASH_EXIT_CODE, ENV_VAR
-from tests.executor.helpers import Factory, as_process, failure, features, gone
+from tests.executor.helpers import (
+    Factory,
+    as_process,
+    failure,
+    features,
+    gone,
+    model_file,
+    settings,
+)
 from tests.support.models import BuiltModel
 from tests.support.waiting import wait_for
 
@@ -172,3 +182,62 @@ async def test_an_allocation_burst_fails_inside_the_worker(
     (pid,) = executor.worker_pids
     assert psutil.Process(pid).memory_info().rss < 250 * 1024 * 1024
     assert executor.resources().crashes == 0
+
+
+async def test_production_keeps_restarting_through_a_crash_burst_and_recovers(
+    logreg_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Disabled, production's model would leave the replica unready for good while its
+    # liveness stays green: it keeps respawning with backoff instead.
+    faults(monkeypatch, crash_on_call=1)
+    executor = as_process(
+        create_executor(
+            "prod", model_file(logreg_model),
+            settings(max_restarts=2, restart_backoff_s=0.05, restart_window_s=60),
+            where="production.model", serves_production=True,
+        )
+    )  # fmt: skip
+    await executor.start()
+    try:
+        for _ in range(4):  # twice max_restarts within the window
+            error = await failure(executor.submit({"X": features(1)}, 1, 5.0))
+            assert error.outcome == "error"
+            await wait_for(lambda: executor.ready, timeout=10.0, what="a respawn")
+        assert not executor.disabled and executor.resources().crashes == 4
+        monkeypatch.delenv(ENV_VAR)  # the cause goes away: the next worker is healthy
+        await failure(executor.submit({"X": features(1)}, 1, 5.0))  # the last faulty one
+        await wait_for(lambda: executor.ready, timeout=10.0, what="a healthy respawn")
+        answer = await executor.submit({"X": features(2)}, 2, 5.0)
+        assert answer.outputs["label"].shape == (2,)
+    finally:
+        await executor.close(timeout_s=1.0)
+
+
+# The deadline is 0.4 s; the kill comes max(1 s, 2 × timeout) past it for production, and
+# max(1 s, 10 × timeout) for a candidate.
+@pytest.mark.parametrize(
+    ("serves_production", "earliest", "latest"), [(True, 1.3, 2.4), (False, 4.3, 6.0)]
+)
+async def test_a_hung_worker_is_killed_sooner_when_clients_wait_on_it(
+    logreg_model: BuiltModel,
+    monkeypatch: pytest.MonkeyPatch,
+    serves_production: bool,
+    earliest: float,
+    latest: float,
+) -> None:
+    faults(monkeypatch, hang_on_call=1)
+    executor = as_process(
+        create_executor(
+            "m", model_file(logreg_model), settings(), where="production.model",
+            serves_production=serves_production,
+        )
+    )  # fmt: skip
+    await executor.start()
+    try:
+        started = time.monotonic()
+        error = await failure(executor.submit({"X": features(1)}, 1, timeout_s=0.4))
+        assert error.outcome == "timeout"
+        await wait_for(lambda: executor.resources().crashes == 1, timeout=6.0, what="the kill")
+        assert earliest < time.monotonic() - started < latest
+    finally:
+        await executor.close(timeout_s=1.0)

@@ -8,6 +8,7 @@ import aiohttp
 import numpy as np
 import onnxruntime as ort
 import orjson
+import pytest
 
 from shadowproxy.pairing.record import PairRecord
 from tests.local.test_local_candidate import ROWS, v2_request
@@ -170,3 +171,48 @@ async def test_a_v1_production_model_answers_predictions_per_row(
         )
         async with session.get(f"http://127.0.0.1:{rt.traffic_port}/v1/models/prod") as resp:
             assert resp.status == 200 and orjson.loads(await resp.read())["ready"] is True
+
+
+async def test_the_protocols_readiness_routes_follow_the_replicas_readiness(
+    logreg_model: BuiltModel,
+) -> None:
+    # An Open Inference Protocol probe aimed at the traffic port must see a drain just as
+    # /healthz/ready on the admin port does.
+    config = local_production(logreg_model)
+    config["shutdown"] = {"drain_delay_s": 5, "grace_s": 5}
+    async with (
+        running_proxy(config) as rt,
+        aiohttp.ClientSession() as session,
+    ):
+        base = f"http://127.0.0.1:{rt.traffic_port}"
+        for path in ("/v2/health/ready", "/v2/models/prod/ready"):
+            async with session.get(base + path) as resp:
+                assert resp.status == 200, path
+        rt.request_stop()
+        for path in ("/v2/health/ready", "/v2/models/prod/ready"):
+            async with session.get(base + path) as resp:
+                assert resp.status == 503, path
+                assert orjson.loads(await resp.read())["ready"] is False
+        async with session.post(base + "/v2/models/prod/infer", data=v2_request()) as resp:
+            assert resp.status == 200  # the drain still serves
+
+
+async def test_a_model_failure_tells_the_client_no_internals(
+    logreg_model: BuiltModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from shadowproxy.executor.faults import ENV_VAR
+
+    monkeypatch.setenv(ENV_VAR, orjson.dumps({"crash_on_call": 1}).decode())
+    config = local_production(logreg_model)
+    config["production"]["executor"] = {"kind": "process", "warmup_runs": 0}
+    async with (
+        running_proxy(config) as rt,
+        aiohttp.ClientSession() as session,
+    ):
+        url = f"http://127.0.0.1:{rt.traffic_port}/v2/models/prod/infer"
+        async with session.post(url, data=v2_request()) as resp:
+            assert resp.status == 500
+            body = orjson.loads(await resp.read())
+    # The worker's stderr is for operators, in the log; the client learns only the kind.
+    assert body == {"error": "the model failed on this request"}
+    assert "crash_on_call=1" in caplog.text
