@@ -189,7 +189,14 @@ class TargetState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], reservoir_key: bytes | None = b"") -> TargetState:
-        """Rebuild a state; ``reservoir_key`` as in :meth:`Reservoir.from_json`."""
+        """Rebuild a state; ``reservoir_key`` as in :meth:`Reservoir.from_json`.
+
+        Anything but a well-formed state is a :class:`StateError`: a snapshot is a file
+        anyone could have edited, and a value of the wrong type (``null`` for a mapping)
+        must be refused like a missing one, never crash the proxy reading it at start.
+        """
+        if not isinstance(data, dict):
+            raise StateError(f"a target state must be an object, got {type(data).__name__}")
         try:
             state = cls(
                 role=data["role"],
@@ -239,8 +246,9 @@ class TargetState:
             }
             state.examples = [Example(**e) for e in data["examples"]]
             state.check_consistent()
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StateError(f"target state of {data.get('name')!r} is malformed: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            name = data.get("name")
+            raise StateError(f"target state of {name!r} is malformed: {exc!r}") from exc
         return state
 
     def check_consistent(self) -> None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shadowproxy.compare.target import OTHER, TargetState
 from shadowproxy.errors import StateError
@@ -57,6 +59,46 @@ def test_counts_that_contradict_each_other_are_refused(change: Any, message: str
     with pytest.raises(StateError) as info:
         TargetState.from_json(edited(change))
     assert message in str(info.value)
+
+
+_WRONG_TYPES = st.sampled_from([None, [], "x", 7, 1.5, True, {}, [[1, 2]], {"a": None}])
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), wrong=_WRONG_TYPES)
+def test_a_value_of_the_wrong_type_anywhere_is_a_state_error(data: Any, wrong: Any) -> None:
+    # A snapshot is a file anyone could edit; a serve restarting on it must refuse it,
+    # not crash (an AttributeError would have been exit 70 in a crash loop).
+    state = stored()
+    paths = list(_paths(state))
+    path = data.draw(st.sampled_from(paths))
+    target: Any = state
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = wrong
+    try:
+        TargetState.from_json(state)
+    except StateError:
+        pass  # refused, as it should be; a value that still makes sense may be read
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Any:
+    """Every key path into a JSON document, containers first."""
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return
+    for key, child in items:
+        yield (*prefix, key)
+        yield from _paths(child, (*prefix, key))
+
+
+def test_a_target_state_that_is_not_an_object_is_refused() -> None:
+    for wrong in (None, [], "cand", 3):
+        with pytest.raises(StateError, match="must be an object"):
+            TargetState.from_json(wrong)  # type: ignore[arg-type]
 
 
 def test_evidence_about_another_version_is_never_merged_in() -> None:
