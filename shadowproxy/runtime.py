@@ -499,15 +499,21 @@ def _requests_sent(stats: ExchangeStats) -> int:
     return sum(stats.outcomes.values()) - stats.outcomes["dropped"]
 
 
-def keep_superseded(path: Path, left_out: dict[str, str]) -> Path:
+def keep_superseded(path: Path, left_out: dict[str, str]) -> Path | None:
     """Copy a snapshot whose evidence was partly left out next to it, and say so.
 
     The next snapshot overwrites ``path`` without that evidence; the copy keeps it for a
-    report on the models it measured (``shadowproxy report --source COPY``).
+    report on the models it measured (``shadowproxy report --source COPY``). None when
+    the copy could not be made (logged).
     """
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     copy = path.with_name(f"{path.name}.superseded-{stamp}")
-    shutil.copyfile(path, copy)
+    try:
+        shutil.copyfile(path, copy)
+    except OSError as exc:
+        # Set aside or not, the evidence is left out; the proxy serves on either way.
+        log.error("snapshot %s could not be copied aside to %s: %s", path, copy, exc)
+        return None
     for name, why in left_out.items():
         log.warning("snapshot evidence of %r left out (%s); kept in %s", name, why, copy)
     return copy

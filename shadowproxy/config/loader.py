@@ -45,6 +45,7 @@ from shadowproxy.config.model import (
     ModelFile,
     PairLog,
     Production,
+    Snapshot,
 )
 from shadowproxy.config.urls import base_problem, split_url
 from shadowproxy.errors import ConfigError, Problem
@@ -851,16 +852,22 @@ def _gate(obj: Gate, path: str, walk: _Walk) -> None:
         walk.fail(_join(path, "metric"), f"unknown gate metric {obj.metric!r}{hint}")
 
 
-def _pair_log_file(obj: PairLog, path: str, walk: _Walk) -> None:
-    """Every record would fail to be written to a directory, and be dropped.
+def _not_a_directory(example: str) -> Callable[[Any, str, _Walk], None]:
+    """A ``path`` the proxy writes a file at (pair log, snapshot) must not be a folder.
 
-    A path that does not exist yet is fine: the log creates its file and folders.
+    Every write would fail, and the state or the records be lost; a Kubernetes subPath
+    mount of a file that does not exist yet makes exactly that folder. A path that does
+    not exist yet is fine: the file and its folders are created.
     """
-    if _ok(obj.path) and obj.path is not None and os.path.isdir(obj.path):
-        walk.fail(
-            _join(path, "path"),
-            "is a directory, not a file (name a file in it, like pairs.jsonl)",
-        )
+
+    def check(obj: PairLog | Snapshot, path: str, walk: _Walk) -> None:
+        if _ok(obj.path) and obj.path is not None and os.path.isdir(obj.path):
+            walk.fail(
+                _join(path, "path"),
+                f"is a directory, not a file (name a file in it, like {example})",
+            )
+
+    return check
 
 
 def _limits(obj: Limits, path: str, walk: _Walk) -> None:
@@ -1000,7 +1007,8 @@ _OBJECT_RULES: dict[type, tuple[Callable[[Any, str, _Walk], None], ...]] = {
     ModelFile: (_pinned,),
     Gate: (_gate,),
     Limits: (_limits,),
-    PairLog: (_pair_log_file,),
+    PairLog: (_not_a_directory("pairs.jsonl"),),
+    Snapshot: (_not_a_directory("snapshot.json"),),
     Config: (_unique_names, _distinct_services, _no_loop, _listeners_apart, _json_features),
 }
 

@@ -156,6 +156,14 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
         ["pair_log.path: is a directory, not a file (name a file in it, like pairs.jsonl)"],
     ),
     (
+        "snapshot-path-is-a-directory",
+        f"{PROD}\ncompare: {{snapshot: {{path: .}}}}\n",
+        [
+            "compare.snapshot.path: is a directory, not a file (name a file in it, like "
+            "snapshot.json)"
+        ],
+    ),
+    (
         "path-empty",
         f"{PROD}\npair_log: {{path: ''}}\n",
         ["pair_log.path: must be a non-empty file path"],

@@ -174,3 +174,22 @@ async def test_a_restart_with_a_new_candidate_version_starts_it_afresh_and_keeps
         await _stop(second)
     log = (tmp_path / "second").glob("*.log")
     assert any("left out" in path.read_text() for path in log)
+
+
+def test_a_snapshot_that_cannot_be_copied_aside_is_logged_and_left(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+
+    from shadowproxy.runtime import keep_superseded
+
+    fifo = tmp_path / "snapshot.json"
+    os.mkfifo(fifo)  # copyfile refuses a named pipe, as it would a file it cannot read
+    assert keep_superseded(fifo, {"cand": "refused: test"}) is None
+    assert "could not be copied aside" in caplog.text
+    assert list(tmp_path.glob("*.superseded-*")) == []
+    # A file that can be copied is kept whole, next to it.
+    plain = tmp_path / "other.json"
+    plain.write_bytes(b'{"schema": "x"}')
+    kept = keep_superseded(plain, {"cand": "refused: test"})
+    assert kept is not None and kept.read_bytes() == b'{"schema": "x"}'
