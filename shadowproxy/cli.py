@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -147,20 +148,40 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _StoppedBeforeServing(BaseException):
+    """SIGTERM or SIGINT while ``serve`` checks its files, before the runtime's handlers.
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way out
+    of the checks holds it up.
+    """
+
+
+def _stop_before_serving(signum: int, frame: object) -> None:
+    raise _StoppedBeforeServing(signum)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from shadowproxy.runtime import Runtime, install_uvloop
 
-    loaded = _load(args.config)
-    if loaded is None:
-        return EXIT_INVALID
-    config = loaded[0]  # the runtime reads the files again at start, and says if they changed
-    install_uvloop()
-
-    async def run() -> None:
-        await Runtime(config).serve_forever()
-
+    # Checking the files (hashing a large model, the ONNX checker) takes seconds. As PID 1
+    # in a container a SIGTERM meanwhile would be ignored, and the pod wait for its SIGKILL;
+    # these handlers stop the start at once, until the runtime installs its own.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_before_serving)
     try:
+        loaded = _load(args.config)
+        if loaded is None:
+            return EXIT_INVALID
+        config = loaded[0]  # the runtime reads the files again at start and says if they changed
+        install_uvloop()
+
+        async def run() -> None:
+            await Runtime(config).serve_forever()
+
         asyncio.run(run())
+    except _StoppedBeforeServing:
+        print("stop requested before serving: nothing to drain", file=sys.stderr)
+        return EXIT_OK
     except ModelError as exc:
         print(f"model refused: {exc}", file=sys.stderr)
         return EXIT_INVALID

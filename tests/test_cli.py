@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,6 +176,59 @@ def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_sigterm_while_serve_checks_its_model_stops_it_at_once(tmp_path: Path) -> None:
+    # As PID 1 in a container a SIGTERM nobody handles is ignored: the checks of a large
+    # model (seconds) must not be a window in which the pod cannot be stopped.
+    from tests.support.models import large_model
+
+    model = large_model(tmp_path)
+    admin_port = free_port()
+    config = GOOD.replace(
+        "admin: {host: 127.0.0.1, port: 0}", f"admin: {{host: 127.0.0.1, port: {admin_port}}}"
+    )
+    config = config.replace(
+        "  url: http://127.0.0.1:18080\n",
+        f'  model: {{path: {model.path.name}, sha256: "{model.sha256}"}}\n',
+        1,
+    )
+    path = _write(tmp_path, "big.yaml", config)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "shadowproxy"), "serve", "--config", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # Signalled once the model file is open: the checks are under way.
+        deadline = time.monotonic() + 30
+        while not _has_open(proc.pid, model.path) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the model file was never opened"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
+        assert "stop requested before serving" in stderr
+        assert time.monotonic() - signalled < 5  # not after a whole start
+        with socket.socket() as probe:  # it never listened
+            assert probe.connect_ex(("127.0.0.1", admin_port)) != 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def test_serve_with_a_bad_config_exits_2_without_listening(tmp_path: Path) -> None:

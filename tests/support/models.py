@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 N_FEATURES = 4
 
@@ -159,6 +159,21 @@ def lookup_model(folder: Path, rows: int = 10, name: str = "lookup.onnx") -> Bui
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return _save(model, folder / name)
+
+
+def large_model(folder: Path, megabytes: int = 256, name: str = "large.onnx") -> BuiltModel:
+    """``y = x + w[0:4]`` with a ``megabytes`` MB weight: a file that takes seconds to check."""
+    weight = np.zeros(megabytes * 1_000_000 // 4, dtype=np.float32)
+    inits = [
+        numpy_helper.from_array(weight, "w"),
+        helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("ends", TensorProto.INT64, [1], [N_FEATURES]),
+    ]
+    nodes = [
+        helper.make_node("Slice", ["w", "starts", "ends"], ["head"]),
+        helper.make_node("Add", ["x", "head"], ["y"]),
+    ]
+    return _save(_add_model(nodes, inits), folder / name)
 
 
 # -- models the loader must refuse or handle specially -----------------------------------
