@@ -377,6 +377,13 @@ class PairLogWriter:
     def _rotate(self) -> None:
         self._close_fd()
         backups = self.config.backups
+        # Backups beyond the count, left by a config that kept more, are older than every
+        # kept one: left in place, they would be read before the newer files with a gap
+        # between (log_files reads whatever the folder holds).
+        for number, stale in _backups(self.path):
+            if number > backups:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stale)
         if backups == 0:
             fd = os.open(self.path, os.O_WRONLY | os.O_TRUNC | os.O_CREAT | os.O_CLOEXEC, 0o644)
             os.close(fd)
@@ -489,17 +496,22 @@ def log_files(path: Path) -> list[Path]:
     Backups are found by listing the folder, so numbering gaps and backups beyond the
     configured count are still read.
     """
+    files = [p for _, p in sorted(_backups(path), reverse=True)]
+    if path.is_file():
+        files.append(path)
+    return files
+
+
+def _backups(path: Path) -> list[tuple[int, Path]]:
+    """The rotated backups of ``path`` in its folder, with their numbers (any order)."""
     pattern = re.compile(re.escape(path.name) + r"\.([1-9][0-9]*)")
-    backups: list[tuple[int, Path]] = []
+    found: list[tuple[int, Path]] = []
     if path.parent.is_dir():
         for entry in path.parent.iterdir():
             match = pattern.fullmatch(entry.name)
             if match is not None and entry.is_file():
-                backups.append((int(match.group(1)), entry))
-    files = [p for _, p in sorted(backups, reverse=True)]
-    if path.is_file():
-        files.append(path)
-    return files
+                found.append((int(match.group(1)), entry))
+    return found
 
 
 def read_pair_log(paths: Iterable[Path], *, stats: ReadStats | None = None) -> Iterator[PairRecord]:

@@ -254,6 +254,21 @@ def test_zero_backups_truncates_in_place(tmp_path: Path) -> None:
     assert ids and ids == [r.request_id for r in records[-len(ids) :]]
 
 
+def test_fewer_backups_than_before_leave_no_gap_in_what_is_read(tmp_path: Path) -> None:
+    # A log written with backups: 6, then again with backups: 2. The old .3 to .6 are
+    # older than anything kept: left in place, a reader would read them, then a gap.
+    before = [make_record(i) for i in range(400)]
+    write_all(config(tmp_path, max_bytes=4000, backups=6), before)
+    path = log_path(config(tmp_path, max_bytes=4000, backups=2))
+    assert len(log_files(path)) == 7
+    after = [make_record(i) for i in range(1000, 1400)]
+    cfg = config(tmp_path, max_bytes=4000, backups=2)
+    write_all(cfg, after)
+    assert [f.name for f in log_files(path)] == ["pairs.jsonl.2", "pairs.jsonl.1", "pairs.jsonl"]
+    ids = [r.request_id for r in read(cfg)]
+    assert ids == [r.request_id for r in (before + after)[-len(ids) :]]
+
+
 def test_a_line_longer_than_max_bytes_is_written_alone(tmp_path: Path) -> None:
     cfg = config(tmp_path, max_bytes=100, backups=5)
     records = [make_record(i) for i in range(4)]
