@@ -154,6 +154,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.limits: Limits = proxy.limits
+        self._host_seen = b""  # the last Host value found valid on this connection
         self._loop = proxy.loop
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
@@ -329,16 +330,23 @@ class ClientConnection(asyncio.Protocol):
             self._stop(Rejection(400, "malformed", "duplicate Host header"))
         if version == "1.1" and not head.hosts:
             self._stop(Rejection(400, "malformed", "missing Host header"))
-        if head.host is not None and not valid_host(head.host):
-            self._stop(Rejection(400, "malformed", "invalid Host header"))
-        if self._url == b"*":
-            if parser.get_method() != b"OPTIONS":  # RFC 9112 §3.2.4
-                self._stop(Rejection(400, "malformed", "the * target is for OPTIONS only"))
-        elif not self._url.startswith(b"/"):
-            self._to_origin_form(head)
-        else:
-            self._url = origin_target(self._url)
-        if has_dot_segment(self._url):
+        host = head.host
+        if host is not None and host != self._host_seen:
+            if not valid_host(host):
+                self._stop(Rejection(400, "malformed", "invalid Host header"))
+            self._host_seen = host  # a keep-alive client repeats it: checked once
+        url = self._url
+        if url[:1] != b"/":
+            if url == b"*":
+                if parser.get_method() != b"OPTIONS":  # RFC 9112 §3.2.4
+                    self._stop(Rejection(400, "malformed", "the * target is for OPTIONS only"))
+            else:
+                self._to_origin_form(head)
+            url = self._url
+        elif b"#" in url:
+            url = self._url = origin_target(url)
+        # The functions only for a target that may need them: this runs for every request.
+        if (b"/." in url or b"%" in url) and has_dot_segment(url):
             self._stop(Rejection(400, "malformed", "dot-segments (. or ..) in the request path"))
         if head.transfer_encoding is not None:
             self._check_transfer_codings(list_tokens(head.transfer_encoding), version)

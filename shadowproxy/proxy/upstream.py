@@ -35,12 +35,8 @@ REUSE_IDLE_S = 1.0
 # Largest response head (status line and headers) read from an upstream: an answer with a
 # larger one is refused as invalid, as Envoy's 60 KiB and nginx's proxy_buffer_size refuse.
 MAX_RESPONSE_HEAD_BYTES = 128 * 1024
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-
-
-def idempotent(request: bytes) -> bool:
-    """Whether a serialized request's method is idempotent (RFC 9110 §9.2.2)."""
-    return request[: request.find(b" ", 0, 32)] in _IDEMPOTENT
+# Request-line starts of the idempotent methods (RFC 9110 §9.2.2), for one startswith.
+_IDEMPOTENT = tuple(m + b" " for m in (b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
 
 class ResponseSink(Protocol):
@@ -106,11 +102,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._bytes_seen = 0
         self._head_request = False
         self._framed = True
-        # Set while the parser runs: an answer completed inside feed_data is released to
-        # the pool only once the rest of that buffer was seen to hold nothing more.
-        self._feeding = False
+        # Answers complete inside feed_data (the parser's callbacks): the connection goes
+        # back to the pool only once the rest of that buffer was seen to hold nothing more.
         self._release_after_feed = False
         self._stray = False
+        self._reading_paused = False
         self.reused = False
         self.closed = False
         self.idle_since = 0.0
@@ -133,7 +129,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self._bytes_seen += len(data)
-        self._feeding = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -143,12 +138,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(
                 UpstreamError(f"malformed response from {self._pool.name}: {exc}", "invalid")
             )
-        finally:
-            self._feeding = False
-        if not self._head_sent and self._bytes_seen > MAX_RESPONSE_HEAD_BYTES:
-            # httptools holds a header line whole until it ends: cut an endless head here.
-            self._fail(self._head_too_large())
-        if self._release_after_feed:
+        if self._release_after_feed:  # the usual: the whole answer in one read
             self._release_after_feed = False
             if self._stray or self.closed:
                 # Bytes after the answer's end (more than its Content-Length, a body on a
@@ -156,6 +146,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self.abort()
             else:
                 self._pool.release(self)
+        elif not self._head_sent and self._bytes_seen > MAX_RESPONSE_HEAD_BYTES:
+            # httptools holds a header line whole until it ends: cut an endless head here.
+            self._fail(self._head_too_large())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -264,20 +257,22 @@ class UpstreamConnection(asyncio.Protocol):
         self._bytes_seen = 0
         self._head_request = head_request
         self._framed = True
-        self._stray = False
         # Only an idempotent request is sent again if the reused connection turns out to
-        # be closed (see the module's docs).
-        retry = self.reused and idempotent(request)
+        # be closed (see the module's docs). (No _stray to reset: a stray answer drops the
+        # connection for good.)
+        retry = self.reused and request.startswith(_IDEMPOTENT)
         self._retry = (request, sink, head_request) if retry else None
         sink.attach(self)
         self.transport.write(request)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self._reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self._reading_paused = False
             self.transport.resume_reading()
 
     def abort(self) -> None:
@@ -293,11 +288,10 @@ class UpstreamConnection(asyncio.Protocol):
         if keep_alive and self._framed and not self.closed:
             # Reading may have been paused for a slow client (ProductionRelay): the next
             # exchange on this connection must be able to read its answer.
-            self.resume_reading()
-            if self._feeding:
-                self._release_after_feed = True  # see data_received
-            else:
-                self._pool.release(self)
+            if self._reading_paused:
+                self.resume_reading()
+            # Always inside feed_data (a parser callback): released once it returns.
+            self._release_after_feed = True
         else:
             self.abort()
         assert sink is not None
@@ -332,6 +326,7 @@ class UpstreamPool:
         self.connect_timeout_s = connect_timeout_s
         self.max_idle = max_idle
         self._loop = loop or asyncio.get_running_loop()
+        self._time = self._loop.time
         self._idle: collections.deque[UpstreamConnection] = collections.deque()
         self._connecting: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -341,7 +336,7 @@ class UpstreamPool:
         if self._closed:
             sink.on_error(UpstreamError(f"{self.name}: pool is closed", "error"))
             return
-        oldest = self._loop.time() - REUSE_IDLE_S
+        oldest = self._time() - REUSE_IDLE_S
         while self._idle:
             conn = self._idle.pop()
             if conn.closed:
@@ -389,7 +384,7 @@ class UpstreamPool:
         if self._closed or len(self._idle) >= self.max_idle:
             conn.abort()
         else:
-            conn.idle_since = self._loop.time()
+            conn.idle_since = self._time()
             self._idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
