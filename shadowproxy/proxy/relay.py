@@ -75,7 +75,7 @@ class ProductionRelay:
         if not self.proxy.has_answered:
             self.proxy.production_answered(status)
         # A 204 carries no Content-Length (RFC 9110 §8.6), whatever the upstream wrote.
-        block = head.relay_block(keep_length=status != 204)
+        block = head.relay_block() if status != 204 else head.relay_block(keep_length=False)
         self.content_type = head.content_type
         if self.capture_limit and CONTENT_ENCODING in head.lows:
             self.coding = content_coding(head.lows, head.lines)

@@ -102,9 +102,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._bytes_seen = 0
         self._head_request = False
         self._framed = True
-        # Answers complete inside feed_data (the parser's callbacks): the connection goes
-        # back to the pool only once the rest of that buffer was seen to hold nothing more.
-        self._release_after_feed = False
         self._stray = False
         self._reading_paused = False
         self.reused = False
@@ -138,13 +135,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(
                 UpstreamError(f"malformed response from {self._pool.name}: {exc}", "invalid")
             )
-        if self._release_after_feed:  # the usual: the whole answer in one read
-            self._release_after_feed = False
-            if self._stray or self.closed:
-                # Bytes after the answer's end (more than its Content-Length, a body on a
-                # 204): the next answer on this connection could be anybody's. Never reuse.
+        if self._sink is None:
+            # The answer ended in this read (or the connection was dropped meanwhile).
+            # Kept, the connection goes back to the pool only now that the rest of the
+            # buffer was seen: bytes after the answer's end (more than its Content-Length,
+            # a body on a 204) mean the next answer on it could be anybody's.
+            if self._stray:
                 self.abort()
-            else:
+            elif not self.closed:
                 self._pool.release(self)
         elif not self._head_sent and self._bytes_seen > MAX_RESPONSE_HEAD_BYTES:
             # httptools holds a header line whole until it ends: cut an endless head here.
@@ -181,11 +179,11 @@ class UpstreamConnection(asyncio.Protocol):
         pass
 
     # -- httptools callbacks ------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        if self._sink is None:
-            self._stray = True  # a message after the answer was complete
-
     def on_status(self, reason: bytes) -> None:
+        if self._sink is None:
+            # A status line after the answer was complete. (Fewer stray bytes than a
+            # status line break the next answer's parse instead: a 502, never a desync.)
+            self._stray = True
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -193,7 +191,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         if self._sink is None:
-            return  # a stray answer after the one asked for (see data_received)
+            self._stray = True  # a stray answer after the one asked for (see data_received)
+            return
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             # Interim responses (100 Continue, 103 Early Hints) are not relayed.
@@ -290,8 +289,7 @@ class UpstreamConnection(asyncio.Protocol):
             # exchange on this connection must be able to read its answer.
             if self._reading_paused:
                 self.resume_reading()
-            # Always inside feed_data (a parser callback): released once it returns.
-            self._release_after_feed = True
+            # Always inside feed_data (a parser callback): data_received releases it.
         else:
             self.abort()
         assert sink is not None
