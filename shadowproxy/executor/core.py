@@ -476,10 +476,11 @@ class BatchingExecutor(Generic[W]):
         the queue, so only the culprit gets ``invalid`` (a 400, if this is production) and
         the others their answers. Any other failure fails the whole batch.
         """
-        waiting = [r for r in batch.requests if r.state != DONE and r.inputs is not None]
         if outcome != "invalid" or len(batch.requests) < 2:
             self._fail_batch(batch, message, outcome)
             return
+        # A batch of several keeps its requests' inputs until it is answered (_dispatch).
+        waiting = [r for r in batch.requests if r.state != DONE]
         log.info(
             "executor %r: the model refused a batch of %d requests (%s); running each alone",
             self.name, len(batch.requests), message,

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import struct
 import time
 
 import pytest
@@ -21,6 +19,7 @@ from tests.proxy._util import (
     read_response,
     request_bytes,
 )
+from tests.support.faulty_servers import send_reset
 from tests.support.proxy import make_config, metric_value, running_proxy
 
 
@@ -42,12 +41,6 @@ def outcome(rt: Runtime, name: str) -> float:
 
 def ok(body: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-
-
-def reset(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
 
 
 # -- bytes beyond the end of an answer --------------------------------------------------
@@ -135,7 +128,7 @@ async def _cut_close_delimited(
     w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello ")
     await w.drain()
     await asyncio.sleep(0.05)
-    reset(w)
+    send_reset(w)
     return False
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import time
 
 from shadowproxy.runtime import Runtime
@@ -18,6 +16,7 @@ from tests.proxy._util import (
     read_response,
     request_bytes,
 )
+from tests.support.faulty_servers import send_reset
 from tests.support.proxy import free_port, make_config, metric_value, running_proxy
 from tests.support.servers import Backend
 
@@ -289,9 +288,7 @@ async def test_a_client_that_leaves_is_recorded_without_a_status_it_never_got(
                 await writer.drain()
                 await asyncio.sleep(0.2)  # production is working on it; the client goes
                 # A reset: a FIN alone could be a half-close, still waiting for the answer.
-                sock = writer.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                writer.transport.abort()
+                send_reset(writer)
             await wait_for(lambda: len(records) == 1, what="the pair record")
     production = records[0].production
     assert production is not None

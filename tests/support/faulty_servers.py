@@ -70,12 +70,17 @@ async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         await wait_closed(reader)  # never answers
 
 
+def send_reset(writer: asyncio.StreamWriter) -> None:
+    """Close ``writer``'s connection with a TCP reset, not an orderly FIN."""
+    sock = writer.get_extra_info("socket")
+    # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
 async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     if await read_request(reader):
-        sock = writer.get_extra_info("socket")
-        # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
+        send_reset(writer)
 
 
 async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
