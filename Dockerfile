@@ -17,6 +17,16 @@
 # config, so a probe baked into the image could fail a healthy container.
 # checkov:skip=CKV_DOCKER_2:Kubernetes probes the admin port set by the config; the image cannot know it
 
+# ---- init: tini, the image's PID 1 ------------------------------------------------------------
+# PID 1 inherits every orphaned process of the container and must reap it. A local model's
+# worker can leave helper processes behind when it crashes (a stray n_jobs starts a dozen);
+# the executor kills them, and they would stay as zombies under a PID 1 that does not reap
+# what it never started. Debian's static tini reaps them and passes SIGTERM on to shadowproxy.
+FROM python:3.11-slim-bookworm AS init
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
+
 # ---- build: a virtualenv holding the runtime dependencies and the package --------------------
 FROM python:3.11-slim-bookworm AS build
 
@@ -82,13 +92,15 @@ RUN python -m pip uninstall --yes --no-cache-dir pip setuptools wheel \
     && install -d -m 0750 -o 10001 -g 10001 /var/lib/shadowproxy
 
 COPY --from=build /opt/venv /opt/venv
+COPY --from=init /usr/bin/tini-static /usr/bin/tini
 
 VOLUME ["/tmp", "/var/lib/shadowproxy"]
 EXPOSE 8080 9090
 USER 10001:10001
 
-# Exec form: shadowproxy is PID 1 and receives SIGTERM itself, then drains in-flight requests
-# and writes its last snapshot before exiting 0.
+# Exec form: tini is PID 1 and passes SIGTERM on to shadowproxy, which drains in-flight
+# requests and writes its last snapshot before exiting 0, the exit status tini returns.
+# -s makes tini the reaper of orphans also where it is not PID 1 (`docker run --init`).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["shadowproxy"]
+ENTRYPOINT ["/usr/bin/tini", "-s", "--", "shadowproxy"]
 CMD ["serve", "--config", "/etc/shadowproxy/config.yaml"]

@@ -71,7 +71,7 @@ def _isolation_ratios(family: str, goal: str | None) -> tuple[Ratio, ...]:
         Ratio(
             f"{prefix}isolation_p99_inflation_{fault}",
             (faults.target_name(family, fault), "half_p99_us"),
-            (faults.BASELINE[family], "half_p99_us"),
+            (faults.BASELINE[family], "iso_p99_us"),
             goal,
             f"production p99 at half load (open loop) with a candidate that is {fault} "
             f"({faults.FAULTS[fault]}) vs {faults.BASELINE[family]}",
@@ -104,11 +104,12 @@ RATIOS = (
     ),
     Ratio(
         "onnx_proxy_cpu_added_us",
-        ("shadowproxy_onnx", "proxy_cpu_us_per_req"),
-        ("shadowproxy_off", "proxy_cpu_us_per_req"),
+        ("shadowproxy_onnx", "half_proxy_cpu_us_per_req"),
+        ("shadowproxy_off", "half_proxy_cpu_us_per_req"),
         "<= 30",
         "CPU µs per request the proxy process (not its workers) adds to mirror every request "
-        "to a local ONNX candidate",
+        "to a local ONNX candidate, in the open-loop runs at half load (at saturation the "
+        "candidate's SCHED_IDLE worker gets no CPU and most requests are shed)",
         difference=True,
     ),
     Ratio(
@@ -145,8 +146,8 @@ RATIOS = (
     ),
     Ratio(
         "onnx_tree_cpu_added_us",
-        ("shadowproxy_onnx", "cpu_us_per_req"),
-        ("shadowproxy_off", "cpu_us_per_req"),
+        ("shadowproxy_onnx", "half_cpu_us_per_req"),
+        ("shadowproxy_off", "half_cpu_us_per_req"),
         None,
         "as onnx_proxy_cpu_added_us, for the whole process tree (workers included)",
         difference=True,
@@ -206,6 +207,19 @@ METRICS: Metrics = {
     "half_max_us": lambda r: _half(r, "latency_us", "max"),
     "half_errors": lambda r: _half(r, "errors"),
     "half_mirrored_fraction": lambda r: _half(r, "mirror", "mirrored_fraction"),
+    # The baselines of the faulty candidates at the isolation rate: their own run when it
+    # differs from the half-load rate, else the half-load run.
+    "iso_rate": lambda r: _iso(r, "rate"),
+    "iso_p99_us": lambda r: _iso(r, "latency_us", "p99"),
+    "half_cpu_us_per_req": lambda r: _half(r, "cpu_us_per_req"),
+    "half_proxy_cpu_us_per_req": lambda r: _half(r, "proxy_cpu_us_per_req"),
+    # The local candidate's capacity mirroring every request, from its refined calibration.
+    "mirrored_capacity_rps": lambda r: _get(r, "mirrored_capacity", "rps"),
+    "mirrored_cpu_us_per_req": lambda r: (
+        r["mirrored_capacity"]["calibration"][-1]["cpu_us_per_req"]
+        if "mirrored_capacity" in r
+        else None
+    ),
     "rss_mb": lambda r: _get(r, "memory", "rss_mb"),
     "tree_rss_mb": lambda r: _get(r, "memory", "tree_rss_mb"),
     "compared_fraction": lambda r: _get(r, "mirror", "compare", "compared_fraction"),
@@ -260,6 +274,14 @@ def _get(record: dict[str, Any], *keys: str) -> Any:
 def _half(r: dict[str, Any], *keys: str) -> float | None:
     """A figure of the round's open-loop run at half load, None if there was none."""
     return _get(r, "half_load", *keys)
+
+
+def _iso(r: dict[str, Any], *keys: str) -> float | None:
+    """A figure of the round's open-loop run at the isolation rate (see ``_half_load`` in
+    bench/runner.py)."""
+    if "isolation_load" in r:
+        return _get(r, "isolation_load", *keys)
+    return _half(r, *keys)
 
 
 def spread(values: list[float]) -> dict[str, float] | None:
@@ -419,7 +441,11 @@ def compute_ratios(
     return out
 
 
-CAPACITY_TARGETS = ("shadowproxy_http", "shadowproxy_both")
+CAPACITY_TARGETS = ("shadowproxy_http", "shadowproxy_onnx", "shadowproxy_both")
+# A local candidate's worker gets no CPU at saturation (SCHED_IDLE), so wrk's figure for a
+# target with one is the capacity with its requests shed; mirroring every request to it,
+# the capacity comes from the open-loop calibration runs instead (bench/runner.py).
+MIRRORED_CAPACITY = {"shadowproxy_onnx": ("mirrored_capacity_rps", "mirrored_cpu_us_per_req")}
 
 
 def capacity(targets: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -438,9 +464,12 @@ def capacity(targets: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | 
         def median(metric: str, sm: dict[str, Any] = sm) -> float | None:
             return sm[metric]["median"] if sm.get(metric) else None
 
-        cpu = median("cpu_us_per_req")
+        rps_metric, cpu_metric = MIRRORED_CAPACITY.get(name, ("rps", "cpu_us_per_req"))
+        if not sm.get(rps_metric):
+            continue
+        cpu = median(cpu_metric)
         out[name] = {
-            "rps": median("rps"),
+            "rps": median(rps_metric),
             "cores_per_1k_rps": cpu / 1000 if cpu is not None else None,
             "rss_mb": median("rss_mb"),
             "tree_rss_mb": median("tree_rss_mb"),

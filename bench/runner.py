@@ -99,12 +99,24 @@ MODES = {
     ),
 }
 
-# Production latency at half load: the rate is half the lower of what the targets below
-# sustained under wrk in the same round (the capacity of the configuration under test, the
-# one with a local candidate), and that same rate goes to each of them, to the baselines
-# of the faulty candidates and to every faulty-candidate target.
+# Production latency at half load: the rate is half the lower capacity of the targets below
+# in the same round (the capacity of the configuration under test, the one with a local
+# candidate, see MIRRORED_CAPACITY_TARGET), and that same rate goes to each of them. The
+# faulty candidates and their baselines get a rate of their own (ISOLATION_CAPACITY_TARGETS).
 HALF_LOAD_FRACTION = 0.5
 HALF_LOAD_TARGETS = ("shadowproxy_off", "shadowproxy_onnx")
+# The local candidate's worker runs under SCHED_IDLE: at wrk's saturation it gets no CPU and
+# the proxy sheds its requests, so wrk's req/s is not the capacity of mirroring every request
+# to it. That is read from short open-loop runs instead, where every request is mirrored:
+# 10^6 ÷ the whole tree's CPU µs per request. Batches fill better at higher rates, so the
+# first estimate (from CALIBRATION_RATE) is refined once, at CALIBRATION_FRACTION of it.
+MIRRORED_CAPACITY_TARGET = "shadowproxy_onnx"
+CALIBRATION_RATE = 2000.0
+CALIBRATION_FRACTION = 0.8
+CALIBRATION_S = 1.0
+# Faulty candidates are judged at half the capacity of the proxy mirroring every request to
+# a healthy HTTP candidate (the lower wrk req/s of these), a load the proxy really carries.
+ISOLATION_CAPACITY_TARGETS = ("shadowproxy_off", "shadowproxy_http")
 
 Log = Callable[[str], None]
 T = TypeVar("T")
@@ -152,6 +164,12 @@ def measure_open_loop(
     """One open-loop run at ``rate`` req/s (latency from the scheduled send times)."""
     target.check_alive()
     mirror = MirrorCount(target) if target.mirrors else None
+    # CPU per request below saturation: where a local candidate's worker, under SCHED_IDLE,
+    # gets the CPU it needs, so every request is mirrored (at saturation it gets none).
+    pid = target.proxy_pid if target.is_shadowproxy else None
+    meter = CpuMeter(pid) if pid is not None else None
+    if meter:
+        meter.start()
     with no_deep_idle(settings.idle_qos) as qos:
         res = run_open_loop(
             target.port,
@@ -160,7 +178,11 @@ def measure_open_loop(
             connections=settings.connections,
             drain_s=settings.drain_s,
         )
+    cpu = meter.stop() if meter else None
     result: dict[str, Any] = {**res.to_json(), "idle_qos": qos}
+    if cpu and res.completed:
+        result["cpu_us_per_req"] = cpu.tree_us / res.completed
+        result["proxy_cpu_us_per_req"] = cpu.own_us / res.completed
     if mirror:
         result["mirror"] = mirror.figures(res.completed, settings.settle_s)
     return result
@@ -198,7 +220,7 @@ def measure_latency(targets: Sequence[tg.Target], settings: Settings) -> dict[st
     return out
 
 
-def _rotated(names: Sequence[str], r: int) -> list[str]:
+def _rotated(names: Sequence[T], r: int) -> list[T]:
     k = r % len(names) if names else 0
     return [*names[k:], *names[:k]]
 
@@ -354,26 +376,67 @@ class _Run:
         self._comparator_cost(r)
 
     def _half_load(self, r: int, loads: dict[str, dict[str, Any]]) -> None:
-        """(e) Open loop at half the lower wrk req/s of the compared targets, same rate for
-        all of them, for the baselines of the faulty candidates and for each faulty one."""
+        """(e) Open loop at half the lower capacity of the compared targets (wrk's req/s, or
+        for the local candidate its mirrored capacity), the same rate for both; (e') the
+        faulty candidates at half the capacity of mirroring to a healthy HTTP candidate (see
+        ``ISOLATION_CAPACITY_TARGETS``), their baselines at that rate too."""
         capacity = min((loads[n]["rps"] for n in HALF_LOAD_TARGETS if n in loads), default=0.0)
+        if MIRRORED_CAPACITY_TARGET in loads:
+            capacity = min(capacity, self._mirrored_capacity(r, loads[MIRRORED_CAPACITY_TARGET]))
         if capacity <= 0:
             return
         rate = HALF_LOAD_FRACTION * capacity
         faulty = [n for n in self.faulty if n in self.running]
         baselines = {self.faulty[n].baseline for n in faulty}
-        regular = [n for n in loads if n in HALF_LOAD_TARGETS or n in baselines]
-        for name in _rotated(regular + faulty, r):
+        iso_capacity = min(
+            (loads[n]["rps"] for n in ISOLATION_CAPACITY_TARGETS if n in loads), default=0.0
+        )
+        iso_rate = HALF_LOAD_FRACTION * iso_capacity if iso_capacity > 0 else rate
+        runs: list[tuple[str, float, str]] = [
+            (n, rate, "half_load") for n in loads if n in HALF_LOAD_TARGETS
+        ]
+        for name in sorted(baselines):
+            if name not in loads:
+                continue
+            if name not in HALF_LOAD_TARGETS:
+                runs.append((name, iso_rate, "half_load"))  # its only open-loop run
+            elif iso_rate != rate:
+                runs.append((name, iso_rate, "isolation_load"))
+        runs += [(n, iso_rate, "half_load") for n in faulty]
+        for name, at, key in _rotated(runs, r):
             if name not in self.running:
                 continue
-            res = self._with_restarts(name, r, self._open_loop(rate, self.settings.open_loop_s))
+            res = self._with_restarts(name, r, self._open_loop(at, self.settings.open_loop_s))
             if res is None:
                 continue
             if name in loads:
-                loads[name]["half_load"] = res
+                loads[name][key] = res
             else:
-                self.results[name]["rounds"].append({"round": r, "half_load": res})
-            self._log_open_loop(name, r, "half load", res)
+                self.results[name]["rounds"].append({"round": r, key: res})
+            what = "half load" if at == rate else "isolation load"
+            self._log_open_loop(name, r, what, res)
+
+    def _mirrored_capacity(self, r: int, load: dict[str, Any]) -> float:
+        """req/s the local-candidate target could serve mirroring every request (see
+        ``CALIBRATION_RATE``); kept in its round as ``mirrored_capacity``."""
+        name = MIRRORED_CAPACITY_TARGET
+        capacity, rate, runs = float("inf"), CALIBRATION_RATE, []
+        for _ in range(2):
+            run = self._with_restarts(name, r, self._open_loop(rate, CALIBRATION_S))
+            cpu = run.get("cpu_us_per_req") if run else None
+            mirrored = (run or {}).get("mirror", {}).get("mirrored_fraction", 0.0)
+            if not cpu or mirrored < 0.99:
+                break  # not measured, or requests were shed: the last estimate stands
+            capacity = 1e6 / cpu
+            runs.append(run)
+            self.log(
+                f"round {r + 1}/{self.settings.rounds} {name:<22} mirroring every request at "
+                f"{rate:,.0f} req/s: {cpu:.1f} CPU µs/req (tree), capacity {capacity:,.0f} req/s"
+            )
+            rate = CALIBRATION_FRACTION * capacity
+        if runs:
+            load["mirrored_capacity"] = {"rps": capacity, "calibration": runs}
+        return capacity
 
     def _fixed_rates(self, r: int, loads: dict[str, dict[str, Any]]) -> None:
         """(f) Open loop at each fixed rate of the mode, every target (for information)."""

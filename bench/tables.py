@@ -23,7 +23,8 @@ def _header(doc: dict[str, Any]) -> list[str]:
     if "open_loop_s" in s:
         faulty = ", faulty-candidate targets included" if _faulty(doc) else ""
         open_loop = (
-            "; open loop at half the lower req/s of `shadowproxy_off` and `shadowproxy_onnx` "
+            "; open loop at half the lower capacity of `shadowproxy_off` (wrk) and "
+            "`shadowproxy_onnx` (mirroring every request) "
             f"for {s['open_loop_s']:g} s per target{faulty}"
             + (
                 f" and at {', '.join(map(str, s['fixed_rates']))} req/s for "
@@ -188,10 +189,10 @@ def _half_load(doc: dict[str, Any]) -> list[str]:
     return [
         "### Open loop at half load",
         "",
-        "Fixed rate: half the lower wrk req/s of `shadowproxy_off` and `shadowproxy_onnx` in "
-        "the same round, the same rate for "
-        "each target; latency from each request's scheduled send time. p50 and max are "
-        "medians over rounds.",
+        "Fixed rate: half the lower capacity in the same round of `shadowproxy_off` (its wrk "
+        "req/s) and `shadowproxy_onnx` (10^6 ÷ its tree's CPU µs per request in short "
+        "open-loop runs that mirror every request), the same rate for each target; latency "
+        "from each request's scheduled send time. p50 and max are medians over rounds.",
         "",
         "| target | rate (req/s) | achieved (req/s) | p50 (µs) | p99 (µs) | max (µs) | mirrored "
         "| errors |",

@@ -15,8 +15,10 @@ def _ratio(doc: dict[str, Any], name: str) -> str:
     return cell({"median": r["value"], "min": r["min"], "max": r["max"]}, 2)
 
 
-def _errors(t: dict[str, Any]) -> str:
-    return str(int(sum(r["half_load"]["errors"] for r in t["rounds"] if "half_load" in r)))
+def _errors(t: dict[str, Any], key: str = "half_load") -> str:
+    """Errors of the runs at the isolation rate (``key``, else the half-load run)."""
+    runs = [r.get(key, r.get("half_load")) for r in t["rounds"]]
+    return str(int(sum(run["errors"] for run in runs if run)))
 
 
 def _seen(t: dict[str, Any]) -> str:
@@ -39,9 +41,9 @@ def _columns(doc: dict[str, Any], family: str, fault: str | None) -> list[str]:
     """p99, inflation, what the candidate saw and errors of one family, one fault."""
     if fault is None:  # the baseline: the same proxy without a candidate
         t = doc["targets"].get(BASELINE[family])
-        if not t or not t["rounds"] or not t["summary"].get("half_p99_us"):
+        if not t or not t["rounds"] or not t["summary"].get("iso_p99_us"):
             return ["–"] * 4
-        return [cell(t["summary"]["half_p99_us"]), "1", "–", _errors(t)]
+        return [cell(t["summary"]["iso_p99_us"]), "1", "–", _errors(t, "isolation_load")]
     t = doc["isolation"]["targets"].get(target_name(family, fault))
     if t is None:
         return ["–"] * 4
@@ -54,6 +56,12 @@ def _columns(doc: dict[str, Any], family: str, fault: str | None) -> list[str]:
         _seen(t),
         _errors(t),
     ]
+
+
+def _iso_rate(doc: dict[str, Any]) -> float | None:
+    t = doc["targets"].get(BASELINE["shadowproxy"])
+    rate = t["summary"].get("iso_rate") if t and t.get("summary") else None
+    return rate["median"] if rate else None
 
 
 def isolation_table(doc: dict[str, Any]) -> list[str]:
@@ -73,7 +81,11 @@ def isolation_table(doc: dict[str, Any]) -> list[str]:
     lines = [
         "### Isolation: production with a faulty candidate",
         "",
-        "Open loop at the half-load rate of each round (the table above), the same rate for "
+        "Open loop at the isolation rate of each round: half the lower wrk req/s of "
+        "`shadowproxy_off` and `shadowproxy_http` (the capacity of mirroring every request "
+        "to a healthy HTTP candidate)"
+        + (f", {num(_iso_rate(doc))} req/s (median over rounds)" if _iso_rate(doc) else "")
+        + ", the same rate for "
         "every target; p99 in µs from the scheduled send time over the answered requests, "
         "median (min … max) over rounds; unanswered requests are errors. Inflation: p99 over "
         "that of the same proxy without a candidate in the same round." + slow,

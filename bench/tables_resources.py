@@ -71,7 +71,17 @@ def memory_table(doc: dict[str, Any]) -> list[str]:
 # What each configuration of the capacity table runs.
 CAPACITY_CONFIGURATIONS = {
     "shadowproxy_http": "one HTTP candidate at `sample_rate: 1.0`, comparator off",
-    "shadowproxy_both": ("an HTTP and a local ONNX candidate at `sample_rate: 1.0`, comparator on"),
+    "shadowproxy_onnx": (
+        "one local ONNX candidate at `sample_rate: 1.0`, its worker on the proxy's core, "
+        "comparator off; every request mirrored: from open-loop runs below saturation "
+        "(10^6 ÷ the tree's CPU µs per request), since at saturation the worker, under "
+        "`SCHED_IDLE`, gets no CPU"
+    ),
+    "shadowproxy_both": (
+        "an HTTP and a local ONNX candidate at `sample_rate: 1.0`, comparator on; at "
+        "saturation the local candidate's requests are shed (counted), so this is the "
+        "capacity with the HTTP candidate mirrored and the local one mostly not"
+    ),
 }
 
 
@@ -94,9 +104,9 @@ def capacity_table(doc: dict[str, Any]) -> list[str]:
         f"`{profile}`: {PROFILES.get(profile, profile)}; shadowproxy {v['shadowproxy']}, "
         f"{commit_label(v)}): one shadowproxy process pinned to one core "
         f"({doc['machine']['cpu_model']}); req/s at saturation (wrk, {s['connections']} "
-        "connections), CPU cores per 1,000 req/s (the process tree's CPU µs per request × "
-        "1,000), resident memory while serving (proxy process / whole tree, workers of local "
-        "candidates included). Medians over rounds.",
+        "connections) unless noted below, CPU cores per 1,000 req/s (the process tree's CPU "
+        "µs per request × 1,000), resident memory while serving (proxy process / whole "
+        "tree, workers of local candidates included). Medians over rounds.",
         "",
         "| configuration | req/s per replica | CPU cores per 1,000 req/s | RSS per replica (MB) |",
         "|---|---|---|---|",

@@ -52,6 +52,7 @@ TARGETS: dict[str, str] = {
 PRODUCTION_NAME = "prod"
 HTTP_CANDIDATE = "cand"  # the candidates' model labels in shadowproxy's /metrics
 LOCAL_CANDIDATE = "onnx"
+LOCAL_BREAKER = "{reset_s: 0.5}"
 NEEDS_MODEL = frozenset({"shadowproxy_onnx", "shadowproxy_both"})  # run the ONNX model
 # What the comparator reads in both the stub backends' answers and the ONNX model's outputs.
 COMPARE_OUTPUTS = "{score: probabilities, label: label}"
@@ -222,9 +223,12 @@ class Candidate:
     name: str
     port: int | None = None  # None: the run's ONNX model, run by a process executor
     executor: str = "{kind: process}"  # YAML flow mapping; the defaults are what is measured
+    breaker: str = ""  # YAML flow mapping; empty: the default breaker
 
     def yaml(self, model: BuiltModel | None) -> str:
         common = f"sample_rate: 1.0, timeout_ms: {CANDIDATE_TIMEOUT_MS}"
+        if self.breaker:
+            common += f", breaker: {self.breaker}"
         if self.port is not None:
             return (
                 f'  - {{name: {self.name}, version: "2", '
@@ -344,7 +348,11 @@ def start_target(
             )
         )
     http = Candidate(HTTP_CANDIDATE, be.candidate_port)
-    local = Candidate(LOCAL_CANDIDATE)
+    # Its worker runs under SCHED_IDLE on the proxy's core: wrk's saturation starves it, its
+    # requests are dropped as starved and its breaker opens. A short reset lets it serve
+    # again in the open-loop run at half load that follows within seconds (the default is
+    # 10 s).
+    local = Candidate(LOCAL_CANDIDATE, breaker=LOCAL_BREAKER)
     candidates = {
         "shadowproxy_off": (),
         "shadowproxy_http": (http,),

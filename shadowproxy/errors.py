@@ -81,12 +81,16 @@ class ExecutorError(ShadowProxyError):
 
     ``outcome`` is the counted outcome: ``timeout`` (past ``timeout_ms``), ``error`` (the
     worker crashed or onnxruntime raised), ``invalid`` (inputs onnxruntime refused) or
-    ``dropped`` (queue full, executor disabled or shutting down).
+    ``dropped`` (queue full, executor disabled or shutting down, or its worker starved of
+    CPU, for which ``reason`` is ``"starved"``: see ``BatchingExecutor._expire``).
     """
 
-    def __init__(self, message: str, outcome: FailureOutcome = "error") -> None:
+    def __init__(
+        self, message: str, outcome: FailureOutcome = "error", *, reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.outcome = outcome
+        self.reason = reason  # the drop reason, where the executor knows it
 
 
 class StateError(ShadowProxyError):

@@ -296,6 +296,9 @@ def evidence(
         "name": st.name,
         "version": st.version,
         "samples": st.compared,
+        # Every request mirrored to it, by outcome: "dropped" ones (shed by the proxy: its
+        # budget, breaker or a starved worker) are left out of the rates.
+        "outcomes": {"requests": st.requests, **st.candidate_outcomes},
         "metrics": metrics,
         "plots": plots,
         "input_drift": drift,

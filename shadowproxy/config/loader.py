@@ -447,8 +447,12 @@ def _settable_keys(cls: type) -> list[str]:
     return [name for name in _fields(cls) if (cls, name) not in _LOADER_FIELDS]
 
 
-def _build(cls: type, data: Any, path: str, walk: _Walk) -> Any:
+def _build(cls: type, data: Any, path: str, walk: _Walk, defaults: Any = None) -> Any:
     """Build dataclass ``cls`` from a mapping, recording every problem on the way.
+
+    ``defaults``, an instance of ``cls``, gives the keys the mapping leaves out: a section's
+    defaults can differ by place (``production.executor`` is not a candidate's), and a
+    mapping that sets one key keeps that place's defaults for the others.
 
     Keys are checked in the order the file gives them, so problems read top to bottom.
     When some field failed, a partial object is still returned (failed fields hold
@@ -470,7 +474,10 @@ def _build(cls: type, data: Any, path: str, walk: _Walk) -> Any:
             values[key] = _field_value(fields[key], _hints(cls)[key], raw, _join(path, key), walk)
     for name, spec in fields.items():
         if name not in values:
-            values[name] = _default(spec, _join(path, name), walk)
+            if defaults is not None:
+                values[name] = getattr(defaults, name)
+            else:
+                values[name] = _default(spec, _join(path, name), walk)
     obj = _instantiate(cls, values, path, walk)
     for rule in _OBJECT_RULES.get(cls, ()):
         rule(obj, path, walk)
@@ -504,7 +511,7 @@ def _instantiate(cls: type, values: dict[str, Any], path: str, walk: _Walk) -> A
 
 def _field_value(spec: dataclasses.Field[Any], hint: Any, raw: Any, path: str, walk: _Walk) -> Any:
     """Convert one YAML value to the field's type, then apply metadata and name rules."""
-    value = _convert(hint, raw, path, walk)
+    value = _convert(hint, raw, path, walk, spec.default)
     if value is None or value is _INVALID:
         return value
     value = _check_metadata(spec.metadata, value, path, walk)
@@ -538,17 +545,23 @@ def _check_metadata(meta: Mapping[str, Any], value: Any, path: str, walk: _Walk)
 # --------------------------------------------------------------------------- conversions
 
 
-def _convert(hint: Any, value: Any, path: str, walk: _Walk) -> Any:
-    """Convert ``value`` to type ``hint``, or record a problem and return ``_INVALID``."""
+def _convert(hint: Any, value: Any, path: str, walk: _Walk, defaults: Any = None) -> Any:
+    """Convert ``value`` to type ``hint``, or record a problem and return ``_INVALID``.
+
+    ``defaults``: the field's default; when it is an instance of a dataclass ``hint``, its
+    values fill the keys the mapping leaves out (see :func:`_build`).
+    """
     origin = get_origin(hint)
     if origin is Union or origin is types.UnionType:
-        return _convert_optional(hint, value, path, walk)
+        return _convert_optional(hint, value, path, walk, defaults)
     if origin is Literal:
         return _convert_literal(hint, value, path, walk)
     if origin is tuple:
         return _convert_tuple(hint, value, path, walk)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _build(hint, value, path, walk)
+        if not isinstance(defaults, hint):
+            defaults = None
+        return _build(hint, value, path, walk, defaults)
     scalar = _SCALARS.get(hint)
     if scalar is None:
         # A model field of a type the loader does not know: a bug, not a config problem.
@@ -556,12 +569,12 @@ def _convert(hint: Any, value: Any, path: str, walk: _Walk) -> Any:
     return scalar(value, path, walk)
 
 
-def _convert_optional(hint: Any, value: Any, path: str, walk: _Walk) -> Any:
+def _convert_optional(hint: Any, value: Any, path: str, walk: _Walk, defaults: Any = None) -> Any:
     """``X | None``: null means None, anything else must be an X."""
     inner = [arg for arg in get_args(hint) if arg is not type(None)]
     if len(inner) != 1 or len(get_args(hint)) != 2:
         raise TypeError(f"config field {path!r}: only 'X | None' unions are supported")
-    return None if value is None else _convert(inner[0], value, path, walk)
+    return None if value is None else _convert(inner[0], value, path, walk, defaults)
 
 
 def _convert_literal(hint: Any, value: Any, path: str, walk: _Walk) -> Any:

@@ -108,7 +108,15 @@ class Executor:
     workers: int = spec(1, "worker processes", ge=1, le=64)
     threads: int = spec(1, "onnxruntime intra-op threads per worker", ge=1, le=256)
     max_batch: int = spec(32, "most rows in one micro-batch", ge=1, le=65536)
-    max_wait_ms: float = spec(2.0, "longest a row waits for its batch to fill", ge=0, le=DAY_MS)
+    # Shadow rows gain nothing by going out early: a longer fill window means fewer, fuller
+    # batches, each a frame, a wake-up of the worker and a switch of the core (about half
+    # of what mirroring to a local model costs the proxy at 2 ms; see docs/local-models.md).
+    max_wait_ms: float = spec(
+        10.0,
+        "longest a row waits for its batch to fill (and at most half its timeout_ms)",
+        ge=0,
+        le=DAY_MS,
+    )
     # A worker's RLIMIT_DATA is about twice this in bytes, and must fit in a C long.
     memory_mb: int = spec(
         1024,
@@ -170,9 +178,12 @@ class Production:
     model: ModelFile | None = spec(None, "a local ONNX model served by shadowproxy instead")
     # No batching wait for production by default: a client's request goes to the model
     # at once when a worker is free, and requests that arrive while it is busy still batch.
+    # Its process workers run at the proxy's own priority: they serve the clients, and under
+    # SCHED_IDLE or a nice value they would wait for the CPU the proxy spends serving them.
     executor: Executor = spec(
-        Executor(kind="thread", max_wait_ms=0.0),
-        "how a local production model is run (thread by default, with no batching wait)",
+        Executor(kind="thread", max_wait_ms=0.0, nice=0, idle_priority=False),
+        "how a local production model is run (thread by default, with no batching wait, "
+        "process workers at the proxy's priority)",
     )
     timeout_ms: float = spec(
         1000.0,

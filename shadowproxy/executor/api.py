@@ -24,6 +24,9 @@ class Inference:
     ipc_s: float  # transfer both ways: the round trip minus the compute time
     compute_s: float  # wall time of the model run of the whole batch
     cpu_s: float  # this request's share (rows / batch rows) of the batch's CPU time
+    # How long the worker waited for a CPU while on the batch (process executor; 0 for the
+    # thread executor): part of ipc_s and compute_s that a free core would not have cost.
+    cpu_wait_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class BodyAnswer:
     ipc_s: float
     compute_s: float  # the whole frame's decode, model runs and encode
     cpu_s: float  # this request's share of the frame's CPU time
+    cpu_wait_s: float = 0.0  # as for Inference
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class ResourceFigures:
     batches: int = 0
     crashes: int = 0  # worker deaths not asked for (crash, signal, memory, hang kill)
     timeouts: int = 0  # requests failed with the timeout outcome
+    # Time the workers were runnable but kept off a CPU (schedstat, plus the wait going
+    # on): what a busy core denied an idle-priority model. 0 for the thread executor.
+    cpu_wait_seconds: float = 0.0
     restarts: int = 0  # workers respawned after a crash
     disabled: bool = False
     workers_alive: int = 0

@@ -34,6 +34,16 @@ log = logging.getLogger("shadowproxy.executor")
 # Timers of the event loop have about a millisecond of resolution (uvloop); a deadline this
 # close is treated as reached rather than re-armed for a sliver of time.
 TIMER_SLACK_S = 0.001
+# A request past its deadline whose workers waited for a CPU at least this long, and for
+# at least this share of the time they wanted one, is dropped as ``starved``, not counted
+# as the model's timeout: see _expire. Below 10 ms the kernel's accounting, which moves at
+# scheduler ticks, cannot tell a wait from a run.
+STARVED_MIN_S = 0.01
+STARVED_SHARE = 0.5
+
+# A row waits for its batch to fill at most max_wait_ms, and at most this share of its own
+# deadline, so a short timeout_ms is never spent on batching.
+FILL_DEADLINE_SHARE = 0.5
 
 QUEUED, SENT, DONE = 0, 1, 2
 # The batch key of raw request bodies: they batch with each other, never with tensors.
@@ -130,6 +140,7 @@ class BatchingExecutor(Generic[W]):
         self.rows = 0
         self.batches = 0
         self.timeouts = 0
+        self.starved = 0  # requests past their deadline dropped as starved, see _expire
         self.batch_cpu_seconds = 0.0
         self.compute_seconds = 0.0
         self.queue_seconds = 0.0
@@ -318,8 +329,12 @@ class BatchingExecutor(Generic[W]):
         heapq.heappush(self._deadlines, (request.deadline, next(self._seq), request))
         if request.deadline < self._deadline_at:
             self._arm_deadline(request.deadline)
-        if not self._pump_scheduled:
+        if not self._pump_scheduled and (
+            self._fill_timer is None or self._queued_rows >= self.settings.max_batch
+        ):
             # Requests submitted in the same loop iteration get the chance to share a batch.
+            # While a batch is filling, its timer pumps when it is due: only a full batch
+            # needs a pump sooner.
             self._pump_scheduled = True
             future.get_loop().call_soon(self._pump)
         return future
@@ -343,7 +358,9 @@ class BatchingExecutor(Generic[W]):
             # Bodies always batch (the worker stacks what it can); tensors when stackable.
             batching = self._batching or (head.key is BODY_KEY and self.settings.max_batch > 1)
             if batching and not head.alone and self._queued_rows < self.settings.max_batch:
-                wait = head.submitted + self._max_wait_s - time.perf_counter()
+                # Never more than half the row's deadline: the other half is the model's.
+                fill = min(self._max_wait_s, FILL_DEADLINE_SHARE * head.timeout_s)
+                wait = head.submitted + fill - time.perf_counter()
                 if wait > TIMER_SLACK_S:
                     if self._fill_timer is None:
                         self._arm_fill(wait)
@@ -396,7 +413,12 @@ class BatchingExecutor(Generic[W]):
     # -- answers ---------------------------------------------------------------------
 
     def _complete(
-        self, batch: Batch, outputs: dict[str, np.ndarray], compute_s: float, cpu_s: float
+        self,
+        batch: Batch,
+        outputs: dict[str, np.ndarray],
+        compute_s: float,
+        cpu_s: float,
+        wait_s: float = 0.0,
     ) -> None:
         """The worker ran ``batch``: account for it and answer every request still waiting."""
         round_trip = time.perf_counter() - batch.sent_at
@@ -423,7 +445,7 @@ class BatchingExecutor(Generic[W]):
             request.state = DONE
             if not request.future.done():
                 request.future.set_result(
-                    Inference(part, queue_s, ipc_s, compute_s, cpu_per_row * request.rows)
+                    Inference(part, queue_s, ipc_s, compute_s, cpu_per_row * request.rows, wait_s)
                 )
 
     def _complete_bodies(
@@ -432,6 +454,7 @@ class BatchingExecutor(Generic[W]):
         answers: tuple[tuple[int, int, bytes], ...],
         compute_s: float,
         cpu_s: float,
+        wait_s: float = 0.0,
     ) -> None:
         """The worker answered a batch of bodies: one answer per body, in order."""
         requests = batch.requests
@@ -461,10 +484,12 @@ class BatchingExecutor(Generic[W]):
             if request.future.done():
                 continue
             if status == ANSWER_OK:
-                answer = BodyAnswer(data, "", "", queue_s, ipc_s, compute_s, cpu_share)
+                answer = BodyAnswer(data, "", "", queue_s, ipc_s, compute_s, cpu_share, wait_s)
             else:
                 reason, _, message = data.decode("utf-8", "replace").partition("\0")
-                answer = BodyAnswer(b"", reason, message, queue_s, ipc_s, compute_s, cpu_share)
+                answer = BodyAnswer(
+                    b"", reason, message, queue_s, ipc_s, compute_s, cpu_share, wait_s
+                )
             request.future.set_result(answer)
 
     def _refused(self, batch: Batch, message: str, outcome: FailureOutcome) -> None:
@@ -496,7 +521,9 @@ class BatchingExecutor(Generic[W]):
         for request in batch.requests:
             self._fail(request, message, outcome)
 
-    def _fail(self, request: Request, message: str, outcome: FailureOutcome) -> None:
+    def _fail(
+        self, request: Request, message: str, outcome: FailureOutcome, reason: str | None = None
+    ) -> None:
         if request.state == QUEUED:
             self._queued_rows -= request.rows
         elif request.state == DONE:
@@ -506,7 +533,7 @@ class BatchingExecutor(Generic[W]):
         if not request.future.done():
             # One exception object per future: a shared one would collect every awaiter's
             # traceback.
-            request.future.set_exception(ExecutorError(message, outcome))
+            request.future.set_exception(ExecutorError(message, outcome, reason=reason))
 
     def _fail_queued(self, message: str, outcome: FailureOutcome) -> None:
         while self._queue:
@@ -535,13 +562,42 @@ class BatchingExecutor(Generic[W]):
                 return
             heapq.heappop(heap)
             if request.state != DONE:
-                where = "waiting for a worker" if request.state == QUEUED else "in the model"
-                self.timeouts += 1
-                self._fail(
-                    request,
-                    f"no answer within {request.timeout_s * 1000:.0f} ms ({where})",
-                    "timeout",
-                )
+                self._expire(request, now)
+
+    def _expire(self, request: Request, now: float) -> None:
+        """Fail a request past its deadline: ``timeout``, unless the model never had the
+        CPU to answer it.
+
+        A worker under ``SCHED_IDLE`` on a core production keeps busy waits for a CPU; its
+        requests miss their deadline through no fault of the model. Counted as timeouts,
+        they would fail a healthy candidate's ``timeout_rate`` gate on a saturated replica.
+        So when, over the request's life, its workers waited for a CPU at least
+        ``STARVED_MIN_S`` in all and at least ``STARVED_SHARE`` of the time they wanted
+        one, and still want one at its deadline (not asleep in a hang), the request is
+        ``dropped`` with reason ``starved`` instead: left out of the candidate's rates like
+        every other request the proxy sheds, and counted.
+        """
+        where = "waiting for a worker" if request.state == QUEUED else "in the model"
+        budget = f"no answer within {request.timeout_s * 1000:.0f} ms ({where})"
+        waited, wanted = self._cpu_wait(request, now)
+        if waited >= STARVED_MIN_S and waited >= STARVED_SHARE * wanted:
+            self.starved += 1
+            message = (
+                f"{budget}: its worker waited {waited * 1000:.0f} ms for a CPU, "
+                f"{waited / wanted:.0%} of the time it wanted one"
+            )
+            self._fail(request, message, "dropped", reason="starved")
+            return
+        self.timeouts += 1
+        self._fail(request, budget, "timeout")
+
+    def _cpu_wait(self, request: Request, now: float) -> tuple[float, float]:
+        """``(waited, wanted)``: the seconds ``request``'s workers waited for a CPU, and
+        waited or ran, over its life.
+
+        Executors whose workers the proxy cannot observe apart answer ``(0, 0)``.
+        """
+        return 0.0, 0.0
 
     def _stop_timers(self) -> None:
         for timer in (self._deadline_timer, self._fill_timer):

@@ -9,7 +9,7 @@ Wire format, every integer little-endian::
 
     frame   = u64 body_length, body
     body    = u8 kind, u8 0, u16 tensor_count, u32 code, u64 batch_id,   (16 bytes)
-              [RESULT only: f64 compute_s, f64 cpu_s]
+              [RESULT and ANSWERS only: f64 compute_s, f64 cpu_s, f64 wait_s]
               tensor * tensor_count | utf-8 text (HELLO, READY, FAILURE)
     tensor  = u16 name_length, u8 datatype, u8 ndim, u64 payload_length,
               name, i64 * ndim (shape), zero padding to 8, payload, zero padding to 8
@@ -64,7 +64,7 @@ _CODE_OF = {name: code for code, name in enumerate(DATATYPE_CODES)}
 
 LENGTH = struct.Struct("<Q")
 _FIXED = struct.Struct("<BBHIQ")
-_TIMES = struct.Struct("<dd")
+_TIMES = struct.Struct("<ddd")  # compute_s, cpu_s, wait_s
 _TENSOR = struct.Struct("<HBBQ")
 _ELEMENT = struct.Struct("<I")
 _ANSWER = struct.Struct("<BII")
@@ -88,6 +88,7 @@ class Message:
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     compute_s: float = 0.0
     cpu_s: float = 0.0
+    wait_s: float = 0.0  # how long the worker waited for a CPU while on this batch
     outcome: FailureOutcome = "error"
     text: str = ""
     # BODIES: the request bodies; ANSWERS: (status, bytes) per body.
@@ -153,7 +154,7 @@ def _encode(
     tensors: Mapping[str, np.ndarray] | None = None,
     *,
     code: int = 0,
-    times: tuple[float, float] | None = None,
+    times: tuple[float, float, float] | None = None,
     text: str = "",
 ) -> list[Buffer]:
     """Buffers whose concatenation is one frame, length prefix included."""
@@ -196,9 +197,13 @@ def encode_batch(batch_id: int, tensors: Mapping[str, np.ndarray]) -> list[Buffe
 
 
 def encode_result(
-    batch_id: int, tensors: Mapping[str, np.ndarray], compute_s: float, cpu_s: float
+    batch_id: int,
+    tensors: Mapping[str, np.ndarray],
+    compute_s: float,
+    cpu_s: float,
+    wait_s: float = 0.0,
 ) -> list[Buffer]:
-    return _encode(Kind.RESULT, batch_id, tensors, times=(compute_s, cpu_s))
+    return _encode(Kind.RESULT, batch_id, tensors, times=(compute_s, cpu_s, wait_s))
 
 
 def encode_failure(batch_id: int, outcome: FailureOutcome, message: str) -> list[Buffer]:
@@ -220,11 +225,15 @@ def encode_bodies(batch_id: int, bodies: Sequence[bytes]) -> list[Buffer]:
 
 
 def encode_answers(
-    batch_id: int, answers: Sequence[tuple[int, int, bytes]], compute_s: float, cpu_s: float
+    batch_id: int,
+    answers: Sequence[tuple[int, int, bytes]],
+    compute_s: float,
+    cpu_s: float,
+    wait_s: float = 0.0,
 ) -> list[Buffer]:
     """One ANSWERS frame: per body of a BODIES frame, its status, its rows (so the parent
     can share the batch's CPU by row) and its response or why it was invalid."""
-    parts: list[Buffer] = [b"", _TIMES.pack(compute_s, cpu_s)]
+    parts: list[Buffer] = [b"", _TIMES.pack(compute_s, cpu_s, wait_s)]
     for status, rows, data in answers:
         parts.append(_ANSWER.pack(status, rows, len(data)))
         parts.append(data)
@@ -363,18 +372,20 @@ def decode(body: Buffer) -> Message:
     if kind in (Kind.RESULT, Kind.ANSWERS):
         if len(view) < offset + _TIMES.size:
             raise FrameError(f"{kind.name} frame without its times")
-        compute_s, cpu_s = _TIMES.unpack_from(view, offset)
+        compute_s, cpu_s, wait_s = _TIMES.unpack_from(view, offset)
         offset += _TIMES.size
     else:
-        compute_s = cpu_s = 0.0
+        compute_s = cpu_s = wait_s = 0.0
     if kind is Kind.ANSWERS:
         answers = _decode_answers(view, offset, code)
-        return Message(kind, batch_id, compute_s=compute_s, cpu_s=cpu_s, answers=answers)
+        return Message(
+            kind, batch_id, compute_s=compute_s, cpu_s=cpu_s, wait_s=wait_s, answers=answers
+        )
     if kind in (Kind.BATCH, Kind.RESULT):
         tensors, offset = _decode_tensors(view, offset, count)
         if offset != len(view):
             raise FrameError("bytes after the last tensor")
-        return Message(kind, batch_id, tensors, compute_s=compute_s, cpu_s=cpu_s)
+        return Message(kind, batch_id, tensors, compute_s=compute_s, cpu_s=cpu_s, wait_s=wait_s)
     if count:
         raise FrameError(f"{kind.name} frame with tensors")
     try:

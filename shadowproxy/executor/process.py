@@ -15,8 +15,14 @@ Supervision, all on the event loop without blocking it:
   candidate's executor. Production's is never disabled: disabled, it would leave the replica
   unready for good while its liveness stays green, so it keeps respawning with the backoff;
 * a batch still unanswered ``max(1 s, 10 × timeout)`` past its deadline gets its worker
-  killed (counted as a crash, reason "hung"); its requests already failed with ``timeout``.
-  Production's clients are waiting: its workers get ``max(1 s, 2 × timeout)``;
+  killed (counted as a crash, reason "hung"); its requests have already missed their
+  deadline. Production's clients are waiting: its workers get ``max(1 s, 2 × timeout)``.
+  Time the worker spent runnable without a CPU (a :class:`.accounting.StarvationClock`
+  over its ``/proc/<pid>/stat`` and ``schedstat``) is added to that grace: under
+  ``SCHED_IDLE`` a worker on a core production keeps busy gets next to no CPU, and a
+  starved worker is not a hung one. Its requests past their deadline are dropped as
+  ``starved`` (counted, and not held against the model: see ``BatchingExecutor._expire``),
+  and its breaker sheds the rest until production leaves it CPU again;
 * the sampler reads every worker's process tree every 0.25 s for the resource figures and
   kills a worker whose tree is resident above ``memory_mb`` (a crash, reason "memory").
 
@@ -46,9 +52,9 @@ from shadowproxy.background import set_idle_policy
 from shadowproxy.config.model import Executor, ModelFile
 from shadowproxy.errors import ModelLoadError
 from shadowproxy.executor import framing
-from shadowproxy.executor.accounting import TreeSample, sample_tree
+from shadowproxy.executor.accounting import StarvationClock, TreeSample, sample_tree
 from shadowproxy.executor.api import ResourceFigures
-from shadowproxy.executor.core import Batch, BatchingExecutor
+from shadowproxy.executor.core import TIMER_SLACK_S, Batch, BatchingExecutor, Request
 from shadowproxy.executor.framing import FrameAssembler, FrameError, Kind, Message
 from shadowproxy.executor.restarts import CrashPolicy
 from shadowproxy.executor.spawn import ChildProcess, pin_to_cpus
@@ -60,6 +66,7 @@ log = logging.getLogger("shadowproxy.executor")
 
 MiB = 1024 * 1024
 SAMPLE_INTERVAL_S = 0.25
+SEND_READING_AGE_S = 0.02  # a worker's scheduler reading is refreshed at a send if older
 # Descendants are looked for on every this-many samples (every 2 s): the search walks all of
 # /proc and would hold the event loop for about half a millisecond each time.
 CHILD_SCAN_EVERY = 8
@@ -100,6 +107,11 @@ class _Worker:
         self.stderr_lines = 0
         self.stderr_task: asyncio.Task[None] | None = None
         self.sample = TreeSample()
+        # Time it waited for a CPU: in all, when the batch in flight was sent, and when that
+        # batch is judged hung (see _on_hang).
+        self.starvation = StarvationClock(proc.pid)
+        self.starved_at_send = 0.0
+        self.hang_due = 0.0
         self.started_idle = False  # under SCHED_IDLE before its own code ran (its report)
 
     @property
@@ -189,6 +201,7 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         self.restarts = 0
         self.last_crash: str | None = None
         self._retired_cpu = 0.0  # CPU of reaped workers, as last sampled
+        self._retired_wait = 0.0  # and the time they waited for a CPU
         self._peak_rss = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -468,6 +481,7 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         if worker in self._all:
             self._all.discard(worker)
             self._retired_cpu += worker.sample.cpu_seconds
+            self._retired_wait += worker.starvation.starved_s
         if self._slots[worker.slot] is worker:
             self._slots[worker.slot] = None
 
@@ -517,7 +531,7 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         self._signal_tree(worker, signal.SIGKILL)
 
     def _signal_tree(self, worker: _Worker, sig: signal.Signals) -> None:
-        # The worker leads its own process group (a new session): one signal reaches it
+        # The worker leads its own process group: one signal reaches it
         # and every helper that stayed in the group, even after the worker itself died.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(worker.pid, sig)
@@ -573,18 +587,58 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             raise ValueError(f"a batch of {size} bytes is larger than memory_mb")
         assert worker.transport is not None
         worker.batch = batch
+        sent = time.perf_counter()
+        clock = worker.starvation
+        if sent - clock.read_at >= SEND_READING_AGE_S:
+            # A reading from before the batch wakes the worker, to measure a wait from (see
+            # _expire); at most every SEND_READING_AGE_S, so not a /proc read per batch.
+            clock.read(sent)
         worker.transport.writelines(buffers)
+        clock.woken(sent)  # asleep on its socket until now
         timeout = max(r.timeout_s for r in batch.requests)
         deadline = max(r.deadline for r in batch.requests)
         grace = max(HANG_GRACE_MIN_S, self._hang_grace_factor * timeout)
+        # A reading up to SEND_READING_AGE_S old: an older one only errs towards more grace.
+        worker.starved_at_send = clock.starved_s
+        worker.hang_due = deadline + grace
         assert self._loop is not None
         batch.hang_timer = self._loop.call_later(
-            deadline + grace - time.perf_counter(), self._on_hang, worker, batch, grace
+            worker.hang_due - sent, self._on_hang, worker, batch, grace
         )
 
     def _on_hang(self, worker: _Worker, batch: Batch, grace: float) -> None:
-        if worker.batch is batch:
-            self._kill(worker, f"hung: no answer {grace:g} s past the deadline")
+        if worker.batch is not batch:
+            return
+        worker.starvation.read(time.perf_counter())
+        starved = worker.starvation.starved_s - worker.starved_at_send
+        due = worker.hang_due + starved
+        wait = due - time.perf_counter()
+        if wait > TIMER_SLACK_S:
+            # It waited that long for a CPU: give it that much more before judging it.
+            assert self._loop is not None
+            batch.hang_timer = self._loop.call_later(wait, self._on_hang, worker, batch, grace)
+            return
+        reason = f"hung: no answer {grace:g} s past the deadline"
+        if starved >= 0.05:
+            reason += f" (not counting {starved:.1f} s it waited for a CPU)"
+        self._kill(worker, reason)
+
+    def _cpu_wait(self, request: Request, now: float) -> tuple[float, float]:
+        """Of the busy workers, the one that waited the least share of the time it wanted
+        a CPU, over the request's life (see ``BatchingExecutor._expire``); ``(0, 0)`` for
+        production's executor, whose late answer is a 504 to the client whatever kept it.
+
+        A worker found asleep now counts as not waiting at all: whatever it waited before,
+        it now waits on something else (a hang, a lock, I/O), which is the model's doing.
+        """
+        if self.serves_production:
+            return 0.0, 0.0
+        waits = []
+        for worker in self._all:
+            if worker.alive and worker.batch is not None:
+                waited, wanted = worker.starvation.waited_since(request.submitted, now)
+                waits.append((waited if worker.starvation.runnable else 0.0, wanted))
+        return min(waits, key=lambda w: w[0] / w[1] if w[1] else 0.0, default=(0.0, 0.0))
 
     def _on_message(self, worker: _Worker, message: Message) -> None:
         kind = message.kind
@@ -605,10 +659,12 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             batch.hang_timer.cancel()
         if kind is Kind.RESULT:
             self._policy.succeeded()
-            self._complete(batch, message.tensors, message.compute_s, message.cpu_s)
+            self._complete(batch, message.tensors, message.compute_s, message.cpu_s, message.wait_s)
         elif kind is Kind.ANSWERS:
             self._policy.succeeded()
-            self._complete_bodies(batch, message.answers, message.compute_s, message.cpu_s)
+            self._complete_bodies(
+                batch, message.answers, message.compute_s, message.cpu_s, message.wait_s
+            )
         elif kind is Kind.FAILURE:
             self._refused(batch, f"model failed: {message.text}", message.outcome)
         else:
@@ -630,6 +686,7 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
         """Read one worker's process tree; kill it when above the memory cap."""
         if worker.ps is None or worker.exited:
             return
+        worker.starvation.read(time.perf_counter())
         known = None
         if not scan_children:
             known = tuple(c for c in worker.sample.children if c.is_running())
@@ -677,6 +734,7 @@ class ProcessExecutor(BatchingExecutor[_Worker]):
             batches=self.batches,
             crashes=self._policy.crashes,
             timeouts=self.timeouts,
+            cpu_wait_seconds=self._retired_wait + sum(w.starvation.starved_s for w in self._all),
             restarts=self.restarts,
             disabled=self.disabled,
             workers_alive=self._alive(),

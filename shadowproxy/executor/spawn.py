@@ -8,6 +8,13 @@ it. :class:`subprocess.Popen` starts children with ``vfork()`` and ``exec`` (not
 copied; the parent waits only for the ``exec``), so it is used here, and the child is then
 watched without a thread: its exit through a pidfd in the event loop, its stderr through a
 pipe transport.
+
+A worker leads a process group of its own, so that one signal reaches it and every helper
+it started, but it stays in the proxy's session. A new session would also be a new
+scheduling autogroup on kernels that use them (``/proc/sys/kernel/sched_autogroup_enabled``,
+for processes outside a CPU cgroup): the kernel first shares the CPU between autogroups as
+equals and only then applies ``SCHED_IDLE`` and nice inside each one, so a worker in its own
+session would take half of a busy core from production, priority or not.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ class ChildProcess:
     async def start(
         cls, args: Sequence[str], *, env: Mapping[str, str], pass_fds: Sequence[int] = ()
     ) -> ChildProcess:
-        """Start ``args`` in a new session, stdin and stdout on /dev/null, stderr piped.
+        """Start ``args`` in a new process group, stdin and stdout on /dev/null, stderr piped.
 
         Raises
         ------
@@ -55,7 +62,7 @@ class ChildProcess:
             stderr=subprocess.PIPE,
             pass_fds=tuple(pass_fds),
             env=dict(env),
-            start_new_session=True,
+            process_group=0,  # a group of its own, in our session: see the docstring
         )
         try:
             child = cls(popen, loop)

@@ -36,7 +36,7 @@ CLIENT_ERROR_REASONS = (
     "unsupported",
 )
 SHADOW_DROP_REASONS = (
-    "budget", "breaker_open", "body_too_large", "disabled", "shutdown", "starting",
+    "budget", "breaker_open", "body_too_large", "disabled", "shutdown", "starting", "starved",
 )  # fmt: skip
 OUTCOMES = ("ok", "error", "timeout", "invalid", "dropped")
 

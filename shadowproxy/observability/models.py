@@ -113,6 +113,9 @@ class ModelCatalog(Collector):
         crashes = counter("crashes", "Worker crashes (including kills on hang or memory).")
         restarts = counter("restarts", "Workers started again after a crash.")
         timeouts = counter("timeouts", "Local model calls past their deadline.")
+        cpu_wait = counter(
+            "cpu_wait_seconds", "Time a local model's workers were runnable but had no CPU."
+        )
         disabled = gauge("disabled", "1 when a local model was disabled after crashes.")
         alive = gauge("workers_alive", "Worker processes running.")
         for entry in self.entries:
@@ -133,6 +136,7 @@ class ModelCatalog(Collector):
                 crashes.add_metric(lv, f.crashes)
                 restarts.add_metric(lv, f.restarts)
                 timeouts.add_metric(lv, f.timeouts)
+                cpu_wait.add_metric(lv, f.cpu_wait_seconds)
                 disabled.add_metric(lv, 1 if f.disabled else 0)
                 alive.add_metric(lv, f.workers_alive)
             elif entry.remote is not None and entry.remote.figures.scrapes:
@@ -147,5 +151,5 @@ class ModelCatalog(Collector):
                     threads.add_metric(lv, r.threads)
         yield from (
             cpu, cpu_per, rss, peak, threads, children, inferences, batches, compute, queue,
-            ipc, crashes, restarts, timeouts, disabled, alive,
+            ipc, crashes, restarts, timeouts, cpu_wait, disabled, alive,
         )  # fmt: skip

@@ -3,10 +3,11 @@
 :func:`build_report` is pure: the same evidence and config give the same report, byte for
 byte once serialised, so reports can be diffed and tested. Besides the contract's keys it
 carries ``summary`` (one sentence for the banner), ``promotion`` (the settings the gates were
-judged with) and, per candidate, ``evidence`` (plots, flip matrix, slices, examples and the
-metric intervals) for the Markdown and HTML renderers. ``shadowproxy report`` adds
-``source``: the kind of source the state came from (snapshots or Prometheus), the sources,
-the replicas merged and, for Prometheus, which figures are exact and which need snapshots.
+judged with) and, per candidate, ``evidence`` (the mirrored requests by outcome, plots, flip
+matrix, slices, examples and the metric intervals) for the Markdown and HTML renderers.
+``shadowproxy report`` adds ``source``: the kind of source the state came from (snapshots or
+Prometheus), the sources, the replicas merged and, for Prometheus, which figures are exact
+and which need snapshots.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ SCHEMA = "shadowproxy.report/v1"
 EXIT_CODES: Mapping[str, int] = {"promote": 0, "reject": 1, "insufficient_data": 3}
 """Exit code of ``shadowproxy report`` per top-level decision."""
 
-_EVIDENCE_KEYS = ("plots", "flip_matrix", "slices", "examples", "input_drift")
+_EVIDENCE_KEYS = ("outcomes", "plots", "flip_matrix", "slices", "examples", "input_drift")
 _CI_KEYS = ("value", "ci_low", "ci_high")
 # How a figure was computed when not the usual way, and why one could not be.
 _NOTE_KEYS = ("method", "unavailable", "interval")

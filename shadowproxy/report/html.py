@@ -17,6 +17,7 @@ from typing import Any
 from shadowproxy.report.plots import PLOTS
 from shadowproxy.report.text import (
     DECISION_WORDS,
+    describe_outcomes,
     describe_source,
     figure_rows,
     interval,
@@ -201,6 +202,11 @@ def _figures(source: Mapping[str, Any]) -> str:
     )
 
 
+def _outcomes(ev: Mapping[str, Any]) -> str:
+    line = describe_outcomes(ev.get("outcomes") or {})
+    return f'<p class="note">{_e(line)}</p>' if line else ""
+
+
 def _candidate(c: Mapping[str, Any], min_samples: int) -> str:
     ev: Mapping[str, Any] = c.get("evidence") or {}
     decision = c["decision"]
@@ -209,6 +215,7 @@ def _candidate(c: Mapping[str, Any], min_samples: int) -> str:
         f'<h2>{_e(c["name"])} <span class="note">{_e(c["version"])}</span> '
         f'<span class="badge {_e(decision)}">{_e(DECISION_WORDS[decision])}</span></h2>'
         f"<p>{_e(num(c['samples']))} paired samples (minimum {_e(num(min_samples))}).</p>"
+        + _outcomes(ev)
         + _gates(c)
         + _metrics(ev)
         + _plots(ev)

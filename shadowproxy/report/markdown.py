@@ -7,6 +7,7 @@ from typing import Any
 
 from shadowproxy.report.text import (
     DECISION_WORDS,
+    describe_outcomes,
     describe_source,
     figure_rows,
     interval,
@@ -64,6 +65,8 @@ def _candidate(c: Mapping[str, Any], min_samples: int) -> list[str]:
         f"{c['samples']} paired samples (minimum {min_samples}).",
         "",
     ]
+    if mirrored := describe_outcomes(ev.get("outcomes") or {}):
+        out += [cell(mirrored, 400), ""]
     gate_rows = [
         [
             cell(metric_label(g["metric"])),

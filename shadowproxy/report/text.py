@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from shadowproxy.pairing.record import OUTCOMES
+
 DECISION_WORDS = {
     "promote": "PROMOTE",
     "reject": "REJECT",
@@ -102,6 +104,23 @@ FIGURE_CLASSES = (
     ("bin_bounds", "from the score bins; the interval bounds the binning error"),
 )
 """How each class of figure of a Prometheus source is described, in report order."""
+
+
+def describe_outcomes(outcomes: Mapping[str, int]) -> str:
+    """One line on what happened to the requests mirrored to a candidate; empty without
+    figures (a report from an older snapshot)."""
+    requests = outcomes.get("requests")
+    if not requests:
+        return ""
+    answered = ", ".join(f"{num(outcomes.get(o, 0))} {o}" for o in OUTCOMES if o != "dropped")
+    line = f"{num(requests)} requests mirrored: {answered}"
+    dropped = outcomes.get("dropped", 0)
+    if dropped:
+        line += (
+            f"; {num(dropped)} dropped by the proxy ({dropped / requests:.1%}), left out of "
+            "the rates"
+        )
+    return line + "."
 
 
 def describe_source(source: Mapping[str, Any]) -> str:

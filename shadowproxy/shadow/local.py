@@ -158,9 +158,16 @@ class LocalShadowTarget(MirroredTarget):
         if exc is not None:
             outcome: Outcome = exc.outcome if isinstance(exc, ExecutorError) else "error"
             if outcome == "dropped":
-                # Never run: counted under a drop reason, like an HTTP target's.
-                self.breaker.release(permit)
-                self.stats.dropped(self._drop_reason())
+                # Never answered through no fault of the model: counted under a drop reason,
+                # like an HTTP target's, and left out of the candidate's rates.
+                reason = (isinstance(exc, ExecutorError) and exc.reason) or self._drop_reason()
+                if reason == "starved":
+                    # Its worker had no CPU: the breaker still sheds what follows, so a
+                    # saturated replica stops queueing requests for a model it cannot run.
+                    self.breaker.record(permit, False, self.loop.time())
+                else:
+                    self.breaker.release(permit)
+                self.stats.dropped(reason)
             elif outcome == "invalid":
                 # The model refused this request's inputs: the request's fault, as a
                 # protocol refusal is, so no failure of the candidate's.
@@ -191,12 +198,15 @@ class LocalShadowTarget(MirroredTarget):
             self.breaker.record(permit, False, self.loop.time())
             self._publish(join, "error", started, detail=f"output: {exc}")
             return
+        # The model's service time: the wait for its batch to fill and for a worker is
+        # shadowproxy's own, not the candidate's (see _service_time).
+        latency = _service_time(latency, inference.queue_s, inference.cpu_wait_s)
         self.stats.record("ok", latency)
         self.stats.pairs += 1
         self.breaker.record(permit, True, self.loop.time())
         self._publish(
             join, "ok", started, status=200, body=body,
-            cost=self.footprint.cost(inference),
+            cost=self.footprint.cost(inference), latency_s=latency,
         )  # fmt: skip
 
     def _body_answered(
@@ -207,7 +217,7 @@ class LocalShadowTarget(MirroredTarget):
             return
         self.in_flight -= 1
         answer = future.result()
-        latency = time.perf_counter() - started
+        latency = _service_time(time.perf_counter() - started, answer.queue_s, answer.cpu_wait_s)
         if answer.invalid_reason:
             self.breaker.release(permit)
             self.input_invalid.labels(self.name, self.version, answer.invalid_reason).inc()
@@ -220,7 +230,7 @@ class LocalShadowTarget(MirroredTarget):
         self.breaker.record(permit, True, self.loop.time())
         self._publish(
             join, "ok", started, status=200, body=answer.body,
-            cost=self.footprint.cost(answer),
+            cost=self.footprint.cost(answer), latency_s=latency,
         )  # fmt: skip
 
     def _drop_reason(self) -> str:
@@ -240,6 +250,7 @@ class LocalShadowTarget(MirroredTarget):
         body: bytes = b"",
         detail: str = "",
         cost: Cost | None = None,
+        latency_s: float | None = None,
     ) -> None:
         join.shadow_done(
             self.name,
@@ -249,7 +260,7 @@ class LocalShadowTarget(MirroredTarget):
                 version=self.version,
                 outcome=outcome,
                 status=status,
-                latency_s=time.perf_counter() - started,
+                latency_s=time.perf_counter() - started if latency_s is None else latency_s,
                 body=body,
                 content_type=JSON if body else "",
                 detail=detail,
@@ -259,3 +270,18 @@ class LocalShadowTarget(MirroredTarget):
 
     async def close(self) -> None:
         await self.executor.close()
+
+
+def _service_time(elapsed_s: float, queue_s: float, cpu_wait_s: float) -> float:
+    """A local candidate's latency as the pair records it: from its batch's send to the
+    answer, less the time its worker waited for a CPU meanwhile; the model's run and the
+    transfer around it, as on a core of its own.
+
+    The rest of ``elapsed_s`` is how shadowproxy runs shadow traffic, not how fast the
+    model answers: ``queue_s``, the wait for the batch to fill (``max_wait_ms``) and for a
+    free worker, and ``cpu_wait_s``, the worker's wait for a CPU production kept busy
+    (it runs under ``SCHED_IDLE``). Either would set a candidate's latency gates against
+    the proxy's settings or its load. Both stay visible: ``cost.queue_s``,
+    ``shadowproxy_model_queue_seconds_total`` and ``shadowproxy_model_cpu_wait_seconds_total``.
+    """
+    return max(0.0, elapsed_s - queue_s - cpu_wait_s)

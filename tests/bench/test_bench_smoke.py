@@ -130,9 +130,15 @@ def test_differences_and_executor_ratios_are_paired_per_round() -> None:
     def rnd(i: int, proxy_cpu: float, p99: float) -> dict[str, object]:
         return {
             "round": i,
-            "cpu_us_per_req": proxy_cpu + 5,
-            "proxy_cpu_us_per_req": proxy_cpu,
-            "half_load": {"rate": 100.0, "latency_us": {"p50": 1.0, "p99": p99, "max": p99}},
+            # At saturation (wrk): not what the local candidate's CPU figures are taken from.
+            "cpu_us_per_req": 1000.0,
+            "proxy_cpu_us_per_req": 1000.0,
+            "half_load": {
+                "rate": 100.0,
+                "latency_us": {"p50": 1.0, "p99": p99, "max": p99},
+                "cpu_us_per_req": proxy_cpu + 5 + i,
+                "proxy_cpu_us_per_req": proxy_cpu,
+            },
         }
 
     targets = {
@@ -151,7 +157,7 @@ def test_differences_and_executor_ratios_are_paired_per_round() -> None:
     added = ratios["onnx_proxy_cpu_added_us"]
     assert added["per_round"] == [15.0, 20.0] and added["met"] is True
     assert added["definition"] == (
-        "shadowproxy_onnx.proxy_cpu_us_per_req - shadowproxy_off.proxy_cpu_us_per_req"
+        "shadowproxy_onnx.half_proxy_cpu_us_per_req - shadowproxy_off.half_proxy_cpu_us_per_req"
     )
     assert ratios["onnx_tree_cpu_added_us"]["per_round"] == [15.0, 20.0]
     inflation = ratios["onnx_p99_inflation"]
@@ -212,7 +218,7 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
             if name != "direct":
                 assert r["cpu_us_per_req"] > 0, f"{name}: no CPU time measured"
                 assert r["memory"]["rss_mb"] > 0 and r["memory"]["tree_rss_mb"] > 0
-        if name not in ("direct", "nginx", "shadowproxy_off"):
+        if name in ("nginx_mirror", "shadowproxy_http", "shadowproxy_both"):
             fraction = t["summary"]["mirrored_fraction"]["median"]
             assert fraction > 0, f"{name}: nothing reached the candidate\n{log}"
         if name.startswith("shadowproxy"):
@@ -223,15 +229,23 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
                 assert half["completed"] > 0 and half["errors"] == 0, f"{name}: {half}\n{log}"
                 assert half["latency_us"]["p99"] > 0
 
-    onnx = doc["targets"]["shadowproxy_onnx"]["summary"]
-    assert _outcomes(onnx["mirror_totals"], "onnx").get("ok", 0) > 0, log
-    assert _outcomes(onnx["half_load_mirror_totals"], "onnx").get("ok", 0) > 0, log
+    # The local candidate's worker runs under SCHED_IDLE on the proxy's core: below
+    # saturation it answers, and its CPU per request is measured there.
+    onnx = doc["targets"]["shadowproxy_onnx"]
+    assert _outcomes(onnx["summary"]["half_load_mirror_totals"], "onnx").get("ok", 0) > 0, log
+    for r in onnx["rounds"]:
+        assert r["half_load"]["mirror"]["mirrored_fraction"] > 0.9, log
+        assert r["half_load"]["proxy_cpu_us_per_req"] > 0
+    # At saturation (wrk) it gets next to no CPU: whatever it did not answer is counted
+    # (timeout, or dropped by its breaker or budget), never lost.
+    for target in ("shadowproxy_onnx", "shadowproxy_both"):
+        totals = doc["targets"][target]["summary"]["mirror_totals"]
+        assert sum(_outcomes(totals, "onnx").values()) >= totals["production_served"], log
 
-    # Both candidates answered, and the comparator compared pairs of each.
+    # The HTTP candidate answered, and the comparator compared its pairs.
     both = doc["targets"]["shadowproxy_both"]["summary"]
-    for candidate in ("cand", "onnx"):
-        assert _outcomes(both["mirror_totals"], candidate).get("ok", 0) > 0, log
-        assert both["mirror_totals"]["compare"]["compared"][candidate] > 0, log
+    assert _outcomes(both["mirror_totals"], "cand").get("ok", 0) > 0, log
+    assert both["mirror_totals"]["compare"]["compared"]["cand"] > 0, log
     assert 0 < both["compared_fraction"]["median"] <= 1
     assert both["compare_thread_us_per_pair"]["median"] > 0
 

@@ -46,12 +46,31 @@ def test_isolation_ratios_pair_each_faulty_target_with_its_baseline_per_round() 
     hang = ratios["isolation_p99_inflation_hang"]
     assert hang["per_round"] == pytest.approx([1.05, 1.5])
     assert hang["goal"] == "<= 1.1" and hang["met"] is False  # median 1.275
-    assert hang["definition"] == "shadowproxy_fault_hang.half_p99_us / shadowproxy_off.half_p99_us"
+    assert hang["definition"] == "shadowproxy_fault_hang.half_p99_us / shadowproxy_off.iso_p99_us"
     assert ratios["isolation_p99_inflation_down"]["per_round"] == pytest.approx([0.9])
     assert ratios["isolation_p99_inflation_down"]["met"] is True
     nginx = ratios["nginx_isolation_p99_inflation_hang"]
     assert nginx["per_round"] == [100.0, 200.0] and nginx["goal"] is None and nginx["met"] is None
     assert ratios["isolation_p99_inflation_slow"]["value"] is None  # not measured
+
+
+def test_a_baseline_run_at_the_isolation_rate_is_what_faulty_targets_are_judged_against() -> None:
+    def off(i: int) -> dict[str, Any]:
+        # Its half-load run shares the local candidate's rate; its isolation-load run, at
+        # the rate of the faulty candidates, is its own.
+        iso = {"rate": 3000.0, "errors": 0, "latency_us": {"p99": 400.0}}
+        return {**_baseline(i, 100), "isolation_load": iso}
+
+    targets = {
+        "shadowproxy_off": {"rounds": [off(0), off(1)]},
+        "shadowproxy_onnx": {"rounds": [_baseline(0, 90), _baseline(1, 120)]},
+    }
+    isolation = {"targets": {"shadowproxy_fault_slow": {"rounds": [_half(0, 420), _half(1, 600)]}}}
+    ratios = report.compute_ratios(targets, isolation=isolation)
+    assert ratios["isolation_p99_inflation_slow"]["per_round"] == pytest.approx([1.05, 1.5])
+    assert ratios["onnx_p99_inflation"]["per_round"] == pytest.approx([0.9, 1.2])
+    assert report.METRICS["iso_rate"](off(0)) == 3000.0
+    assert report.METRICS["iso_rate"](_baseline(0, 100)) == 1000.0  # else the half-load run
 
 
 def test_single_figures_of_the_comparator_and_memory_sections_are_summarised_per_round() -> None:
@@ -125,9 +144,30 @@ def test_capacity_per_replica_comes_from_the_saturated_runs() -> None:
             }
         },
         "shadowproxy_off": {"summary": {"rps": sm(30_000), "cpu_us_per_req": sm(30.0)}},
+        # At saturation its local candidate is shed: its capacity mirroring every request
+        # is the open-loop calibration's, not wrk's.
+        "shadowproxy_onnx": {
+            "summary": {
+                "rps": sm(22_000),
+                "cpu_us_per_req": sm(45.0),
+                "mirrored_capacity_rps": sm(6_500),
+                "mirrored_cpu_us_per_req": sm(150.0),
+                "rss_mb": sm(90.0),
+                "tree_rss_mb": sm(180.0),
+            }
+        },
     }
     cap = report.capacity(targets)
-    assert set(cap) == {"shadowproxy_http"}
+    assert set(cap) == {"shadowproxy_http", "shadowproxy_onnx"}
+    assert cap["shadowproxy_onnx"]["rps"] == 6_500
+    assert cap["shadowproxy_onnx"]["cores_per_1k_rps"] == pytest.approx(0.150)
+    round_ = {
+        "mirrored_capacity": {
+            "rps": 6_500.0,
+            "calibration": [{"cpu_us_per_req": 160.0}, {"cpu_us_per_req": 150.0}],
+        }
+    }
+    assert report.METRICS["mirrored_cpu_us_per_req"](round_) == 150.0  # the refined run
     assert cap["shadowproxy_http"]["cores_per_1k_rps"] == pytest.approx(0.064)
     assert cap["shadowproxy_http"]["rps"] == 15_000
     doc = {

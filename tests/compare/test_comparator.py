@@ -524,6 +524,10 @@ def test_error_rate_delta_compares_the_two_sides_on_the_same_requests() -> None:
     assert delta["value"] == pytest.approx(30 / 600)
     assert delta["ci_low"] > 0  # the candidate is worse, not better
     assert metrics["error_rate"]["value"] == pytest.approx(30 / 600)
+    # Every mirrored request, by outcome, in the evidence: the rates' denominators.
+    assert report["candidates"][0]["evidence"]["outcomes"] == {
+        "requests": 1000, "ok": 570, "error": 30, "timeout": 0, "invalid": 0, "dropped": 400,
+    }  # fmt: skip
 
 
 def test_a_nan_score_is_counted_and_left_out_of_every_interval() -> None:

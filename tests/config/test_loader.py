@@ -995,3 +995,28 @@ def test_valid_ports_and_sample_rates_round_trip(
     assert [c.sample_rate for c in cfg.candidates] == rates
     assert cfg.baseline is not None and cfg.baseline.sample_rate == rate
     assert cfg.pair_log.sample_rate == rate
+
+
+def test_a_section_given_in_part_keeps_the_defaults_of_its_place() -> None:
+    """``production.executor`` has defaults of its own (a thread, no batching wait, the
+    proxy's priority); a mapping that sets one key must not bring a candidate's."""
+    model = {"path": "/models/m.onnx", "allow_unpinned": True}
+    config = config_from_dict({
+        "production": {"name": "p", "model": model, "executor": {"workers": 2}},
+        "candidates": [{"name": "c", "model": model, "executor": {"workers": 2}}],
+    })  # fmt: skip
+    production, candidate = config.production.executor, config.candidates[0].executor
+    place = {f.name: f for f in dataclasses.fields(config_model.Production)}["executor"].default
+    assert production == dataclasses.replace(place, workers=2)
+    assert (production.kind, production.max_wait_ms) == ("thread", 0.0)
+    assert (production.nice, production.idle_priority) == (0, False)
+    assert candidate == dataclasses.replace(config_model.Executor(), workers=2)
+    assert (candidate.kind, candidate.idle_priority) == ("process", True)
+    # Given whole, a section is what it says.
+    given = config_from_dict({
+        "production": {"name": "p", "model": model,
+                       "executor": {"kind": "process", "nice": 5, "idle_priority": True}},
+    }).production.executor  # fmt: skip
+    assert (given.kind, given.nice, given.idle_priority, given.max_wait_ms) == (
+        "process", 5, True, 0.0,
+    )  # fmt: skip

@@ -6,13 +6,16 @@ tools at run time, OCI labels) and to checkov's Dockerfile policies. Then its bu
 replayed for real: the same COPY and RUN steps, with the same ENV, in a fresh virtualenv and
 a context filtered by .dockerignore; the runtime stage's RUN steps run as root in a private
 mount namespace, over overlays that stand in for the base image's /usr/local, /etc and
-/var/lib; and the runtime stage's ENTRYPOINT and CMD are started
-as its USER, with the source tree and the config read-only and only the VOLUMEs writable,
-until the admin port reports ready and SIGTERM ends the process with exit code 0.
+/var/lib; and the runtime stage's ENTRYPOINT (tini, from the init stage, in front of
+shadowproxy) and CMD are started as its USER, with the source tree and the config read-only
+and only the VOLUMEs writable, until the admin port reports ready and SIGTERM ends the
+process with exit code 0. Last, the entrypoint runs as PID 1 of a PID namespace of its own
+and must reap the helpers a crashing local model leaves behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -32,10 +35,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from tests.support.models import BuiltModel
 from tests.support.proxy import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +50,9 @@ BASE_IMAGE = "python:3.11-slim-bookworm"
 CONFIG_PATH = "/etc/shadowproxy/config.yaml"
 STATE_DIR = "/var/lib/shadowproxy"
 IMAGE_VENV = "/opt/venv"
+IMAGE_TINI = "/usr/bin/tini"
+# Debian's static tini, which the init stage installs and .ci/system-deps installs here.
+HOST_TINI = "/usr/bin/tini-static"
 # The PATH of the official python images; the base interpreter is put in front of it.
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -231,7 +239,7 @@ def _copied_sources(stage: Stage) -> list[str]:
 
 def test_every_stage_starts_from_the_pinned_debian_slim_python() -> None:
     stages = _stages()
-    assert [stage.name for stage in stages] == ["build", "runtime"]
+    assert [stage.name for stage in stages] == ["init", "build", "runtime"]
     for stage in stages:
         # Debian (glibc) so that the onnxruntime wheels install as they are; pinned by tag.
         assert stage.image == BASE_IMAGE
@@ -266,9 +274,19 @@ def test_runtime_stage_runs_as_a_numeric_unprivileged_user() -> None:
 
 def test_entrypoint_and_cmd_are_exec_form_so_sigterm_reaches_shadowproxy() -> None:
     runtime = _stage("runtime")
-    assert _exec_form(runtime.values("ENTRYPOINT")[-1]) == ["shadowproxy"]
+    assert _exec_form(runtime.values("ENTRYPOINT")[-1]) == [IMAGE_TINI, "-s", "--", "shadowproxy"]
     assert _exec_form(runtime.values("CMD")[-1]) == ["serve", "--config", CONFIG_PATH]
     assert runtime.values("STOPSIGNAL") == ["SIGTERM"]
+
+
+def test_the_init_stage_installs_tini_alone() -> None:
+    """The package manager runs in a stage of its own, whose only product is one static
+    binary: nothing else of it reaches the runtime stage."""
+    init = _stage("init")
+    (command,) = init.values("RUN")
+    assert re.search(r"apt-get install -y --no-install-recommends tini(\s|$)", command)
+    assert command.rstrip().endswith("rm -rf /var/lib/apt/lists/*")
+    assert [name for name, _ in init.instructions] == ["RUN"]
 
 
 def test_runtime_stage_has_no_build_tools_and_no_pip() -> None:
@@ -281,7 +299,10 @@ def test_runtime_stage_has_no_build_tools_and_no_pip() -> None:
     # virtualenv is not relocatable), and it no longer holds pip.
     assert _stage_env(build, {"PATH": IMAGE_PATH})["VIRTUAL_ENV"] == IMAGE_VENV
     assert _stage_env(runtime, {"PATH": IMAGE_PATH})["VIRTUAL_ENV"] == IMAGE_VENV
-    assert runtime.values("COPY") == [f"--from=build {IMAGE_VENV} {IMAGE_VENV}"]
+    assert runtime.values("COPY") == [
+        f"--from=build {IMAGE_VENV} {IMAGE_VENV}",
+        f"--from=init {HOST_TINI} {IMAGE_TINI}",
+    ]
     assert re.search(r"pip uninstall --yes pip setuptools", " ".join(build.values("RUN")))
 
 
@@ -733,6 +754,7 @@ def test_image_serves_as_its_user_on_a_read_only_tree_and_stops_on_sigterm(
     # The runtime stage's ENV as the container sees it, each path moved where this run
     # keeps it (the virtualenv included), then what the container runtime adds.
     mounts[IMAGE_VENV] = image.venv
+    mounts[IMAGE_TINI] = Path(HOST_TINI)
     env = {
         key: ":".join(inside(part) for part in value.split(":"))
         for key, value in _stage_env(runtime, {"PATH": IMAGE_PATH}).items()
@@ -743,8 +765,10 @@ def test_image_serves_as_its_user_on_a_read_only_tree_and_stops_on_sigterm(
         "TMPDIR": str(mounts["/tmp"]),
         "LANG": "C.UTF-8",
     }
-    argv = _exec_form(runtime.values("ENTRYPOINT")[-1]) + [
-        inside(word) for word in _exec_form(runtime.values("CMD")[-1])
+    argv = [
+        inside(word)
+        for word in _exec_form(runtime.values("ENTRYPOINT")[-1])
+        + _exec_form(runtime.values("CMD")[-1])
     ]
     log = run / "output.log"
     with log.open("wb") as out:
@@ -761,11 +785,15 @@ def test_image_serves_as_its_user_on_a_read_only_tree_and_stops_on_sigterm(
         )
     try:
         _wait_status(f"http://127.0.0.1:{admin_port}/healthz/ready", 200, 120, proc)
-        # The signalled process is the interpreter running the entrypoint, as the user.
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-        assert cmdline[1] == str(image.venv / "bin/shadowproxy").encode(), cmdline
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        assert re.search(rf"^Uid:\s+{image.uid}\s", status, re.M), status
+        # The signalled process is tini, which runs the entrypoint's interpreter; both as
+        # the user.
+        assert psutil.Process(proc.pid).cmdline()[:3] == [HOST_TINI, "-s", "--"]
+        (server,) = psutil.Process(proc.pid).children()
+        cmdline = server.cmdline()
+        assert cmdline[1] == str(image.venv / "bin/shadowproxy"), cmdline
+        for pid in (proc.pid, server.pid):
+            status = Path(f"/proc/{pid}/status").read_text()
+            assert re.search(rf"^Uid:\s+{image.uid}\s", status, re.M), status
 
         body = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
         request = urllib.request.Request(
@@ -791,3 +819,101 @@ def test_image_serves_as_its_user_on_a_read_only_tree_and_stops_on_sigterm(
     for name in ("snapshot.json", "pairs.jsonl"):
         assert (state / name).stat().st_uid == image.uid, name
     assert json.loads((state / "snapshot.json").read_text())
+
+
+def _crashes(admin_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("shadowproxy_model_crashes_total{")
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("pid1", ["entrypoint", "shadowproxy alone"])
+def test_pid_1_of_the_image_reaps_what_a_crashed_worker_leaves_behind(
+    image: Image,
+    stub_models: tuple[int, int],
+    logreg_model: BuiltModel,
+    tmp_path: Path,
+    pid1: str,
+) -> None:
+    """Each crash of this candidate's worker orphans the 3 helper processes it started; the
+    executor kills them, and they wait for PID 1 to reap them. The image's entrypoint, run
+    as PID 1 of a PID namespace of its own, leaves no zombie. shadowproxy alone as PID 1
+    would keep every one (this is why the image starts tini)."""
+    production, _ = stub_models
+    admin_port, traffic_port = free_port(), free_port()
+    config = {
+        "listen": {"host": "127.0.0.1", "port": traffic_port},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "protocol": "v2",
+        "production": {"name": "churn", "version": "1", "url": f"http://127.0.0.1:{production}"},
+        "candidates": [{
+            "name": "local", "version": "2", "model": logreg_model.config(),
+            "breaker": {"failures": 1000},
+            "executor": {"kind": "process", "warmup_runs": 0, "max_restarts": 1000,
+                         "restart_backoff_s": 0.05},
+        }],
+        "shutdown": {"drain_delay_s": 0, "grace_s": 2},
+    }  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    server = [
+        str(image.venv / "bin/shadowproxy"),
+        "serve",
+        "--config",
+        str(tmp_path / "config.yaml"),
+    ]  # noqa: E501
+    entrypoint = _exec_form(_stage("runtime").values("ENTRYPOINT")[-1])
+    assert entrypoint[0] == IMAGE_TINI and entrypoint[-1] == "shadowproxy"
+    argv = [HOST_TINI, *entrypoint[1:-1], *server] if pid1 == "entrypoint" else server
+    env = {
+        "PATH": f"{image.venv / 'bin'}:{IMAGE_PATH}",
+        "LANG": "C.UTF-8",
+        "TMPDIR": str(tmp_path),
+        "SHADOWPROXY_TEST_FAULTS": json.dumps({"spawn_children": 3, "crash_on_call": 1}),
+    }
+    log = tmp_path / "output.log"
+    with log.open("wb") as out:
+        # A PID namespace (and its own /proc) in which argv[0] is PID 1, as in a container.
+        namespace = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *argv],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait_status(f"http://127.0.0.1:{admin_port}/healthz/ready", 200, 120, namespace)
+        body = json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32",
+                                       "data": [0.5, -1.0, 2.0, 0.1]}]}).encode()  # fmt: skip
+        deadline = time.monotonic() + 60
+        while _crashes(admin_port) < 3:
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{traffic_port}/v2/models/churn/infer",
+                data=body, headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200  # production, whatever the candidate does
+            time.sleep(0.1)
+
+        def zombies() -> list[psutil.Process]:
+            found = []
+            for process in psutil.Process(namespace.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if process.status() == psutil.STATUS_ZOMBIE:
+                        found.append(process)
+            return found
+
+        time.sleep(1.0)  # the executor has killed each crashed worker's helpers by now
+        if pid1 == "entrypoint":
+            deadline = time.monotonic() + 10
+            while zombies():
+                assert time.monotonic() < deadline, [z.pid for z in zombies()]
+                time.sleep(0.1)
+        else:
+            assert len(zombies()) >= 3 * 2  # all but the last crash's helpers, at least
+    finally:
+        namespace.kill()  # its PID 1 goes with it (--kill-child), and the namespace
+        namespace.wait(30)

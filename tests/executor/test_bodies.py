@@ -253,6 +253,21 @@ async def test_concurrent_bodies_share_batches_and_each_gets_its_own_answer(
     assert figures.batches == as_process(executor).batches
 
 
+async def test_a_batch_filled_over_several_loop_passes_goes_when_full_not_at_its_timer(
+    make_body_executor: BodyFactory, logreg_model: BuiltModel
+) -> None:
+    executor = await make_body_executor(logreg_model, max_batch=4, max_wait_ms=60_000.0)
+    pending = []
+    for i in range(4):
+        pending.append(executor.submit_body(v2_body(features(1, seed=i)), 120.0))
+        await asyncio.sleep(0)  # each body in a pass of the event loop of its own
+    # The fourth body fills the batch: it goes at once, not when the first one's minute is up.
+    answers = await asyncio.wait_for(asyncio.gather(*pending), 10.0)
+    for answer in answers:
+        ok(answer)
+    assert executor.resources().batches == 1
+
+
 async def test_invalid_bodies_get_their_reason_and_valid_ones_in_the_batch_their_answer(
     make_body_executor: BodyFactory, logreg_model: BuiltModel
 ) -> None:

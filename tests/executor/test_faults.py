@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import psutil
@@ -26,6 +27,7 @@ from tests.executor.helpers import (
     model_file,
     settings,
 )
+from tests.support.cpu import busy_core
 from tests.support.models import BuiltModel
 from tests.support.waiting import wait_for
 
@@ -100,6 +102,74 @@ async def test_hang_times_out_and_the_worker_is_killed_and_respawned(
     assert answer.outputs["label"].shape == (1,)
     figures = executor.resources()
     assert (figures.timeouts, figures.restarts) == (1, 1)
+
+
+async def test_a_worker_starved_of_cpu_is_not_taken_for_a_hung_one(
+    make_executor: Factory, slow_model: BuiltModel
+) -> None:
+    """Under SCHED_IDLE, a worker on a core something else keeps busy gets next to no CPU:
+    its requests miss their deadline, dropped as starved rather than counted as the model's
+    timeouts, and it is not killed as hung while it waits for a CPU."""
+    cpu = max(os.sched_getaffinity(0))
+    executor = as_process(await make_executor(slow_model, cpus=(cpu,), warmup_runs=0))
+    (pid,) = executor.worker_pids
+    with busy_core(cpu):
+        await asyncio.sleep(0.3)  # a sample of the worker's run-queue wait before the send
+        error = await failure(executor.submit({"x": features(1)}, 1, timeout_s=0.05))
+        assert (error.outcome, error.reason) == ("dropped", "starved"), str(error)
+        assert "ms for a CPU" in str(error)
+        assert (executor.resources().timeouts, executor.starved) == (0, 1)
+        assert executor.resources().cpu_wait_seconds >= 0.03  # of the 50 ms deadline
+        # Hung would be 1 s past the deadline; it has waited for a CPU all along.
+        await asyncio.sleep(1.6)
+        assert executor.resources().crashes == 0 and executor.worker_pids == [pid], (
+            executor.last_crash
+        )
+    # With the core free again, it finishes the batch and serves on: the same process.
+    answer = await executor.submit({"x": features(1)}, 1, timeout_s=30.0)
+    assert answer.outputs["score"].shape == (1, 1)
+    assert executor.worker_pids == [pid] and executor.resources().crashes == 0
+
+
+async def test_an_answer_says_how_long_its_worker_waited_for_a_cpu(
+    make_executor: Factory, slow_model: BuiltModel
+) -> None:
+    """Kept off its core for 300 ms, then given it: the answer comes, and says how much of
+    its time was the core's (the worker's own schedstat), not the model's."""
+    cpu = max(os.sched_getaffinity(0))
+    executor = as_process(await make_executor(slow_model, cpus=(cpu,), warmup_runs=0))
+    alone = await executor.submit({"x": features(1)}, 1, timeout_s=10.0)
+    assert alone.cpu_wait_s < 0.05, alone  # a core of its own: next to no wait
+    with busy_core(cpu):
+        await asyncio.sleep(0.2)
+        answer = executor.submit({"x": features(1)}, 1, timeout_s=10.0)
+        await asyncio.sleep(0.3)
+    inference = await answer
+    assert inference.cpu_wait_s >= 0.2, inference
+    # Less the wait, the round trip is about what the model took alone.
+    round_trip = inference.compute_s + inference.ipc_s
+    assert round_trip - inference.cpu_wait_s < alone.compute_s + alone.ipc_s + 0.1, inference
+
+
+async def test_a_worker_that_waited_for_a_cpu_and_then_hangs_times_out(
+    make_executor: Factory, logreg_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept off its core for its first 200 ms, then given it, the worker fills 200 MiB and
+    hangs: at the deadline it sleeps, so the miss is the model's, whatever it waited
+    before."""
+    faults(monkeypatch, hang_on_call=1, leak_mb_per_call=200)
+    cpu = max(os.sched_getaffinity(0))
+    executor = as_process(
+        await make_executor(logreg_model, cpus=(cpu,), warmup_runs=0, memory_mb=1024)
+    )
+    monkeypatch.delenv(ENV_VAR)
+    with busy_core(cpu):
+        await asyncio.sleep(0.3)
+        answer = executor.submit({"X": features(1)}, 1, timeout_s=0.6)
+        await asyncio.sleep(0.2)
+    error = await failure(answer)
+    assert (error.outcome, error.reason) == ("timeout", None), str(error)
+    assert (executor.resources().timeouts, executor.starved) == (1, 0)
 
 
 async def test_a_worker_above_memory_mb_is_killed(

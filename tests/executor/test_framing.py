@@ -81,13 +81,14 @@ def test_batch_round_trip_of_every_datatype(tensors: dict[str, np.ndarray], batc
     tensors=TENSORS,
     compute=st.floats(allow_nan=False),
     cpu=st.floats(allow_nan=False),
+    wait=st.floats(allow_nan=False),
 )
 def test_result_round_trip_keeps_the_times(
-    tensors: dict[str, np.ndarray], compute: float, cpu: float
+    tensors: dict[str, np.ndarray], compute: float, cpu: float, wait: float
 ) -> None:
-    message = framing.decode(body_of(framing.encode_result(9, tensors, compute, cpu)))
+    message = framing.decode(body_of(framing.encode_result(9, tensors, compute, cpu, wait)))
     assert message.kind is Kind.RESULT
-    assert (message.compute_s, message.cpu_s) == (compute, cpu)
+    assert (message.compute_s, message.cpu_s, message.wait_s) == (compute, cpu, wait)
     assert_same(tensors, message.tensors)
 
 
@@ -233,15 +234,15 @@ def test_bodies_round_trip(bodies: list[bytes], batch_id: int) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(answers=ANSWERS, batch_id=st.integers(0, 2**64 - 1), compute=TIMES, cpu=TIMES)
+@given(answers=ANSWERS, batch_id=st.integers(0, 2**64 - 1), compute=TIMES, cpu=TIMES, wait=TIMES)
 def test_answers_round_trip_keeps_statuses_and_times(
-    answers: list[tuple[int, int, bytes]], batch_id: int, compute: float, cpu: float
+    answers: list[tuple[int, int, bytes]], batch_id: int, compute: float, cpu: float, wait: float
 ) -> None:
-    buffers = framing.encode_answers(batch_id, answers, compute, cpu)
+    buffers = framing.encode_answers(batch_id, answers, compute, cpu, wait)
     message = framing.decode(body_of(buffers))
     assert message.kind is Kind.ANSWERS and message.batch_id == batch_id
     assert message.answers == tuple(answers)
-    assert (message.compute_s, message.cpu_s) == (compute, cpu)
+    assert (message.compute_s, message.cpu_s, message.wait_s) == (compute, cpu, wait)
     assert message.items == () and message.tensors == {}
 
 
@@ -322,7 +323,7 @@ def test_garbage_bodies_and_answers_are_a_frame_error_or_a_message(
 
 def test_an_unknown_answer_status_is_a_frame_error() -> None:
     body = body_of(framing.encode_answers(1, [(0, 1, b"ok"), (1, 0, b"r\0m")], 0.0, 0.0))
-    status_at = 16 + 16 + 9 + 2  # fixed part, times, first item, second item's status
+    status_at = 16 + 24 + 9 + 2  # fixed part, times, first item, second item's status
     assert body[status_at] == framing.ANSWER_INVALID
     body[status_at] = 2
     with pytest.raises(FrameError, match="unknown answer status 2"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import aiohttp
@@ -13,6 +14,7 @@ import orjson
 import pytest
 
 from shadowproxy.pairing.record import PairRecord
+from tests.support.cpu import busy_core
 from tests.support.models import BuiltModel
 from tests.support.proxy import make_config, metric_value, running_proxy
 from tests.support.servers import Backend
@@ -179,6 +181,103 @@ async def test_a_full_executor_queue_is_a_counted_drop_with_its_reason(
         assert metric_value(
             rt, "shadowproxy_shadow_dropped_total", model="local", version="2", reason="budget"
         ) == len(dropped)  # fmt: skip
+
+
+async def test_a_candidate_starved_of_cpu_is_dropped_as_starved_not_timed_out(
+    backend: Backend, slow_model: BuiltModel
+) -> None:
+    """A replica whose core is saturated leaves its idle-priority worker no CPU: what it
+    cannot answer in time is the proxy's shortage, not the candidate's timeout rate."""
+    cpu = max(os.sched_getaffinity(0))
+    executor = {"kind": "process", "max_wait_ms": 0, "warmup_runs": 1, "cpus": [cpu]}
+    config = make_config(
+        backend.url,
+        # The model takes about 20 ms of CPU a call: beyond a trickle of CPU.
+        candidates=[candidate(slow_model, timeout_ms=100, executor=executor,
+                              breaker={"failures": 1000})],
+    )  # fmt: skip
+    records: list[PairRecord] = []
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        rt.stream.subscribe(records.append)
+        with busy_core(cpu):
+            await asyncio.sleep(0.3)  # the sampler has seen the worker asleep
+            for _ in range(3):
+                status, body = await post(session, rt.traffic_port, v2_request(name="x"))
+                assert status == 200 and from_backend(body)
+            await wait_for(lambda: len(records) == 3, timeout=10, what="three pair records")
+        shadows = [r.shadows["local"] for r in records]
+        assert [s.outcome for s in shadows] == ["dropped"] * 3, [s.detail for s in shadows]
+        assert all("ms for a CPU" in s.detail for s in shadows)
+
+        def count(name: str, **labels: str) -> float:
+            return metric_value(rt, name, model="local", version="2", **labels)
+
+        assert count("shadowproxy_shadow_dropped_total", reason="starved") == 3
+        # What a busy core denied the model, for operators: the three requests went out
+        # together, so at least half of one 100 ms deadline.
+        waited = count("shadowproxy_model_cpu_wait_seconds_total", role="candidate")
+        assert waited >= 0.05
+        assert count("shadowproxy_requests_total", role="candidate", outcome="timeout") == 0
+        # With its core free again, the same worker answers.
+        status, body = await post(session, rt.traffic_port, v2_request(name="x"))
+        assert status == 200 and from_backend(body)
+        await wait_for(lambda: len(records) == 4, timeout=10, what="the fourth record")
+        assert records[-1].shadows["local"].outcome == "ok"
+
+
+@pytest.mark.parametrize(
+    ("max_wait_ms", "timeout_ms", "waited_s"),
+    [(200, 2000, 0.2), (5000, 300, 0.15)],  # the window; half the deadline when shorter
+)
+async def test_a_local_candidates_latency_is_its_service_time_not_the_batching_wait(
+    backend: Backend, logreg_model: BuiltModel, max_wait_ms: int, timeout_ms: int,
+    waited_s: float,
+) -> None:  # fmt: skip
+    """A lone request waits for its batch to fill; that wait is the proxy's way of running
+    shadow traffic, kept in ``cost.queue_s``, not the model's latency."""
+    executor = {"kind": "process", "max_wait_ms": max_wait_ms, "warmup_runs": 1}
+    config = make_config(
+        backend.url,
+        candidates=[candidate(logreg_model, executor=executor, timeout_ms=timeout_ms)],
+    )
+    records: list[PairRecord] = []
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        rt.stream.subscribe(records.append)
+        status, _ = await post(session, rt.traffic_port, v2_request())
+        assert status == 200
+        await wait_for(lambda: len(records) == 1, timeout=10, what="the pair record")
+    shadow = records[0].shadows["local"]
+    assert shadow.outcome == "ok", shadow.detail
+    assert shadow.cost is not None and shadow.cost.queue_s is not None
+    assert waited_s - 0.005 <= shadow.cost.queue_s < waited_s + 0.1
+    assert shadow.cost.compute_s is not None
+    assert shadow.cost.compute_s <= shadow.latency_s < 0.1  # the run and the transfer only
+
+
+async def test_a_local_candidates_latency_leaves_out_its_wait_for_a_busy_core(
+    backend: Backend, slow_model: BuiltModel
+) -> None:
+    """Its worker kept off its core for 300 ms (production's load, here a spinner) answers
+    late; the pair records what the model took, not the wait."""
+    cpu = max(os.sched_getaffinity(0))
+    executor = {"kind": "process", "max_wait_ms": 0, "warmup_runs": 1, "cpus": [cpu]}
+    config = make_config(
+        backend.url, candidates=[candidate(slow_model, executor=executor, timeout_ms=5000)]
+    )
+    records: list[PairRecord] = []
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        rt.stream.subscribe(records.append)
+        with busy_core(cpu):
+            await asyncio.sleep(0.2)
+            sent = asyncio.get_running_loop().time()
+            status, _ = await post(session, rt.traffic_port, v2_request(name="x"))
+            assert status == 200
+            await asyncio.sleep(0.3)
+        await wait_for(lambda: len(records) == 1, timeout=10, what="the pair record")
+        took = asyncio.get_running_loop().time() - sent
+    shadow = records[0].shadows["local"]
+    assert shadow.outcome == "ok", shadow.detail
+    assert took >= 0.3 and shadow.latency_s < 0.15, (took, shadow.latency_s, shadow.cost)
 
 
 def _ragged_answer_model(folder: Path, with_rows: bool) -> BuiltModel:

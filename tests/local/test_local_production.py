@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import aiohttp
 import numpy as np
 import onnxruntime as ort
 import orjson
+import psutil
 import pytest
 
 from shadowproxy.pairing.record import PairRecord
@@ -216,3 +218,24 @@ async def test_a_model_failure_tells_the_client_no_internals(
     # The worker's stderr is for operators, in the log; the client learns only the kind.
     assert body == {"error": "the model failed on this request"}
     assert "crash_on_call=1" in caplog.text
+
+
+async def test_production_process_workers_run_at_the_proxys_priority(
+    logreg_model: BuiltModel,
+) -> None:
+    """Production's model serves the clients: its workers are neither niced nor idle-class,
+    even when the config gives its executor only a kind."""
+    config = local_production(logreg_model)
+    config["production"]["executor"] = {"kind": "process", "warmup_runs": 0}
+    async with running_proxy(config) as rt, aiohttp.ClientSession() as session:
+        assert rt.proxy.local_production is not None
+        executor = rt.proxy.local_production.executor
+        pids = executor.worker_pids  # type: ignore[attr-defined]
+        assert pids
+        for pid in pids:
+            for thread in psutil.Process(pid).threads():
+                assert os.sched_getscheduler(thread.id) == os.SCHED_OTHER
+                assert psutil.Process(thread.id).nice() == os.nice(0)
+        url = f"http://127.0.0.1:{rt.traffic_port}/v2/models/prod/infer"
+        async with session.post(url, data=v2_request()) as resp:
+            assert resp.status == 200

@@ -96,3 +96,19 @@ def test_missing_plot_data_is_left_out() -> None:
     assert "Label flips" not in page and "Examples that disagree most" not in page
     md = render_markdown(build_report(PRODUCTION, [ev], PROMOTION))
     assert "Slices" not in md
+
+
+def test_what_happened_to_the_mirrored_requests_is_stated_and_absent_figures_are_left_out() -> None:
+    ev = evidence("churn-rc", good=True)
+    ev["outcomes"] = {"requests": 1000, "ok": 570, "error": 30, "timeout": 0, "invalid": 0,
+                      "dropped": 400}  # fmt: skip
+    report = build_report(PRODUCTION, [ev], PROMOTION)
+    line = (
+        "1000 requests mirrored: 570 ok, 30 error, 0 timeout, 0 invalid; 400 dropped by the "
+        "proxy (40.0%), left out of the rates."
+    )
+    assert line in render_markdown(report)
+    assert html.escape(line) in render_html(report)
+    # A report from a snapshot without these figures says nothing of them.
+    older = build_report(PRODUCTION, [evidence("churn-rc", good=True)], PROMOTION)
+    assert "requests mirrored" not in render_markdown(older) + render_html(older)
