@@ -20,6 +20,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shadowproxy.observability.gc_pauses import GC_PAUSE_BUCKETS, GENERATIONS, PAUSES, GcPauses
+
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
     0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -112,11 +114,11 @@ class HotPathCollector(Collector):
         for st in self.stats:
             for outcome, count in st.outcomes.items():
                 requests.add_metric([st.role, st.model, st.version, outcome], count)
-            cumulative, running = [], 0
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), st.buckets, strict=True):
-                running += count
-                cumulative.append((_bound_label(bound), running))
-            duration.add_metric([st.role, st.model, st.version], cumulative, st.latency_sum)
+            duration.add_metric(
+                [st.role, st.model, st.version],
+                cumulative(LATENCY_BUCKETS, st.buckets),
+                st.latency_sum,
+            )
             if st.role != "production":
                 for reason, count in st.drops.items():
                     dropped.add_metric([st.model, st.version, reason], count)
@@ -124,8 +126,38 @@ class HotPathCollector(Collector):
         yield from (requests, duration, dropped, pairs)
 
 
-def _bound_label(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(bound)
+class GcPauseCollector(Collector):
+    """Exports the process's collector pauses (:mod:`.gc_pauses`) as
+    ``shadowproxy_gc_pause_seconds{generation}``."""
+
+    def __init__(self, pauses: GcPauses = PAUSES) -> None:
+        self.pauses = pauses
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "shadowproxy_gc_pause_seconds",
+            "Garbage-collector pauses by generation (2: full collections); the event loop "
+            "stands still throughout.",
+            labels=["generation"],
+        )
+        for generation in range(GENERATIONS):
+            counts = list(self.pauses.buckets[generation])  # a copy: collections go on
+            family.add_metric(
+                [str(generation)],
+                cumulative(GC_PAUSE_BUCKETS, counts),
+                self.pauses.sums[generation],
+            )
+        yield family
+
+
+def cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
+    """Per-bucket counts (the last one past every bound) as Prometheus's cumulative
+    ``(le, count)`` buckets."""
+    out, running = [], 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    return out
 
 
 class Metrics:
@@ -139,6 +171,8 @@ class Metrics:
         ProcessCollector(namespace="shadowproxy", registry=r)
         self.hot = HotPathCollector()
         r.register(self.hot)
+        PAUSES.install()
+        r.register(GcPauseCollector(PAUSES))
         self.in_flight = Gauge(
             "shadowproxy_in_flight",
             "Upstream exchanges outstanding.",

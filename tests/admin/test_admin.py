@@ -120,6 +120,7 @@ async def test_metrics_have_the_contract_names_and_labels(
     text = body.decode()
     assert "# TYPE shadowproxy_request_duration_seconds histogram" in text
     assert "# TYPE shadowproxy_event_loop_lag_seconds histogram" in text
+    assert "# TYPE shadowproxy_gc_pause_seconds histogram" in text
     samples = _samples(text)
     names = {name for name, _, _ in samples}
     # Every series carries the contract's prefix, the process figures included.

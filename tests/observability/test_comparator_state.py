@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shadowproxy.compare.comparator import Comparator
+from shadowproxy.compare.comparator import INBOX_RECORDS, Comparator
 from shadowproxy.observability.comparator_state import ComparatorStateCollector
 from tests.compare.test_comparator import config, records
 
@@ -44,3 +44,13 @@ def test_records_shed_on_a_full_inbox_are_counted_apart_from_those_processed() -
     assert comparator.stop(5.0)
     assert records_counter(comparator) == {"processed": 10.0, "dropped": 15.0}
     assert backlog(comparator) == 0
+
+
+def test_the_inbox_holds_a_small_backlog_by_default() -> None:
+    """Queued records are live objects every full garbage collection walks with the event
+    loop stopped: the default inbox keeps that walk short, and sheds the rest, counted."""
+    comparator = Comparator(config())
+    for r in records(INBOX_RECORDS + 5, seed=4):
+        comparator.submit(r)
+    assert backlog(comparator) == INBOX_RECORDS
+    assert records_counter(comparator) == {"processed": 0.0, "dropped": 5.0}
