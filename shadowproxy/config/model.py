@@ -356,8 +356,14 @@ class PairLog:
     redact: tuple[str, ...] = spec(
         (), 'dotted JSON body fields replaced by "[redacted]" (request and answers)'
     )
+    # Small for the same reason as the comparator's inbox (INBOX_RECORDS): every queued
+    # record is objects each full garbage collection walks with the event loop stopped.
     queue_size: int = spec(
-        10000, "records buffered for the writer; more are dropped", ge=1, le=MAX_COUNT
+        1024,
+        "records buffered for the writer; more are dropped. Each queued record lengthens "
+        "the garbage collector's full pauses (about 1 ms per 1,000)",
+        ge=1,
+        le=MAX_COUNT,
     )
 
 

@@ -81,6 +81,9 @@ def make_record(i: int) -> PairRecord:
     )
 
 
+BURST = 5000  # records submitted at once by the tests that need every one of them kept
+
+
 def config(tmp_path: Path, **changes: Any) -> PairLog:
     # A folder that does not exist yet: the writer creates it.
     return replace(PairLog(path=tmp_path / "logs" / "pairs.jsonl"), **changes)
@@ -113,7 +116,7 @@ def raw_lines(files: Iterable[Path]) -> Iterator[bytes]:
 
 
 def test_every_record_is_written_in_order(tmp_path: Path) -> None:
-    cfg = config(tmp_path)
+    cfg = config(tmp_path, queue_size=BURST)  # room for the whole burst: nothing is shed
     records = [make_record(i) for i in range(5000)]
     writer = write_all(cfg, records)
     assert (writer.written, writer.dropped) == (5000, 0)
@@ -176,7 +179,7 @@ def test_reopening_appends_to_the_existing_file(tmp_path: Path) -> None:
 
 
 def test_sampling_writes_exactly_the_sampled_ids(tmp_path: Path) -> None:
-    cfg = config(tmp_path, sample_rate=0.3)
+    cfg = config(tmp_path, sample_rate=0.3, queue_size=BURST)
     records = [make_record(i) for i in range(5000)]
     writer = write_all(cfg, records)
     expected = {r.request_id for r in records if is_sampled(r.request_id, 0.3, salt=SAMPLING_SALT)}
