@@ -218,7 +218,9 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
             if name != "direct":
                 assert r["cpu_us_per_req"] > 0, f"{name}: no CPU time measured"
                 assert r["memory"]["rss_mb"] > 0 and r["memory"]["tree_rss_mb"] > 0
-        if name in ("nginx_mirror", "shadowproxy_http", "shadowproxy_both"):
+        # shadowproxy_both's figure is the lower of its two candidates, and at saturation
+        # its local one may answer nothing at all: its HTTP candidate is checked below.
+        if name in ("nginx_mirror", "shadowproxy_http"):
             fraction = t["summary"]["mirrored_fraction"]["median"]
             assert fraction > 0, f"{name}: nothing reached the candidate\n{log}"
         if name.startswith("shadowproxy"):
@@ -246,7 +248,10 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     both = doc["targets"]["shadowproxy_both"]["summary"]
     assert _outcomes(both["mirror_totals"], "cand").get("ok", 0) > 0, log
     assert both["mirror_totals"]["compare"]["compared"]["cand"] > 0, log
-    assert 0 < both["compared_fraction"]["median"] <= 1
+    assert 0 <= both["compared_fraction"]["median"] <= 1  # the lower of the two: see above
+    for r in doc["targets"]["shadowproxy_both"]["rounds"]:
+        cand = r["mirror"]["compare"]["candidates"]["cand"]
+        assert cand["compared"] > 0 and 0 < cand["compared_fraction"] <= 1, log
     assert both["compare_thread_us_per_pair"]["median"] > 0
 
     _check_isolation(doc, log)
