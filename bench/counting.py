@@ -8,6 +8,7 @@ requests production served (pure functions below, so the arithmetic is tested al
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -77,6 +78,29 @@ def compare_figures(
         "thread_us_per_pair": busy_s * 1e6 / processed if processed else None,
         "candidates": per,
         "compared_fraction": min((c["compared_fraction"] for c in per.values()), default=0.0),
+    }
+
+
+def gc_figures(before: dict[str, Any], after: dict[str, Any], duration_s: float) -> dict[str, Any]:
+    """Full garbage collections between two readings of ``gc_full_collections``.
+
+    Each stalls the event loop throughout. ``longest_ms_at_most`` is the upper bound of
+    the lowest histogram bucket that holds every new one (infinite past the last bound,
+    0 when there was none).
+    """
+    n = after["count"] - before["count"]
+    longest = 0.0
+    if n:
+        longest = math.inf
+        for bound in sorted(after["buckets"]):
+            if after["buckets"][bound] - before["buckets"].get(bound, 0.0) >= n:
+                longest = bound
+                break
+    return {
+        "collections": n,
+        "per_s": n / duration_s if duration_s else 0.0,
+        "pause_ms": (after["sum_s"] - before["sum_s"]) * 1000,
+        "longest_ms_at_most": longest * 1000,
     }
 
 

@@ -224,6 +224,9 @@ METRICS: Metrics = {
     "tree_rss_mb": lambda r: _get(r, "memory", "tree_rss_mb"),
     "compared_fraction": lambda r: _get(r, "mirror", "compare", "compared_fraction"),
     "compare_thread_us_per_pair": lambda r: _get(r, "mirror", "compare", "thread_us_per_pair"),
+    "gc_full_per_s": lambda r: _get(r, "gc_full", "per_s"),
+    "gc_full_pause_ms": lambda r: _get(r, "gc_full", "pause_ms"),
+    "gc_full_longest_ms": lambda r: _get(r, "gc_full", "longest_ms_at_most"),
 }
 # A faulty-candidate target is only measured at half load: its rounds hold ``half_load``.
 HALF_METRICS = {k: v for k, v in METRICS.items() if k.startswith("half_")}

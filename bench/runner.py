@@ -19,7 +19,7 @@ from . import faults as ft
 from . import memory as memory_bench
 from . import targets as tg
 from .backends import backends
-from .counting import MirrorCount
+from .counting import MirrorCount, gc_figures
 from .cpu import CpuMeter
 from .load import (
     LOAD_CPU,
@@ -129,6 +129,7 @@ def measure_load(target: tg.Target, settings: Settings, script: Path) -> dict[st
     target.check_alive()
     meter = CpuMeter(target.proxy_pid) if target.proxy_pid is not None else None
     mirror = MirrorCount(target) if target.mirrors else None
+    gc_before = target.gc_full() if target.is_shadowproxy else None
     if meter:
         meter.start()
     wrk = run_wrk(
@@ -150,6 +151,10 @@ def measure_load(target: tg.Target, settings: Settings, script: Path) -> dict[st
         # The proxy process apart from its executor workers: what mirroring costs the proxy.
         result["proxy_cpu_us"] = cpu.own_us
         result["proxy_cpu_us_per_req"] = per_req(cpu.own_us)
+    if gc_before is not None:
+        gc_after = target.gc_full()
+        assert gc_after is not None
+        result["gc_full"] = gc_figures(gc_before, gc_after, settings.wrk_duration_s)
     if mirror:
         result["mirror"] = mirror.figures(wrk.requests, settings.settle_s)
     rss = target.rss()

@@ -151,24 +151,49 @@ def _mirror_notes(doc: dict[str, Any]) -> list[str]:
     return ["Mirroring, summed over rounds:", "", *notes] if notes else []
 
 
-def _cpu_split(doc: dict[str, Any]) -> list[str]:
+def _summary_table(
+    doc: dict[str, Any], heading: str, intro: str, columns: list[tuple[str, str, int]]
+) -> list[str]:
+    """One row per measured target that has the first column's figure: ``columns`` are
+    (header, summary key, digits)."""
     rows = [
-        f"| `{name}` | {cell(t['summary']['proxy_cpu_us_per_req'], 1)} "
-        f"| {cell(t['summary']['cpu_us_per_req'], 1)} |"
+        f"| `{name}` | " + " | ".join(cell(t["summary"][key], digits) for _, key, digits in columns)
+        + " |"
         for name, t in measured(doc).items()
-        if t["summary"].get("proxy_cpu_us_per_req")
-    ]
+        if t["summary"].get(columns[0][1])
+    ]  # fmt: skip
     if not rows:
         return []
-    return [
+    headers = " | ".join(header for header, _, _ in columns)
+    return [heading, "", intro, "", f"| target | {headers} |", "|---" * (len(columns) + 1) + "|",
+            *rows]  # fmt: skip
+
+
+def _cpu_split(doc: dict[str, Any]) -> list[str]:
+    return _summary_table(
+        doc,
         "### CPU per request: proxy process alone and whole tree",
-        "",
         "During the wrk runs. The tree adds the executor's worker processes.",
-        "",
-        "| target | proxy process CPU µs/req | process tree CPU µs/req |",
-        "|---|---|---|",
-        *rows,
-    ]
+        [
+            ("proxy process CPU µs/req", "proxy_cpu_us_per_req", 1),
+            ("process tree CPU µs/req", "cpu_us_per_req", 1),
+        ],
+    )
+
+
+def _gc_pauses(doc: dict[str, Any]) -> list[str]:
+    return _summary_table(
+        doc,
+        "### Full garbage collections",
+        'During the wrk runs, from `shadowproxy_gc_pause_seconds{generation="2"}`: the event '
+        "loop stands still through each. The longest is the upper bound of its histogram "
+        "bucket.",
+        [
+            ("full collections per s", "gc_full_per_s", 1),
+            ("their pauses in all (ms)", "gc_full_pause_ms", 1),
+            ("longest (ms, at most)", "gc_full_longest_ms", 2),
+        ],
+    )
 
 
 def _half_load(doc: dict[str, Any]) -> list[str]:
@@ -289,6 +314,7 @@ def markdown(doc: dict[str, Any]) -> str:
         _targets(doc),
         _mirror_notes(doc),
         _cpu_split(doc),
+        _gc_pauses(doc),
         _half_load(doc),
         isolation_table(doc),
         _fixed_rates(doc),

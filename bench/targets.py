@@ -78,6 +78,28 @@ def requests_by_outcome(metrics_text: str) -> dict[tuple[str, str], float]:
     return out
 
 
+GC_PAUSE = "shadowproxy_gc_pause_seconds"
+
+
+def gc_full_collections(metrics_text: str) -> dict[str, Any]:
+    """The full garbage collections so far, from ``shadowproxy_gc_pause_seconds``
+    (generation 2): ``count``, ``sum_s`` and the cumulative count per bucket bound."""
+    out: dict[str, Any] = {"count": 0.0, "sum_s": 0.0, "buckets": {}}
+    for name, labels, value in _RE_SAMPLE.findall(metrics_text):
+        if not name.startswith(GC_PAUSE):
+            continue
+        lab = dict(_RE_LABEL.findall(labels))
+        if lab.get("generation") != "2":
+            continue
+        if name == f"{GC_PAUSE}_count":
+            out["count"] = float(value)
+        elif name == f"{GC_PAUSE}_sum":
+            out["sum_s"] = float(value)
+        elif name == f"{GC_PAUSE}_bucket":
+            out["buckets"][float(lab["le"])] = float(value)
+    return out
+
+
 def compare_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
     """The comparator's counters from an ``/admin/snapshot`` document.
 
@@ -137,6 +159,12 @@ class Target:
         if self.admin_port is None:
             return None
         return requests_by_outcome(self._admin("/metrics").decode())
+
+    def gc_full(self) -> dict[str, Any] | None:
+        """shadowproxy's full garbage collections so far (see ``gc_full_collections``)."""
+        if self.admin_port is None:
+            return None
+        return gc_full_collections(self._admin("/metrics").decode())
 
     def production_served(self) -> float:
         counts = self.proxy_counts() or {}

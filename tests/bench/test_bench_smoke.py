@@ -215,6 +215,10 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
             assert r["rps"] > 0, f"{name}: no throughput\n{log}"
             assert r["errors"] == 0, f"{name}: {r['errors']} failed requests\n{log}"
             assert r["single"]["n"] > 0
+            if name.startswith("shadowproxy"):  # read off its /metrics around the wrk run
+                gc_full = r["gc_full"]
+                assert gc_full["collections"] >= 0 and gc_full["pause_ms"] >= 0, gc_full
+                assert (gc_full["longest_ms_at_most"] > 0) == (gc_full["collections"] > 0)
             if name != "direct":
                 assert r["cpu_us_per_req"] > 0, f"{name}: no CPU time measured"
                 assert r["memory"]["rss_mb"] > 0 and r["memory"]["tree_rss_mb"] > 0

@@ -12,11 +12,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench import report  # noqa: E402
-from bench.counting import compare_figures, mirror_figures  # noqa: E402
+from bench.counting import compare_figures, gc_figures, mirror_figures  # noqa: E402
 from bench.faults import FAULTS, FaultTarget, plan  # noqa: E402
 from bench.memory import MAX_WRK_RUN_S, run_duration_s  # noqa: E402
 from bench.tables_resources import capacity_markdown  # noqa: E402
-from bench.targets import compare_summary  # noqa: E402
+from bench.targets import compare_summary, gc_full_collections  # noqa: E402
 
 
 def _half(i: int, p99: float, **figures: float) -> dict[str, Any]:
@@ -222,3 +222,39 @@ def test_wrk_runs_of_the_memory_measurement_are_sized_from_the_rate() -> None:
     assert run_duration_s(100_000, 30_000.0) == 4
     assert run_duration_s(10, 30_000.0) == 1
     assert run_duration_s(10_000_000, 1_000.0) == MAX_WRK_RUN_S
+
+
+def _gc_reading(pauses_s: list[float]) -> dict[str, Any]:
+    """What the benchmark reads off a real /metrics page after these full collections."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shadowproxy.observability.gc_pauses import GcPauses
+    from shadowproxy.observability.metrics import GcPauseCollector
+
+    ticks = iter([t for p in pauses_s for t in (0.0, p)])
+    pauses = GcPauses(clock=lambda: next(ticks))  # not installed: these pauses only
+    for _ in pauses_s:
+        pauses._callback("start", {"generation": 2})
+        pauses._callback("stop", {"generation": 2})
+    ticks = iter([0.0, 0.5])
+    pauses._callback("start", {"generation": 0})  # young ones are not counted as full
+    pauses._callback("stop", {"generation": 0})
+    registry = CollectorRegistry()
+    registry.register(GcPauseCollector(pauses))
+    return gc_full_collections(generate_latest(registry).decode())
+
+
+def test_full_collections_are_read_off_the_metrics_and_bracketed() -> None:
+    before = _gc_reading([0.0003, 0.002])
+    assert before["count"] == 2 and before["sum_s"] == pytest.approx(0.0023)
+    after = _gc_reading([0.0003, 0.002, 0.0004, 0.008, 0.0009])
+    figures = gc_figures(before, after, duration_s=2.0)
+    assert figures["collections"] == 3
+    assert figures["per_s"] == 1.5
+    assert figures["pause_ms"] == pytest.approx(0.4 + 8 + 0.9)
+    assert figures["longest_ms_at_most"] == pytest.approx(10.0)  # 8 ms: the 10 ms bucket
+    assert gc_figures(after, after, 2.0) == {
+        "collections": 0, "per_s": 0.0, "pause_ms": 0.0, "longest_ms_at_most": 0.0,
+    }  # fmt: skip
+    beyond = gc_figures(before, _gc_reading([0.0003, 0.002, 0.5]), 1.0)
+    assert beyond["longest_ms_at_most"] == float("inf")  # past the last bound (0.1 s)
