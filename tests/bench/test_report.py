@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from shadowproxy.observability.gc_pauses import GcPauses
+from shadowproxy.observability.metrics import GcPauseCollector
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -226,11 +230,6 @@ def test_wrk_runs_of_the_memory_measurement_are_sized_from_the_rate() -> None:
 
 def _gc_reading(pauses_s: list[float]) -> dict[str, Any]:
     """What the benchmark reads off a real /metrics page after these full collections."""
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    from shadowproxy.observability.gc_pauses import GcPauses
-    from shadowproxy.observability.metrics import GcPauseCollector
-
     ticks = iter([t for p in pauses_s for t in (0.0, p)])
     pauses = GcPauses(clock=lambda: next(ticks))  # not installed: these pauses only
     for _ in pauses_s:
