@@ -62,6 +62,10 @@ FAMILY_FAULTS: dict[str, tuple[str, ...]] = {
 }
 # The same proxy with shadowing off: what each family's figures are compared with.
 BASELINE = {"shadowproxy": "shadowproxy_off", "nginx_mirror": "nginx"}
+# The same proxy mirroring to a healthy candidate, measured at the isolation rate too: it
+# splits a faulty candidate's inflation into what mirroring costs at that rate and what the
+# fault adds on top.
+HEALTHY = {"shadowproxy": "shadowproxy_http", "nginx_mirror": "nginx_mirror"}
 
 
 def target_name(family: str, fault: str) -> str:
@@ -82,6 +86,10 @@ class FaultTarget:
     @property
     def baseline(self) -> str:
         return BASELINE[self.family]
+
+    @property
+    def healthy(self) -> str:
+        return HEALTHY[self.family]
 
     @property
     def needs_model(self) -> bool:

@@ -67,7 +67,15 @@ class Ratio:
 
 def _isolation_ratios(family: str, goal: str | None) -> tuple[Ratio, ...]:
     prefix = "" if family == "shadowproxy" else "nginx_"
-    return tuple(
+    healthy = Ratio(
+        f"{prefix}isolation_p99_inflation_healthy",
+        (faults.HEALTHY[family], "iso_p99_us"),
+        (faults.BASELINE[family], "iso_p99_us"),
+        None,  # the reference for the faults' goals, not a goal itself
+        f"production p99 at the isolation rate (open loop) mirroring every request to a "
+        f"healthy candidate vs {faults.BASELINE[family]}: what mirroring itself costs there",
+    )
+    return (healthy,) + tuple(
         Ratio(
             f"{prefix}isolation_p99_inflation_{fault}",
             (faults.target_name(family, fault), "half_p99_us"),
@@ -325,6 +333,10 @@ def summarize(targets: dict[str, dict[str, Any]], metrics: Metrics = METRICS) ->
         half = [r["half_load"]["mirror"] for r in t["rounds"] if "mirror" in r.get("half_load", {})]
         if half:
             t["summary"]["half_load_mirror_totals"] = _outcome_totals(half)
+        iso = [r["isolation_load"]["mirror"] for r in t["rounds"]
+               if "mirror" in r.get("isolation_load", {})]  # fmt: skip
+        if iso:
+            t["summary"]["isolation_load_mirror_totals"] = _outcome_totals(iso)
         fixed = fixed_rate_summary(t["rounds"])
         if fixed:
             t["summary"]["fixed_rate"] = fixed

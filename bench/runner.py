@@ -384,7 +384,8 @@ class _Run:
         """(e) Open loop at half the lower capacity of the compared targets (wrk's req/s, or
         for the local candidate its mirrored capacity), the same rate for both; (e') the
         faulty candidates at half the capacity of mirroring to a healthy HTTP candidate (see
-        ``ISOLATION_CAPACITY_TARGETS``), their baselines at that rate too."""
+        ``ISOLATION_CAPACITY_TARGETS``), their baselines and healthy references at that rate
+        too."""
         capacity = min((loads[n]["rps"] for n in HALF_LOAD_TARGETS if n in loads), default=0.0)
         if MIRRORED_CAPACITY_TARGET in loads:
             capacity = min(capacity, self._mirrored_capacity(r, loads[MIRRORED_CAPACITY_TARGET]))
@@ -408,6 +409,10 @@ class _Run:
             elif iso_rate != rate:
                 runs.append((name, iso_rate, "isolation_load"))
         runs += [(n, iso_rate, "half_load") for n in faulty]
+        # Healthy candidates at the same rate: the reference that tells a fault's cost from
+        # mirroring's. They have no other open-loop run.
+        healthy = {self.faulty[n].healthy for n in faulty}
+        runs += [(n, iso_rate, "isolation_load") for n in sorted(healthy) if n in loads]
         for name, at, key in _rotated(runs, r):
             if name not in self.running:
                 continue

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .cells import cell, num, short
-from .faults import BASELINE, target_name
+from .faults import BASELINE, HEALTHY, target_name
+
+HEALTHY_ROW = "healthy"
 
 
 def _ratio(doc: dict[str, Any], name: str) -> str:
@@ -21,29 +23,40 @@ def _errors(t: dict[str, Any], key: str = "half_load") -> str:
     return str(int(sum(run["errors"] for run in runs if run)))
 
 
-def _seen(t: dict[str, Any]) -> str:
-    """What the faulty candidate got: shadowproxy's outcomes, or what its server counted."""
-    totals = t["summary"].get("half_load_mirror_totals")
+def _seen(t: dict[str, Any], key: str = "half_load") -> str:
+    """What the candidate got in the runs at the isolation rate (``key``): shadowproxy's
+    outcomes, or what its server counted."""
+    totals = t["summary"].get(f"{key}_mirror_totals")
     if totals and totals.get("by_candidate"):
         return "; ".join(
             ", ".join(f"{o} {int(n):,}" for o, n in sorted(outcomes.items())) or "none"
             for outcomes in totals["by_candidate"].values()
         )
     received = [
-        r["half_load"]["mirror"]["candidate_backend_received"]
+        r[key]["mirror"]["candidate_backend_received"]
         for r in t["rounds"]
-        if "candidate_backend_received" in r.get("half_load", {}).get("mirror", {})
+        if "candidate_backend_received" in r.get(key, {}).get("mirror", {})
     ]
     return f"received {sum(received):,}" if received else "–"
 
 
 def _columns(doc: dict[str, Any], family: str, fault: str | None) -> list[str]:
-    """p99, inflation, what the candidate saw and errors of one family, one fault."""
-    if fault is None:  # the baseline: the same proxy without a candidate
-        t = doc["targets"].get(BASELINE[family])
+    """p99, inflation, what the candidate saw and errors of one family, one fault; the
+    fault None is the baseline (no candidate), ``healthy`` the healthy candidate."""
+    if fault is None or fault == HEALTHY_ROW:
+        name = BASELINE[family] if fault is None else HEALTHY[family]
+        t = doc["targets"].get(name)
         if not t or not t["rounds"] or not t["summary"].get("iso_p99_us"):
             return ["–"] * 4
-        return [cell(t["summary"]["iso_p99_us"]), "1", "–", _errors(t, "isolation_load")]
+        if fault is None:
+            return [cell(t["summary"]["iso_p99_us"]), "1", "–", _errors(t, "isolation_load")]
+        prefix = "" if family == "shadowproxy" else "nginx_"
+        return [
+            cell(t["summary"]["iso_p99_us"]),
+            _ratio(doc, f"{prefix}isolation_p99_inflation_healthy"),
+            _seen(t, "isolation_load"),
+            _errors(t, "isolation_load"),
+        ]
     t = doc["isolation"]["targets"].get(target_name(family, fault))
     if t is None:
         return ["–"] * 4
@@ -99,9 +112,15 @@ def isolation_table(doc: dict[str, Any]) -> list[str]:
         + " | ".join(_columns(doc, "nginx_mirror", None))
         + " |",
     ]
-    for fault in faults:
+    for fault in [HEALTHY_ROW, *faults]:
         sp = _columns(doc, "shadowproxy", fault)
         ng = _columns(doc, "nginx_mirror", fault)
         lines.append(f"| `{fault}` | " + " | ".join(sp) + " | " + " | ".join(ng) + " |")
-    lines += ["", *(f"- `{fault}`: {iso['faults'][fault]}" for fault in faults)]
+    lines += [
+        "",
+        f"- `{HEALTHY_ROW}`: the candidate of `{HEALTHY['shadowproxy']}` and "
+        f"`{HEALTHY['nginx_mirror']}`, answering at once; its inflation is what mirroring "
+        "itself costs production at this rate, the reference for the faults below",
+        *(f"- `{fault}`: {iso['faults'][fault]}" for fault in faults),
+    ]
     return lines

@@ -27,8 +27,11 @@ HEADLINE_RATIOS = (
     "onnx_proxy_cpu_added_us",
     "onnx_p99_inflation",
     "batching_speedup",
-    *(f"isolation_p99_inflation_{fault}" for fault in FAULTS),
-    *(f"nginx_isolation_p99_inflation_{fault}" for fault in FAMILY_FAULTS["nginx_mirror"]),
+    *(f"isolation_p99_inflation_{fault}" for fault in ("healthy", *FAULTS)),
+    *(
+        f"nginx_isolation_p99_inflation_{fault}"
+        for fault in ("healthy", *FAMILY_FAULTS["nginx_mirror"])
+    ),
     "comparator_us_per_pair",
     "rss_growth_mb",
     "both_throughput_ratio_vs_http",
@@ -328,6 +331,15 @@ def _check_isolation(doc: dict, log: str) -> None:
             )
             seen = sum(outcomes.get(o, 0) for o in FAULT_EVIDENCE[t["fault"]])
             assert seen > 0, f"{name}: the fault did not show: {outcomes}\n{log}"
+    # The healthy references, at the same rate: every mirror answered, nothing failed.
+    healthy = doc["targets"]["shadowproxy_http"]
+    totals = healthy["summary"]["isolation_load_mirror_totals"]
+    assert _outcomes(totals, "cand").get("ok", 0) >= totals["production_served"] > 0, log
+    iso_rate = iso["targets"][target_name("shadowproxy", "hang")]["rounds"][0]["half_load"]["rate"]
+    for name in ("shadowproxy_http", "nginx_mirror"):
+        run = doc["targets"][name]["rounds"][0]["isolation_load"]
+        assert run["errors"] == 0 and run["completed"] > 0, f"{name}: {run}\n{log}"
+        assert run["rate"] == iso_rate, f"{name}: {run}"
     # nginx's mirror holds the client connection until the candidate answers or times out.
     hang = iso["targets"][target_name("nginx_mirror", "hang")]["rounds"][0]["half_load"]
     assert hang["latency_us"]["p50"] >= timeout_us, hang

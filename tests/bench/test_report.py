@@ -19,6 +19,7 @@ from bench import report  # noqa: E402
 from bench.counting import compare_figures, gc_figures, mirror_figures  # noqa: E402
 from bench.faults import FAULTS, FaultTarget, plan  # noqa: E402
 from bench.memory import MAX_WRK_RUN_S, run_duration_s  # noqa: E402
+from bench.tables_isolation import isolation_table  # noqa: E402
 from bench.tables_resources import capacity_markdown  # noqa: E402
 from bench.targets import compare_summary, gc_full_collections  # noqa: E402
 
@@ -75,6 +76,45 @@ def test_a_baseline_run_at_the_isolation_rate_is_what_faulty_targets_are_judged_
     assert ratios["onnx_p99_inflation"]["per_round"] == pytest.approx([0.9, 1.2])
     assert report.METRICS["iso_rate"](off(0)) == 3000.0
     assert report.METRICS["iso_rate"](_baseline(0, 100)) == 1000.0  # else the half-load run
+
+
+def test_a_healthy_candidate_at_the_isolation_rate_is_the_reference_row_of_the_table() -> None:
+    def at_iso(i: int, p99: float, **mirror: Any) -> dict[str, Any]:
+        iso = {"rate": 3000.0, "errors": i, "latency_us": {"p99": p99}, "mirror": mirror}
+        wrk = {"rps": 9000.0, "latency_us": {"p50": 1.0, "p99": 2.0}, "errors": 0}
+        single = {"p50_us": 50.0, "p99_us": 90.0}
+        return {"round": i, **wrk, "single": single, "cpu_us_per_req": 30.0,
+                "isolation_load": iso}  # fmt: skip
+
+    cand = {"candidates": {"cand": {"outcomes": {"ok": 2900.0, "timeout": 1.0}}}}
+    targets = {
+        "shadowproxy_off": {"rounds": [at_iso(0, 400), at_iso(1, 500)]},
+        "shadowproxy_http": {"rounds": [at_iso(0, 600, **cand), at_iso(1, 1000, **cand)]},
+        "nginx": {"rounds": [at_iso(0, 200), at_iso(1, 200)]},
+        "nginx_mirror": {
+            "rounds": [at_iso(i, 300, candidate_backend_received=3000) for i in (0, 1)]
+        },
+    }
+    isolation = {
+        "faults": {"hang": FAULTS["hang"]},
+        "targets": {"shadowproxy_fault_hang": {"rounds": [_half(0, 800), _half(1, 900)]}},
+    }
+    report.summarize(targets)
+    report.summarize(isolation["targets"], report.HALF_METRICS)
+    ratios = report.compute_ratios(targets, isolation=isolation)
+    doc = {"targets": targets, "isolation": isolation, "ratios": ratios}
+    healthy = doc["ratios"]["isolation_p99_inflation_healthy"]
+    assert healthy["per_round"] == pytest.approx([1.5, 2.0])
+    assert healthy["goal"] is None and healthy["met"] is None  # a reference, not a goal
+    assert doc["ratios"]["nginx_isolation_p99_inflation_healthy"]["per_round"] == [1.5, 1.5]
+    # Its open-loop runs are at the isolation rate only: kept out of the half-load figures.
+    assert doc["targets"]["shadowproxy_http"]["summary"]["half_p99_us"] is None
+    rows = {line.split(" | ")[0]: line for line in isolation_table(doc) if line.startswith("| `")}
+    assert list(rows) == ["| `healthy`", "| `hang`"]
+    assert rows["| `healthy`"] == (
+        "| `healthy` | 800 (600 … 1,000) | 1.75 (1.50 … 2.00) | ok 5,800, timeout 2 | 1 "
+        "| 300 | 1.50 | received 6,000 | 1 |"
+    )
 
 
 def test_single_figures_of_the_comparator_and_memory_sections_are_summarised_per_round() -> None:
