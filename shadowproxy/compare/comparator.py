@@ -9,7 +9,6 @@ snapshot file and ``shadowproxy report``.
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import secrets
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from shadowproxy.background import let_loop_run, run_in_background
+from shadowproxy.compare.feedback import FeedbackWindow, TargetLabels
 from shadowproxy.compare.inbox import Inbox
 from shadowproxy.compare.inputs import feature_rows
 from shadowproxy.compare.pairs import (
@@ -111,9 +111,7 @@ class Comparator:
         self.dropped = 0
         self.processed = 0
         self.busy_s = 0.0  # thread time spent folding records, for the per-pair cost
-        self._labels: collections.OrderedDict[str, dict[str, tuple[Any, Any]]] = (
-            collections.OrderedDict()
-        )
+        self.window = FeedbackWindow(FEEDBACK_WINDOW)
         self._thread: threading.Thread | None = None
         self.background_priority: bool | None = None  # thread lowered to nice 19; None: not started
         self._pending: dict[str, _Pending] = {}
@@ -195,6 +193,7 @@ class Comparator:
             rows = feature_rows(
                 self.protocol, record.request_body, self.features, self.category_layouts
             )
+        remembered: list[TargetLabels] = []  # labels to join late ground truth to
         for name, shadow in record.shadows.items():
             st = self.state(name, shadow.role, shadow.version)
             st.requests += 1
@@ -227,11 +226,20 @@ class Comparator:
                 row = compare_rows(p_out, c_out)
                 if row is not None:
                     self._fold_row(st, record, row, rows, production.body, shadow.body)
+                    pl, cl = row.production_label, row.candidate_label
+                    if pl is not None and cl is not None:
+                        remembered.append((name, (pl,), (cl,)))
                 continue
             compared = compare(as_comparable(p_out), as_comparable(c_out))
             if compared is None:
                 continue
             self._fold(st, record, compared, rows, production.body, shadow.body)
+            if compared.production_labels is not None and compared.candidate_labels is not None:
+                remembered.append(
+                    (name, compared.production_labels.tolist(), compared.candidate_labels.tolist())
+                )
+        if remembered:
+            self.window.remember(record.request_id, remembered)
 
     def _fold(
         self,
@@ -261,7 +269,6 @@ class Comparator:
             buf.candidate_labels.append(cl)
             if rows is not None:
                 _add_slices(st, rows, pl != cl)
-            self._remember(record.request_id, st.name, pl, cl)
         buf.count += 1
         if buf.count >= FLUSH_EVERY:
             self._flush_target(st, buf)
@@ -291,7 +298,6 @@ class Comparator:
             buf.candidate_label_values.append(cl)
             if rows is not None:
                 _add_slices(st, rows, np.array([pl != cl]))
-            self._remember(record.request_id, st.name, (pl,), (cl,))
         buf.count += 1
         if buf.count >= FLUSH_EVERY:
             self._flush_target(st, buf)
@@ -344,13 +350,6 @@ class Comparator:
         buf.clear()
 
     # -- late ground truth ----------------------------------------------------------
-    def _remember(self, request_id: str, target: str, production: Any, candidate: Any) -> None:
-        entry = self._labels.setdefault(request_id, {})
-        entry[target] = (production, candidate)
-        self._labels.move_to_end(request_id)
-        while len(self._labels) > FEEDBACK_WINDOW:
-            self._labels.popitem(last=False)
-
     def feedback(self, request_id: str, label: Any) -> bool:
         """Join a late true label to a remembered request; False when it is not known.
 
@@ -359,12 +358,11 @@ class Comparator:
         """
         truth = truth_labels(label)
         with self.lock:
-            entry = self._labels.pop(request_id, None)
+            entry = self.window.pop(request_id)
             if entry is None:
                 return False
-            for target, labels in entry.items():
+            for target, production, candidate in entry:
                 st = self.targets[target]
-                production, candidate = np.asarray(labels[0]), np.asarray(labels[1])
                 n = min(len(truth), len(production))
                 if len(truth) == 1:
                     truth_rows = np.repeat(truth, len(production))
