@@ -63,7 +63,7 @@ class FeedbackWindow:
         encoded (see Notes)."""
         stored = self._labels.get(request_id)
         if stored is not None:
-            newer = {target: (p, c) for target, p, c in labels}
+            newer = {target for target, _, _ in labels}
             labels = [
                 *((t, p, c) for t, p, c in orjson.loads(stored) if t not in newer),
                 *labels,
